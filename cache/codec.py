@@ -1,0 +1,67 @@
+"""Stored records: a checksummed header + an encoded image, so damage is detected, never returned.
+
+Layout: b"SRA1" | crc32 (4 bytes, of everything after it) | header length (2) | JSON header | payload.
+The default codec is PNG at compress level 1 (lossless; DESIGN.md measured 16 ms encode and 6 ms
+decode for a 512x512 photo, against 71 ms encode at Pillow's default level for the same decode).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+MAGIC = b"SRA1"
+CODECS = ("png", "webp", "raw")
+
+
+class DamagedEntry(ValueError):
+    """A stored record failed its checksum or could not be decoded."""
+
+
+def encode(image: np.ndarray, codec: str = "png") -> bytes:
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
+    if codec == "raw":
+        payload = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    else:
+        buffer = io.BytesIO()
+        if codec == "png":
+            Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+        else:
+            Image.fromarray(image).save(buffer, format="WEBP", lossless=True, quality=0, method=0)
+        payload = buffer.getvalue()
+    header = json.dumps({"codec": codec, "shape": list(image.shape)}).encode()
+    body = struct.pack("<H", len(header)) + header + payload
+    return MAGIC + struct.pack("<I", zlib.crc32(body)) + body
+
+
+def decode(record: bytes) -> np.ndarray:
+    """The image in a record; raises `DamagedEntry` on any corruption."""
+    try:
+        if not isinstance(record, (bytes, bytearray)) or record[:4] != MAGIC:
+            raise DamagedEntry("bad magic")
+        (crc,) = struct.unpack_from("<I", record, 4)
+        body = memoryview(record)[8:]
+        if zlib.crc32(body) != crc:
+            raise DamagedEntry("checksum mismatch")
+        (header_len,) = struct.unpack_from("<H", body, 0)
+        header = json.loads(bytes(body[2:2 + header_len]))
+        payload = body[2 + header_len:]
+        shape = tuple(header["shape"])
+        if header["codec"] == "raw":
+            image = np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy()
+        else:
+            with Image.open(io.BytesIO(payload)) as img:
+                image = np.array(img.convert("RGB"), dtype=np.uint8)
+        if image.shape != shape:
+            raise DamagedEntry(f"decoded shape {image.shape} != stored shape {shape}")
+        return image
+    except DamagedEntry:
+        raise
+    except Exception as exc:  # struct, json, Pillow and numpy each raise their own types
+        raise DamagedEntry(f"undecodable record ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,263 @@
+"""`SRCache`: generated SR images on disk (diskcache), keyed by content and generation settings.
+
+Why these choices:
+- diskcache's default `size_limit` is 1 GB and it then evicts silently. SRCache always sets an
+  explicit limit (default `DEFAULT_SIZE_LIMIT`) and counts evictions, which `stats()` reports.
+- Eviction policy "least-recently-stored": a hit never writes to SQLite (LRU would, on every read).
+- Writes use `retry=True`, since diskcache can otherwise drop a write on a lock timeout.
+- Every record carries a checksum; a damaged one is counted, deleted and (in `get_or_create`)
+  regenerated, never returned.
+- Hit/miss counters are kept in memory and added to a small persistent stats store every
+  `_FLUSH_EVERY` events and on `close()`/`stats()`, so a hit costs no SQLite write.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import diskcache
+import numpy as np
+
+from sr_augment.cache import codec as _codec
+from sr_augment.cache.keys import base_key, entry_key, pixel_digest, variant_seed
+from sr_augment.images import ImageInput, to_rgb
+from sr_augment.modes import check_mode, engine_input, finish
+
+DEFAULT_SIZE_LIMIT = 20 * 2**30
+"""20 GiB: about 50,000 512x512 SR images as PNG. Pass `size_limit` to change it."""
+
+_FLUSH_EVERY = 256
+_COUNTERS = ("hits", "misses", "generated", "damaged", "inserted", "removed")
+
+
+class CacheMiss(LookupError):
+    """Raised (with `on_miss="error"`) when an image's SR result is not cached; names the key."""
+
+
+@dataclass
+class CacheStats:
+    directory: str
+    entries: int
+    bytes: int
+    size_limit: int
+    hits: int
+    misses: int
+    generated: int
+    damaged: int
+    evictions: int
+    engines: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_cache_dir() -> Path:
+    """`SR_AUGMENT_CACHE_DIR`, else the platform's user cache folder (`~/.cache/sr_augment` on Linux)."""
+    env = os.environ.get("SR_AUGMENT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("sr_augment", appauthor=False))
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One (image, variant) lookup: the normalised pixels and where their result lives."""
+
+    image: np.ndarray
+    key: str
+    seed: int
+
+
+class SRCache:
+    """SR images on disk, keyed by pixels + engine fingerprint + mode + scale + variant.
+
+    Args:
+        directory: cache folder (default: `default_cache_dir()`).
+        size_limit: bytes kept before the oldest-stored entries are evicted (counted in `stats()`).
+        codec: "png" (lossless, default), "webp" (lossless, smaller, slower to encode) or "raw".
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> from sr_augment import get_engine
+        >>> cache = SRCache(tempfile.mkdtemp())
+        >>> image = np.zeros((8, 8, 3), np.uint8)
+        >>> cache.get_or_create(image, get_engine("bicubic")).shape
+        (32, 32, 3)
+        >>> cache.get(image, get_engine("bicubic")) is not None
+        True
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None, size_limit: int = DEFAULT_SIZE_LIMIT,
+                 codec: str = "png"):
+        if codec not in _codec.CODECS:
+            raise ValueError(f"codec must be one of {', '.join(_codec.CODECS)}; got {codec!r}")
+        if int(size_limit) <= 0:
+            raise ValueError(f"size_limit must be a positive number of bytes, got {size_limit}")
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.codec = codec
+        self.size_limit = int(size_limit)
+        self._entries = diskcache.Cache(str(self.directory / "entries"), size_limit=self.size_limit,
+                                        eviction_policy="least-recently-stored")
+        self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none")
+        self._pending = dict.fromkeys(_COUNTERS, 0)
+        self._pending_engines: dict[str, list] = {}
+        self._events = 0
+        self._lock = threading.Lock()
+
+    # -- keys ------------------------------------------------------------------------------------------
+    def key(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> str:
+        """The cache key of one (image, engine settings, mode, variant)."""
+        return self._request(to_rgb(image), engine, mode, variant).key
+
+    def _request(self, image: np.ndarray, engine, mode: str, variant: int) -> _Request:
+        check_mode(mode)
+        if int(variant) < 0:
+            raise ValueError(f"variant must be >= 0, got {variant}")
+        base = base_key(pixel_digest(image), engine.fingerprint, mode, engine.scale)
+        return _Request(image, entry_key(base, variant), variant_seed(base, variant))
+
+    # -- reads -----------------------------------------------------------------------------------------
+    def get(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> np.ndarray | None:
+        """The cached result, or None on a miss (a damaged entry is deleted and counted as a miss)."""
+        return self._lookup(self._request(to_rgb(image), engine, mode, variant))
+
+    def _lookup(self, request: _Request) -> np.ndarray | None:
+        record = self._entries.get(request.key, default=None, retry=True)
+        if record is not None:
+            try:
+                image = _codec.decode(record)
+                self._count("hits")
+                return image
+            except _codec.DamagedEntry:
+                self._entries.delete(request.key, retry=True)
+                self._count("damaged")
+                self._count("removed")
+        self._count("misses")
+        return None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    # -- writes ----------------------------------------------------------------------------------------
+    def put(self, image: ImageInput, engine, result: np.ndarray, mode: str = "upscale", variant: int = 0) -> str:
+        """Store a result computed elsewhere; returns its key."""
+        request = self._request(to_rgb(image), engine, mode, variant)
+        self._store(request, engine, result)
+        return request.key
+
+    def _store(self, request: _Request, engine, result: np.ndarray) -> None:
+        record = _codec.encode(np.ascontiguousarray(result, dtype=np.uint8), self.codec)
+        _codec.decode(record)  # verify before publishing: a bad encode must never become an entry
+        if self._entries.add(request.key, record, retry=True):
+            self._count("inserted")
+        self._count("generated")
+        with self._lock:
+            entry = self._pending_engines.setdefault(engine.fingerprint, [getattr(engine, "name", "?"), 0])
+            entry[1] += 1
+
+    def get_or_create(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> np.ndarray:
+        """The cached result, generating and storing it on a miss."""
+        return self.get_or_create_many([image], engine, mode, [variant])[0]
+
+    def get_or_create_many(self, images: Sequence[ImageInput], engine, mode: str = "upscale",
+                           variants: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Results for many (image, variant) pairs; all misses go to the engine in ONE batched call."""
+        variants = [0] * len(images) if variants is None else list(variants)
+        if len(variants) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(variants)} variants")
+        requests = [self._request(to_rgb(img), engine, mode, v) for img, v in zip(images, variants)]
+        results = [self._lookup(r) for r in requests]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            for i, out in zip(missing, self.generate(engine, [requests[i] for i in missing], mode)):
+                results[i] = out
+        return results
+
+    def plan(self, images: Sequence[np.ndarray], engine, mode: str, variants: int) -> list[_Request]:
+        """The (image, variant) requests not yet cached, without counting hits or misses (for warm)."""
+        requests = [self._request(img, engine, mode, v) for img in images for v in range(variants)]
+        return [r for r in requests if r.key not in self._entries]
+
+    def generate(self, engine, requests: Sequence[_Request], mode: str) -> list[np.ndarray]:
+        """Run the engine on the requests in one batch, store and return the results."""
+        inputs = [engine_input(r.image, mode, engine.scale) for r in requests]
+        outputs = engine.upscale(inputs, [r.seed for r in requests])
+        results = []
+        for request, out in zip(requests, outputs):
+            result = finish(out, request.image, mode)
+            self._store(request, engine, result)
+            results.append(result)
+        return results
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._pending[name] += 1
+            self._events += 1
+            due = self._events >= _FLUSH_EVERY
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add this process's pending counters to the persistent ones."""
+        with self._lock:
+            pending, self._pending = self._pending, dict.fromkeys(_COUNTERS, 0)
+            engines, self._pending_engines = self._pending_engines, {}
+            self._events = 0
+        for name, value in pending.items():
+            if value:
+                self._meta.incr(name, value, retry=True)
+        for fingerprint, (name, count) in engines.items():
+            with self._meta.transact(retry=True):
+                seen = self._meta.get(("engine", fingerprint), default={"name": name, "generated": 0})
+                seen["generated"] += count
+                self._meta.set(("engine", fingerprint), seen, retry=True)
+
+    def stats(self) -> CacheStats:
+        """Entries, bytes, hits, misses, generated, damaged, evictions and engines seen (all processes)."""
+        self.flush()
+        counters = {name: int(self._meta.get(name, default=0, retry=True)) for name in _COUNTERS}
+        entries = len(self._entries)
+        engines = {}
+        for key in self._meta.iterkeys():
+            if isinstance(key, tuple) and key[0] == "engine":
+                engines[key[1]] = self._meta.get(key)
+        return CacheStats(
+            directory=str(self.directory), entries=entries, bytes=int(self._entries.volume()),
+            size_limit=self.size_limit, hits=counters["hits"], misses=counters["misses"],
+            generated=counters["generated"], damaged=counters["damaged"],
+            evictions=max(0, counters["inserted"] - counters["removed"] - entries), engines=engines,
+        )
+
+    def clear(self) -> int:
+        """Remove every entry and reset the counters; returns the number of entries removed."""
+        with self._lock:
+            self._pending = dict.fromkeys(_COUNTERS, 0)
+            self._pending_engines = {}
+        removed = self._entries.clear(retry=True)
+        self._meta.clear(retry=True)
+        return removed
+
+    def close(self) -> None:
+        self.flush()
+        self._entries.close()
+        self._meta.close()
+
+    def __enter__(self) -> "SRCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"SRCache({str(self.directory)!r}, size_limit={self.size_limit}, codec={self.codec!r})"

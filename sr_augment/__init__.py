@@ -1,0 +1,16 @@
+"""sr-augment: diffusion super-resolution as a data augmentation.
+
+    >>> from sr_augment import get_engine
+    >>> from sr_augment.cache import SRCache
+
+Framework adapters live in `sr_augment.keras_layers` and `sr_augment.torch_transforms`; importing this
+package imports neither torch nor TensorFlow.
+"""
+
+from sr_augment.engines import DEFAULT_ENGINE, Engine, EngineUnavailable, get_engine
+from sr_augment.images import ImageDecodeError, load_image, to_rgb
+
+__version__ = "0.1.0"
+
+__all__ = ["DEFAULT_ENGINE", "Engine", "EngineUnavailable", "ImageDecodeError", "__version__", "get_engine",
+           "load_image", "to_rgb"]

@@ -1,0 +1,170 @@
+"""The `sr-augment` command line: warm, info, clear, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sr_augment.engines import DEFAULT_ENGINE, EngineUnavailable, get_engine
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _engine_params(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"sr-augment: --set expects KEY=VALUE, got {pair!r}")
+        params[key.replace("-", "_")] = _parse_value(value)
+    return params
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine", default=DEFAULT_ENGINE,
+                       help="bicubic, sd-x4-upscaler, ldm-4x, a hub id or a local diffusers folder (default: %(default)s)")
+    group.add_argument("--scale", type=int, default=4, help="upscaling factor (default: %(default)s)")
+    group.add_argument("--steps", type=int, default=None, help="denoising steps (default: the engine's)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    group.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (default: %(default)s)")
+    group.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                       help="engine parameter, e.g. --set noise_level=30 --set prompt='a photo' (repeatable)")
+
+
+def _add_cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", default=None, help="cache folder (default: $SR_AUGMENT_CACHE_DIR or the user cache dir)")
+
+
+def _open_cache(args):
+    from sr_augment.cache import DEFAULT_SIZE_LIMIT, SRCache
+
+    size_limit = getattr(args, "size_limit", None) or DEFAULT_SIZE_LIMIT
+    return SRCache(args.cache_dir, size_limit=size_limit)
+
+
+def _build_engine(args, batch_size: int | None = None):
+    params = _engine_params(args.params)
+    if batch_size is not None and args.engine != "bicubic":
+        params.setdefault("batch_size", batch_size)
+    try:
+        return get_engine(args.engine, scale=args.scale, steps=args.steps, device=args.device, dtype=args.dtype, **params)
+    except (EngineUnavailable, ValueError, TypeError) as exc:
+        raise SystemExit(f"sr-augment: {exc}") from None
+
+
+def cmd_warm(args) -> int:
+    from sr_augment.warm import warm
+
+    engine = _build_engine(args, args.batch_size)
+    with _open_cache(args) as cache:
+        before = cache.stats().evictions
+        try:
+            report = warm(args.paths, engine, cache, mode=args.mode, variants=args.variants,
+                          batch_size=args.batch_size, progress=not args.no_progress)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"sr-augment: {exc}") from None
+        evicted = cache.stats().evictions - before
+    for failure in report.failures:
+        print(f"failed: {failure['path']}: {failure['error']}", file=sys.stderr)
+    if evicted:
+        print(f"warning: {evicted} entries were evicted to stay under the cache size limit; "
+              f"raise --size-limit or the warmed set will not all stay cached", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print(f"{report.images} images: {report.generated} generated, {report.cached} already cached, "
+              f"{report.failed} failed in {report.seconds:.1f} s")
+    return 1 if report.failed else 0
+
+
+def cmd_info(args) -> int:
+    with _open_cache(args) as cache:
+        stats = cache.stats().as_dict()
+    if args.json:
+        print(json.dumps(stats))
+        return 0
+    print(f"cache      {stats['directory']}")
+    print(f"entries    {stats['entries']}")
+    print(f"size       {stats['bytes'] / 2**20:.1f} MiB of {stats['size_limit'] / 2**30:.1f} GiB limit")
+    print(f"hits       {stats['hits']}")
+    print(f"misses     {stats['misses']}")
+    print(f"generated  {stats['generated']}")
+    print(f"damaged    {stats['damaged']} (detected and removed)")
+    print(f"evictions  {stats['evictions']}")
+    for fingerprint, seen in stats["engines"].items():
+        print(f"engine     {seen['name']}: {seen['generated']} generated  {fingerprint}")
+    return 0
+
+
+def cmd_clear(args) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise SystemExit("sr-augment: clear deletes every cached SR image; pass --yes to confirm")
+        if input("Delete every cached SR image? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 0
+    with _open_cache(args) as cache:
+        removed = cache.clear()
+    print(f"removed {removed} entries from {cache.directory}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from sr_augment.demo import run_demo
+
+    engine = _build_engine(args)
+    result = run_demo(engine, out_dir=args.out, variants=args.variants)
+    print(f"wrote {result['grid']}")
+    print(f"{result['images']} images x {result['variants']} variants: generate {result['generate_ms_per_entry']:.1f} ms/entry, "
+          f"cache hit {result['hit_ms_per_entry']:.2f} ms/entry, PNG file decode {result['png_decode_ms_per_entry']:.2f} ms/entry")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sr-augment", description="Diffusion super-resolution as a data augmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("warm", help="generate and cache SR images for folders/files ahead of training")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    _add_engine_options(p)
+    p.add_argument("--mode", choices=["upscale", "resynthesize"], default="upscale")
+    p.add_argument("--variants", type=int, default=1, help="stochastic samples per image (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="requests per engine call (default: %(default)s)")
+    _add_cache_options(p)
+    p.add_argument("--size-limit", type=int, default=None, help="cache size limit in bytes (default: 20 GiB)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object last")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_warm)
+
+    p = sub.add_parser("info", help="cache entries, size, hit/miss counters, engines seen")
+    _add_cache_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("clear", help="delete every cached entry and reset the counters")
+    _add_cache_options(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_clear)
+
+    p = sub.add_parser("demo", help="offline: SR on sample images, a comparison grid PNG and hit/miss timings")
+    _add_engine_options(p)
+    p.add_argument("--variants", type=int, default=2)
+    p.add_argument("--out", default="sr-augment-demo", help="output folder (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

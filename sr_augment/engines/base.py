@@ -1,0 +1,47 @@
+"""The `Engine` contract every SR backend implements, and the errors engines raise.
+
+An engine maps a batch of uint8 HWC RGB images to their super-resolved versions, one seed per image.
+Its `fingerprint` names everything that changes the output (weights, sampler, steps, dtype...): the
+cache key includes it, so changing any generation setting can never return a stale image.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine's weights or runtime cannot be had here; the message says how to provide them."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    """Short label shown in `sr-augment info` and progress bars."""
+    scale: int
+    """Output size / input size."""
+    fingerprint: str
+    """Canonical description of everything that changes the output (part of every cache key)."""
+
+    def upscale(self, images: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray]:
+        """Super-resolve uint8 HWC RGB images; same (image, seed) -> same output, whatever the batch."""
+        ...
+
+
+def make_fingerprint(**fields) -> str:
+    """Canonical JSON of the fields, so equal settings give byte-equal fingerprints."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def check_batch(images: Sequence[np.ndarray], seeds: Sequence[int]) -> None:
+    """Validate the arguments of `Engine.upscale` with errors that say what is wrong."""
+    if len(images) != len(seeds):
+        raise ValueError(f"upscale got {len(images)} images but {len(seeds)} seeds")
+    for i, image in enumerate(images):
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            shape = getattr(image, "shape", None)
+            dtype = getattr(image, "dtype", type(image).__name__)
+            raise ValueError(f"upscale image {i}: expected uint8 HWC RGB, got {dtype} of shape {shape}")

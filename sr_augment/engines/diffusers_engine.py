@@ -1,0 +1,284 @@
+"""Diffusion SR engines on Hugging Face `diffusers`: SD x4 upscaler, LDM 4x, or any diffusers SR pipeline.
+
+Loading goes through the real `DiffusionPipeline.download` / `from_pretrained`, so a hub id, a hub
+cache and a local `save_pretrained` folder all work the same way. Per-image `torch.Generator`s make an
+image's output depend only on (image, seed, settings), never on what else shared its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
+from sr_augment.engines.device import resolve_device, resolve_dtype
+from sr_augment.engines.tiling import Stitcher, pad_to_multiple, plan_tiles
+
+HUB_ALIASES = {
+    "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
+    "ldm-4x": "CompVis/ldm-super-resolution-4x-openimages",
+}
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+}
+
+_SD_CLASS = "StableDiffusionUpscalePipeline"
+_LDM_CLASS = "LDMSuperResolutionPipeline"
+# Sampler defaults per pipeline class: few steps with a multistep solver where the model allows it.
+_DEFAULTS = {
+    _SD_CLASS: {"steps": 20, "scheduler": "dpm++"},
+    _LDM_CLASS: {"steps": 50, "scheduler": None},
+}
+_GENERIC_DEFAULTS = {"steps": 25, "scheduler": None}
+
+
+def _offline_message(spec: str, repo: str, reason: str) -> str:
+    return (
+        f"Engine {spec!r} needs the diffusers weights of {repo!r}, which are not in the local Hugging Face "
+        f"cache and could not be downloaded ({reason}). Provide them in one of two ways: on a machine with "
+        f"network access run `huggingface-cli download {repo}` (copy the resulting HF cache, e.g. "
+        f"~/.cache/huggingface, to this machine, or point HF_HOME at it), or save the pipeline with "
+        f"`save_pretrained(DIR)` and pass that folder as the engine, e.g. get_engine('DIR') or "
+        f"`--engine DIR`. Set HF_HUB_OFFLINE=1 to stop sr-augment from trying the network at all."
+    )
+
+
+_HASH_MEMO: dict[tuple, str] = {}
+
+
+def hash_folder(folder: Path) -> str:
+    """blake2b over the relative paths and contents of a weights folder (memoised on size + mtime)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    stamp = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    memo_key = (str(folder.resolve()), stamp)
+    if memo_key not in _HASH_MEMO:
+        digest = hashlib.blake2b(digest_size=16)
+        for path in files:
+            digest.update(str(path.relative_to(folder)).encode() + b"\0")
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 23), b""):
+                    digest.update(chunk)
+        _HASH_MEMO[memo_key] = digest.hexdigest()
+    return _HASH_MEMO[memo_key]
+
+
+def resolve_weights(spec: str, revision: str | None = None) -> tuple[Path, str]:
+    """(local folder, weights identity) for an alias, a hub id or a local folder."""
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise EngineUnavailable(
+                f"{local}: not a diffusers pipeline folder (no model_index.json). Save one with "
+                f"`pipeline.save_pretrained('{local}')` or pass a hub id."
+            )
+        return local, f"local:{hash_folder(local)}"
+    repo = HUB_ALIASES.get(spec, spec)
+    if repo.count("/") != 1 or any(c.isspace() for c in repo):
+        raise EngineUnavailable(
+            f"Unknown engine {spec!r}: not a built-in engine name, an existing local folder, or a hub id "
+            f"of the form 'owner/name'. Built-in names: bicubic, {', '.join(HUB_ALIASES)}."
+        )
+    from diffusers import DiffusionPipeline
+
+    try:
+        folder = DiffusionPipeline.download(repo, revision=revision)
+    except Exception as exc:  # huggingface_hub raises many types; the user needs one plain answer
+        raise EngineUnavailable(_offline_message(spec, repo, type(exc).__name__)) from None
+    folder = Path(folder)
+    return folder, f"{repo}@{folder.name}"
+
+
+class DiffusersEngine:
+    """A diffusers SR pipeline as an `Engine`: batched, tiled, seeded per image.
+
+    Args:
+        spec: "sd-x4-upscaler", "ldm-4x", a hub id, or a local `save_pretrained` folder.
+        scale: output/input size; defaults to the model's own factor. Another value runs the model
+            and resizes its output (bicubic) to `scale` x the input.
+        steps: denoising steps (default per model: 20 for SD x4 with DPM-Solver++, 50 for LDM).
+        device, dtype: "auto" picks cuda > mps > cpu and fp16/bf16 on GPU, fp32 on CPU. The SD x4
+            upscaler's VAE always stays fp32 (it overflows in fp16).
+        batch_size: tiles per pipeline call.
+        tile, overlap: tile side and overlap in input pixels; larger inputs are tiled and blended.
+        scheduler: "ddim", "dpm++", "euler", "ddpm", "pndm" or None (the pipeline's own).
+        eta: DDIM stochasticity (0 = deterministic given the initial noise).
+        prompt, negative_prompt, guidance_scale, noise_level: SD x4 upscaler conditioning
+            (guidance_scale <= 1 disables classifier-free guidance and halves the cost).
+        revision: hub revision to pin.
+    """
+
+    def __init__(self, spec: str, *, scale: int | None = None, steps: int | None = None, device: str = "auto",
+                 dtype: str = "auto", batch_size: int = 4, tile: int = 128, overlap: int = 16,
+                 scheduler: str | None = "default", eta: float = 0.0, prompt: str = "",
+                 negative_prompt: str | None = None, guidance_scale: float = 1.0, noise_level: int = 20,
+                 revision: str | None = None):
+        import torch
+
+        folder, weights = resolve_weights(str(spec), revision)
+        class_name = json.loads((folder / "model_index.json").read_text())["_class_name"]
+        defaults = _DEFAULTS.get(class_name, _GENERIC_DEFAULTS)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.steps = int(steps if steps is not None else defaults["steps"])
+        scheduler = defaults["scheduler"] if scheduler == "default" else scheduler
+        if scheduler is not None and scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)} or None, got {scheduler!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if batch_size < 1 or tile < 8 or not 0 <= overlap < tile:
+            raise ValueError(f"need batch_size >= 1, tile >= 8 and 0 <= overlap < tile; got {batch_size}, {tile}, {overlap}")
+
+        from diffusers import DiffusionPipeline
+
+        extra = {"safety_checker": None, "watermarker": None, "feature_extractor": None} if class_name == _SD_CLASS else {}
+        torch_dtype = getattr(torch, self.dtype)
+        self.pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch_dtype, **extra)
+        if scheduler is not None:
+            import diffusers
+
+            scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
+            self.pipe.scheduler = scheduler_cls.from_config(self.pipe.scheduler.config)
+        self.pipe.to(self.device)
+        if class_name == _SD_CLASS:
+            self.pipe.vae.to(torch.float32)
+        self.pipe.set_progress_bar_config(disable=True)
+
+        self.class_name = class_name
+        self.native_scale = self._native_scale(scale)
+        self.scale = int(scale) if scale is not None else self.native_scale
+        unet_blocks = len(self.pipe.unet.config.block_out_channels)
+        self.multiple = max(8, 2 ** (unet_blocks - 1))
+        self.batch_size, self.tile, self.overlap = int(batch_size), int(tile), int(overlap)
+        self.eta, self.prompt, self.negative_prompt = float(eta), prompt, negative_prompt
+        self.guidance_scale, self.noise_level = float(guidance_scale), int(noise_level)
+        if class_name == _SD_CLASS and not 0 <= self.noise_level <= self.pipe.config.max_noise_level:
+            raise ValueError(f"noise_level must be in [0, {self.pipe.config.max_noise_level}], got {noise_level}")
+        self.name = str(spec) if str(spec) in HUB_ALIASES else Path(str(spec)).name or str(spec)
+        sampler = {"steps": self.steps, "scheduler": type(self.pipe.scheduler).__name__, "eta": self.eta}
+        if class_name == _SD_CLASS:
+            sampler.update(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=self.guidance_scale,
+                           noise_level=self.noise_level)
+        self.fingerprint = make_fingerprint(
+            engine="diffusers", pipeline=class_name, weights=weights, dtype=self.dtype, scale=self.scale,
+            native_scale=self.native_scale, tile=self.tile, overlap=self.overlap, **sampler,
+        )
+
+    def _native_scale(self, requested: int | None) -> int:
+        if self.class_name == _SD_CLASS:
+            return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        if self.class_name == _LDM_CLASS:
+            return 2 ** (len(self.pipe.vqvae.config.block_out_channels) - 1)
+        return int(requested or 4)
+
+    def __repr__(self) -> str:
+        return f"DiffusersEngine({self.name!r}, {self.class_name}, scale={self.scale}, steps={self.steps}, device={self.device!r}, dtype={self.dtype!r})"
+
+    # -- the Engine contract ---------------------------------------------------------------------------
+    def upscale(self, images: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray]:
+        check_batch(images, seeds)
+        jobs = []  # (image index, tile, padded tile pixels, tile seed)
+        stitchers = []
+        for index, (image, seed) in enumerate(zip(images, seeds)):
+            height, width = image.shape[:2]
+            stitchers.append(Stitcher(height, width, self.native_scale, self.overlap))
+            for number, tile in enumerate(plan_tiles(height, width, self.tile, self.overlap)):
+                pixels = image[tile.top:tile.top + tile.height, tile.left:tile.left + tile.width]
+                jobs.append((index, tile, pad_to_multiple(pixels, self.multiple), tile_seed(seed, number)))
+        by_shape: dict[tuple, list] = {}
+        for job in jobs:
+            by_shape.setdefault(job[2].shape, []).append(job)
+        for group in by_shape.values():
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start:start + self.batch_size]
+                outputs = self._run([job[2] for job in chunk], [job[3] for job in chunk])
+                for (index, tile, _, _), out in zip(chunk, outputs):
+                    stitchers[index].add(tile, out)
+        results = [stitcher.result() for stitcher in stitchers]
+        if self.scale != self.native_scale:
+            results = [_resize_to(out, image, self.scale) for out, image in zip(results, images)]
+        return results
+
+    # -- pipeline calls ----------------------------------------------------------------------------------
+    def _run(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
+        import torch
+
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        with torch.inference_mode():
+            if self.class_name == _SD_CLASS:
+                out = self.pipe(
+                    prompt=[self.prompt] * len(batch),
+                    negative_prompt=None if self.negative_prompt is None else [self.negative_prompt] * len(batch),
+                    image=[Image.fromarray(b) for b in batch], num_inference_steps=self.steps,
+                    guidance_scale=self.guidance_scale, noise_level=self.noise_level, eta=self.eta,
+                    generator=generators, output_type="np",
+                ).images
+            elif self.class_name == _LDM_CLASS:
+                out = self._run_ldm(batch, generators)
+            else:
+                out = self.pipe(image=[Image.fromarray(b) for b in batch], num_inference_steps=self.steps,
+                                generator=generators, output_type="np").images
+        out = np.asarray(out, dtype=np.float32)
+        expected = (batch[0].shape[0] * self.native_scale, batch[0].shape[1] * self.native_scale)
+        if out.shape[1:3] != expected:
+            raise RuntimeError(
+                f"{self.name}: pipeline returned {out.shape[1:3]} for a {batch[0].shape[:2]} input, expected "
+                f"{expected}; pass the model's scale with scale=N"
+            )
+        return [np.clip(np.rint(o * 255.0), 0, 255).astype(np.uint8) for o in out]
+
+    def _run_ldm(self, batch: list[np.ndarray], generators) -> np.ndarray:
+        """The LDM SR sampling loop with per-image noise.
+
+        diffusers' `LDMSuperResolutionPipeline.__call__` draws DDIM's eta noise from the global RNG,
+        so with eta > 0 an image's output would depend on its batch-mates; this loop is the same
+        algorithm with the eta noise drawn from each image's own generator.
+        """
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe, scheduler = self.pipe, self.pipe.scheduler
+        dtype = next(pipe.unet.parameters()).dtype
+        image = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(pipe.device, dtype) / 127.5 - 1.0
+        shape = (len(batch), pipe.unet.config.in_channels // 2, *image.shape[-2:])
+        latents = randn_tensor(shape, generator=generators, device=pipe.device, dtype=dtype)
+        scheduler.set_timesteps(self.steps, device=pipe.device)
+        latents = latents * scheduler.init_noise_sigma
+        step_params = set(inspect.signature(scheduler.step).parameters)
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(torch.cat([latents, image], dim=1), t)
+            noise_pred = pipe.unet(model_input, t).sample
+            kwargs = {}
+            if "eta" in step_params:
+                kwargs["eta"] = self.eta
+                if self.eta > 0 and "variance_noise" in step_params:
+                    kwargs["variance_noise"] = randn_tensor(latents.shape, generator=generators, device=pipe.device, dtype=dtype)
+            latents = scheduler.step(noise_pred, t, latents, **kwargs).prev_sample
+        decoded = pipe.vqvae.decode(latents).sample
+        return ((torch.clamp(decoded, -1.0, 1.0) + 1.0) / 2.0).float().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tile_seed(seed: int, tile_number: int) -> int:
+    """Seed of one tile: the image's own seed for tile 0, a distinct derived seed for the others."""
+    if tile_number == 0:
+        return int(seed) % (2**63)
+    return int(np.random.SeedSequence([int(seed) % (2**63), tile_number]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _resize_to(out: np.ndarray, image: np.ndarray, scale: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    if out.shape[:2] == (height * scale, width * scale):
+        return out
+    resized = Image.fromarray(out).resize((width * scale, height * scale), resample=Image.BICUBIC)
+    return np.asarray(resized, dtype=np.uint8)
+

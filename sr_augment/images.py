@@ -1,0 +1,130 @@
+"""Decode and normalise any image input to contiguous uint8 HWC RGB numpy arrays.
+
+Everything downstream (engines, cache keys) sees exactly one pixel format, so the same picture hits the
+same cache entry whether it came from a path, a PIL image or an array.
+
+Conversions (documented in the README):
+- EXIF orientation is applied (`PIL.ImageOps.exif_transpose`).
+- Alpha is dropped, as `PIL.Image.convert("RGB")`, torchvision's `ImageFolder` loader and
+  `tf.io.decode_image(channels=3)` do, so warmed keys match what training pipelines decode.
+- Grayscale is replicated to three channels; palette and CMYK images are converted to RGB.
+- 16-bit images are scaled to 8 bits (value / 257), not clipped.
+- Float arrays must lie in [0, 1]; NaN or out-of-range values are an error, never silently clipped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+class ImageDecodeError(ValueError):
+    """An input could not be turned into an RGB image; the message names the input and the reason."""
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file into uint8 HWC RGB, raising `ImageDecodeError` naming the file on failure."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{path}: not an image Pillow can identify") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"{path}: cannot decode image ({exc})") from None
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any mode to uint8 HWC RGB (see the module docstring for the rules)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
+        arr = np.clip(arr, 0, 65535).astype(np.float64) if img.mode == "I" else arr
+        arr8 = np.round(np.asarray(arr, dtype=np.float64) / 257.0).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(arr8[:, :, None], 3, axis=2))
+    if img.mode != "RGB":
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def array_to_rgb(arr: np.ndarray, name: str = "array") -> np.ndarray:
+    """Normalise an HWC / HW numpy array (uint8, uint16, bool or float in [0, 1]) to uint8 RGB."""
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise ImageDecodeError(f"{name}: expected an HWC or HW image, got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageDecodeError(f"{name}: empty image of shape {arr.shape}")
+    channels = arr.shape[2]
+    if channels not in (1, 3, 4):
+        raise ImageDecodeError(f"{name}: expected 1, 3 or 4 channels (HWC), got {channels} in shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise ImageDecodeError(f"{name}: float image contains NaN or infinity")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ImageDecodeError(f"{name}: float image values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+        out = np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)
+    else:
+        raise ImageDecodeError(f"{name}: unsupported dtype {arr.dtype}")
+    if channels == 1:
+        out = np.repeat(out, 3, axis=2)
+    elif channels == 4:
+        out = out[:, :, :3]
+    return np.ascontiguousarray(out)
+
+
+def to_rgb(image: ImageInput, name: str | None = None) -> np.ndarray:
+    """Any supported input (path, PIL image, numpy array) to contiguous uint8 HWC RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(image)
+    if isinstance(image, np.ndarray):
+        return array_to_rgb(image, name or "array")
+    raise ImageDecodeError(f"{name or 'input'}: unsupported image type {type(image).__name__}")
+
+
+def resize(image: np.ndarray, size: tuple[int, int], resample: int = Image.BICUBIC) -> np.ndarray:
+    """Resize uint8 HWC RGB to (height, width) with Pillow (antialiased when shrinking)."""
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    out = Image.fromarray(image).resize((width, height), resample=resample)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def iter_image_files(paths) -> list[Path]:
+    """Files under the given files/folders (folders recursively), sorted, images by suffix."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return found

@@ -1,0 +1,44 @@
+"""The two label-preserving modes: what the engine is fed, and how its output becomes the result.
+
+- `upscale`: the input is low-resolution; the result is its SR image (`scale` x the input).
+- `resynthesize`: the input is any image; it is downscaled by `scale` (antialiased bicubic) and
+  super-resolved back, then resized to exactly the input's size when `scale` does not divide it.
+  Diffusion invents new high-frequency detail: a shape-preserving augmentation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sr_augment.images import resize
+
+MODES = ("upscale", "resynthesize")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    return mode
+
+
+def engine_input(image: np.ndarray, mode: str, scale: int) -> np.ndarray:
+    """The low-resolution image the engine super-resolves for this mode."""
+    if check_mode(mode) == "upscale":
+        return image
+    height, width = image.shape[:2]
+    return resize(image, (max(1, round(height / scale)), max(1, round(width / scale))))
+
+
+def finish(sr: np.ndarray, image: np.ndarray, mode: str) -> np.ndarray:
+    """The engine's output turned into the mode's result (resynthesize: back to the input's size)."""
+    if mode == "resynthesize":
+        return resize(sr, image.shape[:2])
+    return sr
+
+
+def output_shape(image_shape: tuple, mode: str, scale: int) -> tuple[int, int, int]:
+    """Shape of the result for an input of `image_shape` (HWC)."""
+    height, width = image_shape[:2]
+    if check_mode(mode) == "resynthesize":
+        return (height, width, 3)
+    return (height * scale, width * scale, 3)

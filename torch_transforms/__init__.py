@@ -1,0 +1,1 @@
+"""`sr_augment.torch_transforms`: the torchvision `SRAugment` transform (roadmap step 2)."""
