@@ -18,7 +18,7 @@ from PIL import Image
 
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.device import resolve_device, resolve_dtype
-from sr_augment.engines.tiling import Stitcher, pad_to_multiple, plan_tiles
+from sr_augment.engines.tiling import upscale_tiled
 
 HUB_ALIASES = {
     "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
@@ -187,24 +187,8 @@ class DiffusersEngine:
     # -- the Engine contract ---------------------------------------------------------------------------
     def upscale(self, images: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray]:
         check_batch(images, seeds)
-        jobs = []  # (image index, tile, padded tile pixels, tile seed)
-        stitchers = []
-        for index, (image, seed) in enumerate(zip(images, seeds)):
-            height, width = image.shape[:2]
-            stitchers.append(Stitcher(height, width, self.native_scale, self.overlap))
-            for number, tile in enumerate(plan_tiles(height, width, self.tile, self.overlap)):
-                pixels = image[tile.top:tile.top + tile.height, tile.left:tile.left + tile.width]
-                jobs.append((index, tile, pad_to_multiple(pixels, self.multiple), tile_seed(seed, number)))
-        by_shape: dict[tuple, list] = {}
-        for job in jobs:
-            by_shape.setdefault(job[2].shape, []).append(job)
-        for group in by_shape.values():
-            for start in range(0, len(group), self.batch_size):
-                chunk = group[start:start + self.batch_size]
-                outputs = self._run([job[2] for job in chunk], [job[3] for job in chunk])
-                for (index, tile, _, _), out in zip(chunk, outputs):
-                    stitchers[index].add(tile, out)
-        results = [stitcher.result() for stitcher in stitchers]
+        results = upscale_tiled(images, seeds, self._run, scale=self.native_scale, tile=self.tile,
+                                overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size)
         if self.scale != self.native_scale:
             results = [_resize_to(out, image, self.scale) for out, image in zip(results, images)]
         return results
@@ -266,13 +250,6 @@ class DiffusersEngine:
             latents = scheduler.step(noise_pred, t, latents, **kwargs).prev_sample
         decoded = pipe.vqvae.decode(latents).sample
         return ((torch.clamp(decoded, -1.0, 1.0) + 1.0) / 2.0).float().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def tile_seed(seed: int, tile_number: int) -> int:
-    """Seed of one tile: the image's own seed for tile 0, a distinct derived seed for the others."""
-    if tile_number == 0:
-        return int(seed) % (2**63)
-    return int(np.random.SeedSequence([int(seed) % (2**63), tile_number]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _resize_to(out: np.ndarray, image: np.ndarray, scale: int) -> np.ndarray:

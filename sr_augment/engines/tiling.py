@@ -86,3 +86,37 @@ class Stitcher:
         if np.any(self.weight == 0):
             raise RuntimeError("tiling left output pixels uncovered (a bug: please report it)")
         return np.clip(np.rint(self.total / self.weight), 0, 255).astype(np.uint8)
+
+
+def tile_seed(seed: int, tile_number: int) -> int:
+    """Seed of one tile: the image's own seed for tile 0, a distinct derived seed for the others."""
+    if tile_number == 0:
+        return int(seed) % (2**63)
+    return int(np.random.SeedSequence([int(seed) % (2**63), tile_number]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def upscale_tiled(images, seeds, run_batch, *, scale: int, tile: int, overlap: int, multiple: int,
+                  batch_size: int) -> list[np.ndarray]:
+    """Upscale images of any size with `run_batch(list of equal-shape arrays, seeds) -> list of arrays`.
+
+    Every image is cut into tiles (one when it fits), each tile is padded to `multiple`, tiles of all
+    images are grouped by shape and run `batch_size` at a time, and the outputs are stitched back.
+    """
+    jobs = []  # (image index, tile, padded pixels, tile seed)
+    stitchers = []
+    for index, (image, seed) in enumerate(zip(images, seeds)):
+        height, width = image.shape[:2]
+        stitchers.append(Stitcher(height, width, scale, overlap))
+        for number, tile_box in enumerate(plan_tiles(height, width, tile, overlap)):
+            pixels = image[tile_box.top:tile_box.top + tile_box.height, tile_box.left:tile_box.left + tile_box.width]
+            jobs.append((index, tile_box, pad_to_multiple(pixels, multiple), tile_seed(seed, number)))
+    by_shape: dict[tuple, list] = {}
+    for job in jobs:
+        by_shape.setdefault(job[2].shape, []).append(job)
+    for group in by_shape.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            outputs = run_batch([job[2] for job in chunk], [job[3] for job in chunk])
+            for (index, tile_box, _, _), out in zip(chunk, outputs):
+                stitchers[index].add(tile_box, out)
+    return [stitcher.result() for stitcher in stitchers]

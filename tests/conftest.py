@@ -1,0 +1,59 @@
+"""Shared fixtures.
+
+torch is imported before anything else: with the registry's CUDA torch (it brings triton), a process
+that imports tensorflow first and torch second aborts (LLVM option clash), and pytest's collection
+order must not decide that. Tests of the TF-first case run in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+try:
+    import torch  # noqa: F401  (import order matters, see above)
+except ImportError:  # the core tests run without torch
+    torch = None
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A folder of ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (see DESIGN.md section 7)")
+    return path
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    from tiny_pipelines import build_tiny_sd_upscaler
+
+    return build_tiny_sd_upscaler(tmp_path_factory.mktemp("tiny-sd-x4"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm_dir(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    from tiny_pipelines import build_tiny_ldm_sr
+
+    return build_tiny_ldm_sr(tmp_path_factory.mktemp("tiny-ldm-4x"))

@@ -1,0 +1,178 @@
+"""SRCache: keys from pixels and settings, exact hits, variants, damage detection, limits, stats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sr_augment import get_engine
+from sr_augment.cache import CODECS, SRCache
+from sr_augment.cache.codec import DamagedEntry, decode, encode
+from sr_augment.engines.base import make_fingerprint
+
+
+class CountingEngine:
+    """A stochastic stand-in engine: output depends on the seed, calls are counted."""
+
+    name = "counting"
+
+    def __init__(self, scale=2, tag="a"):
+        self.scale = scale
+        self.fingerprint = make_fingerprint(engine="counting", scale=scale, tag=tag)
+        self.calls = []
+
+    def upscale(self, images, seeds):
+        self.calls.append(len(images))
+        out = []
+        for image, seed in zip(images, seeds):
+            up = np.repeat(np.repeat(image, self.scale, 0), self.scale, 1).astype(np.int64)
+            out.append(((up + seed) % 256).astype(np.uint8))
+        return out
+
+
+@pytest.fixture
+def cache(cache_dir):
+    with SRCache(cache_dir) as c:
+        yield c
+
+
+def _image(rng, h=6, w=5):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_hit_returns_exactly_what_was_stored(cache_dir, rng, codec):
+    engine = CountingEngine()
+    image = _image(rng)
+    with SRCache(cache_dir, codec=codec) as cache:
+        assert cache.get(image, engine) is None
+        made = cache.get_or_create(image, engine)
+        hit = cache.get(image, engine)
+        assert made.shape == (12, 10, 3) and np.array_equal(hit, made)
+        assert hit.flags.writeable
+        assert engine.calls == [1]
+        stats = cache.stats()
+        assert (stats.entries, stats.hits, stats.misses, stats.generated) == (1, 1, 2, 1)
+
+
+def test_same_pixels_from_two_paths_hit_once(cache, tmp_path, rng):
+    engine = CountingEngine()
+    pixels = _image(rng)
+    a, b = tmp_path / "a.png", tmp_path / "sub" / "b.png"
+    b.parent.mkdir()
+    for path in (a, b):
+        Image.fromarray(pixels).save(path)
+    first = cache.get_or_create(a, engine)
+    second = cache.get_or_create(b, engine)
+    third = cache.get_or_create(pixels, engine)  # from memory
+    assert engine.calls == [1] and np.array_equal(first, second) and np.array_equal(first, third)
+    assert cache.key(a, engine) == cache.key(pixels.copy(), engine)
+
+
+def test_settings_mode_scale_and_variant_change_the_key(cache, rng):
+    image = _image(rng)
+    keys = {
+        cache.key(image, CountingEngine()),
+        cache.key(image, CountingEngine(tag="other steps")),
+        cache.key(image, CountingEngine(scale=3)),
+        cache.key(image, CountingEngine(), mode="resynthesize"),
+        cache.key(image, CountingEngine(), variant=1),
+        cache.key(image[:, ::-1], CountingEngine()),
+    }
+    assert len(keys) == 6
+
+
+def test_variants_use_distinct_derived_seeds(cache, rng):
+    engine = CountingEngine()
+    image = _image(rng)
+    outs = cache.get_or_create_many([image] * 3, engine, variants=[0, 1, 2])
+    assert engine.calls == [3]  # one batched call for all misses
+    assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
+    with SRCache(cache.directory / "other") as other:  # another machine derives the same seeds
+        again = other.get_or_create_many([image] * 3, CountingEngine(), variants=[0, 1, 2])
+    assert all(np.array_equal(x, y) for x, y in zip(outs, again))
+
+
+def test_resynthesize_keeps_the_input_shape(cache, rng):
+    engine = CountingEngine(scale=4)
+    image = _image(rng, 18, 13)  # not divisible by 4
+    out = cache.get_or_create(image, engine, mode="resynthesize")
+    assert out.shape == image.shape
+    assert engine.calls == [1]
+
+
+def test_with_diffusers_engine_changing_steps_prompt_or_dtype_misses(cache, tiny_sd_dir, rng):
+    image = _image(rng, 8, 8)
+    base = get_engine(tiny_sd_dir, steps=1)
+    cache.get_or_create(image, base)
+    assert cache.get(image, get_engine(tiny_sd_dir, steps=1)) is not None  # a new engine object hits
+    for changed in (dict(steps=2), dict(prompt="a photo"), dict(dtype="bf16")):
+        assert cache.get(image, get_engine(tiny_sd_dir, **{"steps": 1, **changed})) is None, changed
+
+
+def test_damaged_entry_is_detected_counted_and_regenerated(cache, rng):
+    engine = CountingEngine()
+    image = _image(rng)
+    good = cache.get_or_create(image, engine)
+    key = cache.key(image, engine)
+    record = bytearray(cache._entries[key])
+    record[len(record) // 2] ^= 0x01  # one flipped bit on disk
+    cache._entries.set(key, bytes(record))
+    assert cache.get(image, engine) is None
+    assert cache.stats().damaged == 1 and key not in cache
+    again = cache.get_or_create(image, engine)
+    assert np.array_equal(again, good) and engine.calls == [1, 1]
+
+
+@pytest.mark.parametrize("damage", [lambda r: r[:-7], lambda r: b"XXXX" + r[4:], lambda r: r[:8] + b"\0" * (len(r) - 8)])
+def test_codec_rejects_damaged_records(rng, damage):
+    record = encode(_image(rng))
+    assert np.array_equal(decode(record), decode(bytes(record)))
+    with pytest.raises(DamagedEntry):
+        decode(damage(record))
+
+
+def test_size_limit_evicts_and_reports_evictions(cache_dir, rng):
+    engine = CountingEngine(scale=8)
+    with SRCache(cache_dir, size_limit=200_000, codec="raw") as cache:
+        for i in range(40):  # 40 x 48 KiB raw records > 200 kB
+            cache.get_or_create(_image(rng, 16, 16), engine)
+        stats = cache.stats()
+    assert stats.entries < 40 and stats.evictions == 40 - stats.entries
+    assert stats.bytes <= 400_000  # diskcache culls back towards the limit
+
+
+def test_stats_persist_across_processes_and_clear_resets(cache_dir, rng):
+    engine = CountingEngine()
+    image = _image(rng)
+    with SRCache(cache_dir) as cache:
+        cache.get_or_create(image, engine)
+    with SRCache(cache_dir) as cache:
+        cache.get(image, engine)
+        stats = cache.stats()
+        assert (stats.hits, stats.misses, stats.generated) == (1, 1, 1)
+        assert [seen["name"] for seen in stats.engines.values()] == ["counting"]
+        assert cache.clear() == 1
+        assert cache.stats().entries == 0 and cache.stats().hits == 0
+
+
+def test_bad_arguments_are_clear_errors(cache_dir, rng):
+    with pytest.raises(ValueError, match="codec"):
+        SRCache(cache_dir, codec="gif")
+    with pytest.raises(ValueError, match="size_limit"):
+        SRCache(cache_dir, size_limit=0)
+    with SRCache(cache_dir) as cache:
+        with pytest.raises(ValueError, match="mode"):
+            cache.get(_image(rng), CountingEngine(), mode="upsample")
+        with pytest.raises(ValueError, match="variant"):
+            cache.get(_image(rng), CountingEngine(), variant=-1)
+
+
+def test_default_directory_follows_env(monkeypatch, tmp_path):
+    from sr_augment.cache import default_cache_dir
+
+    monkeypatch.setenv("SR_AUGMENT_CACHE_DIR", str(tmp_path / "here"))
+    assert default_cache_dir() == tmp_path / "here"
+    monkeypatch.delenv("SR_AUGMENT_CACHE_DIR")
+    assert default_cache_dir().name == "sr_augment"
