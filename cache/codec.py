@@ -1,8 +1,9 @@
 """Stored records: a checksummed header + an encoded image, so damage is detected, never returned.
 
 Layout: b"SRA1" | crc32 (4 bytes, of everything after it) | header length (2) | JSON header | payload.
-The default codec is PNG at compress level 1 (lossless; DESIGN.md measured 16 ms encode and 6 ms
-decode for a 512x512 photo, against 71 ms encode at Pillow's default level for the same decode).
+The default codec is WebP lossless: measured in bench/bench_core.py (bench/NOTES.md) it decodes
+faster than PNG and stores smaller entries; its slower encode is paid once, next to seconds of
+diffusion. Images wider or taller than WebP's 16383 px limit, or a Pillow without WebP, use PNG.
 """
 
 from __future__ import annotations
@@ -13,19 +14,24 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, features
 
 MAGIC = b"SRA1"
-CODECS = ("png", "webp", "raw")
+CODECS = ("webp", "png", "raw")
+DEFAULT_CODEC = "webp"
+_WEBP_MAX_SIDE = 16383
+_HAS_WEBP = features.check("webp")
 
 
 class DamagedEntry(ValueError):
     """A stored record failed its checksum or could not be decoded."""
 
 
-def encode(image: np.ndarray, codec: str = "png") -> bytes:
+def encode(image: np.ndarray, codec: str = DEFAULT_CODEC) -> bytes:
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
+    if codec == "webp" and (not _HAS_WEBP or max(image.shape[:2]) > _WEBP_MAX_SIDE):
+        codec = "png"
     if codec == "raw":
         payload = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
     else:

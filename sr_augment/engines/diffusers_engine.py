@@ -141,17 +141,21 @@ class DiffusersEngine:
 
         from diffusers import DiffusionPipeline
 
-        extra = {"safety_checker": None, "watermarker": None, "feature_extractor": None} if class_name == _SD_CLASS else {}
-        torch_dtype = getattr(torch, self.dtype)
-        self.pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch_dtype, **extra)
+        dtype_kw = {_dtype_keyword(): getattr(torch, self.dtype)}
+        extra = {}
+        if class_name == _SD_CLASS:
+            extra = {"safety_checker": None, "watermarker": None, "feature_extractor": None}
+            if self.dtype != "float32":  # the x4 upscaler's VAE overflows in fp16: load it in fp32
+                from diffusers import AutoencoderKL
+
+                extra["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", **{_dtype_keyword(): torch.float32})
+        self.pipe = DiffusionPipeline.from_pretrained(folder, **dtype_kw, **extra)
         if scheduler is not None:
             import diffusers
 
             scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
             self.pipe.scheduler = scheduler_cls.from_config(self.pipe.scheduler.config)
         self.pipe.to(self.device)
-        if class_name == _SD_CLASS:
-            self.pipe.vae.to(torch.float32)
         self.pipe.set_progress_bar_config(disable=True)
 
         self.class_name = class_name
@@ -250,6 +254,13 @@ class DiffusersEngine:
             latents = scheduler.step(noise_pred, t, latents, **kwargs).prev_sample
         decoded = pipe.vqvae.decode(latents).sample
         return ((torch.clamp(decoded, -1.0, 1.0) + 1.0) / 2.0).float().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _dtype_keyword() -> str:
+    """`dtype` on diffusers that deprecate `torch_dtype` (0.36+), else `torch_dtype`."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
 def _resize_to(out: np.ndarray, image: np.ndarray, scale: int) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""The command line: warm (resume, bad files, JSON), info, clear, demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import shared_data
+from sr_augment.cli import main
+
+
+def _warm(capsys, *args):
+    code = main(["warm", *map(str, args), "--json", "--no-progress"])
+    out = capsys.readouterr()
+    return code, json.loads(out.out.strip().splitlines()[-1]), out.err
+
+
+def test_warm_set5_twice_second_run_generates_nothing(capsys, cache_dir):
+    set5 = shared_data("Set5")
+    code, first, _ = _warm(capsys, set5, "--cache-dir", cache_dir, "--engine", "bicubic", "--variants", "2")
+    assert code == 0
+    assert first["images"] == 5 and first["generated"] == 10 and first["cached"] == 0 and first["failed"] == 0
+    code, second, _ = _warm(capsys, set5, "--cache-dir", cache_dir, "--engine", "bicubic", "--variants", "2")
+    assert code == 0 and second["generated"] == 0 and second["cached"] == 10
+    assert set(second) == {"images", "generated", "cached", "failed", "failures", "seconds"}
+
+
+def test_bad_files_are_reported_and_the_others_cached(capsys, cache_dir, tmp_path, rng):
+    data = tmp_path / "data"
+    (data / "nested").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8 + i, 8, 3), dtype=np.uint8)).save(data / "nested" / f"ok{i}.png")
+    (data / "corrupt.png").write_bytes(b"not really a png")
+    (data / "empty.jpg").write_bytes(b"")
+    code, report, err = _warm(capsys, data, "--cache-dir", cache_dir, "--engine", "bicubic", "--batch-size", "2")
+    assert code == 1
+    assert report["images"] == 5 and report["generated"] == 3 and report["failed"] == 2
+    failed = {f["path"]: f["error"] for f in report["failures"]}
+    assert set(failed) == {str(data / "corrupt.png"), str(data / "empty.jpg")}
+    assert "empty file" in failed[str(data / "empty.jpg")]
+    assert "corrupt.png" in err
+    code, again, _ = _warm(capsys, data / "nested", "--cache-dir", cache_dir, "--engine", "bicubic")
+    assert code == 0 and again["generated"] == 0 and again["cached"] == 3
+
+
+def test_warm_duplicate_pixels_generate_once(capsys, cache_dir, tmp_path, rng):
+    pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for name in ("a.png", "b.png", "c.bmp"):
+        Image.fromarray(pixels).save(tmp_path / name)
+    code, report, _ = _warm(capsys, tmp_path, "--cache-dir", cache_dir, "--engine", "bicubic")
+    assert code == 0 and report["generated"] == 1 and report["cached"] == 2
+
+
+def test_warm_with_tiny_diffusers_engine_batches_across_images(capsys, cache_dir, tmp_path, tiny_sd_dir, rng):
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    args = [tmp_path, "--cache-dir", cache_dir, "--engine", tiny_sd_dir, "--steps", "1", "--variants", "2",
+            "--batch-size", "4", "--mode", "resynthesize"]
+    code, report, _ = _warm(capsys, *args)
+    assert code == 0 and report["generated"] == 6
+    code, report, _ = _warm(capsys, *args)
+    assert report["generated"] == 0 and report["cached"] == 6
+    main(["info", "--cache-dir", str(cache_dir), "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["entries"] == 6 and info["generated"] == 6
+    assert [seen["name"] for seen in info["engines"].values()] == [tiny_sd_dir.name]
+
+
+def test_missing_path_and_bad_engine_are_clear_errors(cache_dir, tmp_path):
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["warm", str(tmp_path / "nope"), "--cache-dir", str(cache_dir), "--no-progress"])
+    with pytest.raises(SystemExit, match="Unknown engine"):
+        main(["warm", str(tmp_path), "--engine", "no-such", "--cache-dir", str(cache_dir)])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        main(["warm", str(tmp_path), "--set", "oops", "--cache-dir", str(cache_dir)])
+
+
+def test_info_and_clear(capsys, cache_dir, tmp_path, rng, monkeypatch):
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    _warm(capsys, tmp_path, "--cache-dir", cache_dir, "--engine", "bicubic")
+    assert main(["info", "--cache-dir", str(cache_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "entries    1" in text and "bicubic" in text
+    monkeypatch.setattr(sys, "stdin", open("/dev/null"))
+    with pytest.raises(SystemExit, match="--yes"):
+        main(["clear", "--cache-dir", str(cache_dir)])
+    assert main(["clear", "--cache-dir", str(cache_dir), "--yes"]) == 0
+    main(["info", "--cache-dir", str(cache_dir), "--json"])
+    capsys.readouterr()
+    main(["info", "--cache-dir", str(cache_dir), "--json"])
+    assert json.loads(capsys.readouterr().out)["entries"] == 0
+
+
+def test_demo_console_script_writes_grid_and_timings(tmp_path):
+    exe = shutil.which("sr-augment") or pytest.skip("console script not installed")
+    out = subprocess.run([exe, "demo", "--out", str(tmp_path / "demo"), "--variants", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    grid = Image.open(tmp_path / "demo" / "grid.png")
+    timings = json.loads((tmp_path / "demo" / "timings.json").read_text())
+    assert timings["images"] == 4 and timings["cache_hits"] >= 8
+    # 4 rows of (LR | bicubic | 2 variants | original) tiles of 256 px plus 4 px gaps
+    assert grid.size == (5 * 260 + 4, 4 * 260 + 4)
+    assert timings["hit_ms_per_entry"] > 0 and "cache hit" in out.stdout
