@@ -76,11 +76,15 @@ def cmd_warm(args) -> int:
     if evicted:
         print(f"warning: {evicted} entries were evicted to stay under the cache size limit; "
               f"raise --size-limit or the warmed set will not all stay cached", file=sys.stderr)
+    if report.interrupted:
+        print("interrupted: what was generated is cached; run the same command again to resume", file=sys.stderr)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
         print(f"{report.images} images: {report.generated} generated, {report.cached} already cached, "
               f"{report.failed} failed in {report.seconds:.1f} s")
+    if report.interrupted:
+        return 130
     return 1 if report.failed else 0
 
 

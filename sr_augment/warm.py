@@ -29,6 +29,8 @@ class WarmReport:
     """Files that could not be read or generated."""
     failures: list = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
+    """True when Ctrl-C stopped the run; every batch finished before it is stored."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +93,8 @@ def warm(paths: Iterable, engine, cache, *, mode: str = "upscale", variants: int
                 pending_keys.difference_update(r.key for _, r in batch)
         if pending:
             run(pending)
+    except KeyboardInterrupt:
+        report.interrupted = True
     finally:
         bar.close()
         cache.flush()

@@ -176,3 +176,11 @@ def test_default_directory_follows_env(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "here"
     monkeypatch.delenv("SR_AUGMENT_CACHE_DIR")
     assert default_cache_dir().name == "sr_augment"
+
+
+def test_diffusers_variants_differ_and_hit_exactly(cache, tiny_ldm_dir, rng):
+    engine = get_engine(tiny_ldm_dir, steps=2)
+    image = _image(rng, 8, 8)
+    v0, v1 = cache.get_or_create_many([image, image], engine, variants=[0, 1])
+    assert v0.shape == (32, 32, 3) and np.abs(v0.astype(int) - v1.astype(int)).mean() > 1.0
+    assert np.array_equal(cache.get(image, engine, variant=1), v1)

@@ -28,7 +28,7 @@ def test_warm_set5_twice_second_run_generates_nothing(capsys, cache_dir):
     assert first["images"] == 5 and first["generated"] == 10 and first["cached"] == 0 and first["failed"] == 0
     code, second, _ = _warm(capsys, set5, "--cache-dir", cache_dir, "--engine", "bicubic", "--variants", "2")
     assert code == 0 and second["generated"] == 0 and second["cached"] == 10
-    assert set(second) == {"images", "generated", "cached", "failed", "failures", "seconds"}
+    assert set(second) == {"images", "generated", "cached", "failed", "failures", "seconds", "interrupted"}
 
 
 def test_bad_files_are_reported_and_the_others_cached(capsys, cache_dir, tmp_path, rng):
@@ -108,3 +108,27 @@ def test_demo_console_script_writes_grid_and_timings(tmp_path):
     # 4 rows of (LR | bicubic | 2 variants | original) tiles of 256 px plus 4 px gaps
     assert grid.size == (5 * 260 + 4, 4 * 260 + 4)
     assert timings["hit_ms_per_entry"] > 0 and "cache hit" in out.stdout
+
+
+def test_ctrl_c_keeps_finished_batches_and_a_rerun_resumes(cache_dir, tmp_path, rng):
+    from sr_augment.cache import SRCache
+    from sr_augment.engines import BicubicEngine
+    from sr_augment.warm import warm
+
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+
+    class InterruptedEngine(BicubicEngine):
+        calls = 0
+
+        def upscale(self, images, seeds):
+            type(self).calls += 1
+            if type(self).calls == 2:
+                raise KeyboardInterrupt
+            return super().upscale(images, seeds)
+
+    with SRCache(cache_dir) as cache:
+        report = warm([tmp_path], InterruptedEngine(), cache, batch_size=2, progress=False)
+        assert report.interrupted and report.generated == 2 and len(cache) == 2
+        resumed = warm([tmp_path], BicubicEngine(), cache, batch_size=2, progress=False)
+    assert not resumed.interrupted and resumed.cached == 2 and resumed.generated == 3
