@@ -8,13 +8,17 @@ Why these choices:
 - Every record carries a checksum; a damaged one is counted, deleted and (in `get_or_create`)
   regenerated, never returned.
 - Hit/miss counters are kept in memory and added to a small persistent stats store every
-  `_FLUSH_EVERY` events and on `close()`/`stats()`, so a hit costs no SQLite write.
+  `_FLUSH_EVERY` events or `_FLUSH_SECONDS`, on `close()`/`stats()` and at process exit, so a hit
+  costs no SQLite write.
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing.util
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +35,7 @@ DEFAULT_SIZE_LIMIT = 20 * 2**30
 """20 GiB: about 50,000 512x512 SR images as PNG. Pass `size_limit` to change it."""
 
 _FLUSH_EVERY = 256
+_FLUSH_SECONDS = 2.0
 _COUNTERS = ("hits", "misses", "generated", "damaged", "inserted", "removed")
 
 
@@ -110,7 +115,12 @@ class SRCache:
         self._pending = dict.fromkeys(_COUNTERS, 0)
         self._pending_engines: dict[str, list] = {}
         self._events = 0
+        self._last_flush = time.monotonic()
         self._lock = threading.Lock()
+        # counters must survive the process: atexit for the main process, Finalize for
+        # multiprocessing children (DataLoader workers), which leave through os._exit
+        atexit.register(self._flush_quietly)
+        multiprocessing.util.Finalize(self, self._flush_quietly, exitpriority=10)
 
     # -- keys ------------------------------------------------------------------------------------------
     def key(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> str:
@@ -202,7 +212,7 @@ class SRCache:
         with self._lock:
             self._pending[name] += 1
             self._events += 1
-            due = self._events >= _FLUSH_EVERY
+            due = self._events >= _FLUSH_EVERY or time.monotonic() - self._last_flush > _FLUSH_SECONDS
         if due:
             self.flush()
 
@@ -212,6 +222,7 @@ class SRCache:
             pending, self._pending = self._pending, dict.fromkeys(_COUNTERS, 0)
             engines, self._pending_engines = self._pending_engines, {}
             self._events = 0
+            self._last_flush = time.monotonic()
         for name, value in pending.items():
             if value:
                 self._meta.incr(name, value, retry=True)
@@ -220,6 +231,12 @@ class SRCache:
                 seen = self._meta.get(("engine", fingerprint), default={"name": name, "generated": 0})
                 seen["generated"] += count
                 self._meta.set(("engine", fingerprint), seen, retry=True)
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # at exit the cache may already be closed or its folder gone
+            pass
 
     def stats(self) -> CacheStats:
         """Entries, bytes, hits, misses, generated, damaged, evictions and engines seen (all processes)."""

@@ -1,1 +1,5 @@
-"""`sr_augment.torch_transforms`: the torchvision `SRAugment` transform (roadmap step 2)."""
+"""`sr_augment.torch_transforms`: the torchvision v2 `SRAugment` transform."""
+
+from sr_augment.torch_transforms.sr_augment_transform import SRAugment
+
+__all__ = ["SRAugment"]

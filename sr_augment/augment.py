@@ -1,0 +1,145 @@
+"""What the Keras layer and the torchvision transform share: settings, the cache, the engine, one image.
+
+The adapters only convert their framework's image types to uint8 HWC RGB numpy and back, and draw
+`p` and the variant index from their framework's RNG. Everything else happens here, framework-free:
+cache lookup, the `on_miss` policy, and the final `output_size` resize.
+
+Engines: "bicubic" (and any `Engine` object passed in) runs inline; every other spec runs in the shared
+engine service (`sr_augment.service`), so this process never imports torch for it and N data-loading
+workers share one model. Cache and engine are created lazily, per process, and dropped on pickling.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
+from sr_augment.engines import BicubicEngine, DEFAULT_ENGINE, Engine
+from sr_augment.images import resize
+from sr_augment.modes import check_mode, engine_input, finish, output_shape
+
+ON_MISS = ("generate", "passthrough", "error")
+
+
+def normalise_output_size(output_size) -> tuple[int, int] | None:
+    if output_size is None:
+        return None
+    if isinstance(output_size, (int, np.integer)):
+        output_size = (int(output_size), int(output_size))
+    output_size = tuple(int(v) for v in output_size)
+    if len(output_size) != 2 or min(output_size) < 1:
+        raise ValueError(f"output_size must be a positive int or (height, width), got {output_size}")
+    return output_size
+
+
+class AugmentCore:
+    """Settings and per-process state of an `SRAugment` adapter. See the adapters for the arguments."""
+
+    def __init__(self, engine: Any = DEFAULT_ENGINE, mode: str = "upscale", scale: int = 4, variants: int = 1,
+                 p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
+                 steps: int | None = None, device: str = "auto", dtype: str = "auto", **engine_params):
+        check_mode(mode)
+        if on_miss not in ON_MISS:
+            raise ValueError(f"on_miss must be one of {', '.join(ON_MISS)}; got {on_miss!r}")
+        if int(variants) < 1:
+            raise ValueError(f"variants must be >= 1, got {variants}")
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        if int(scale) < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale}")
+        if not isinstance(engine, (str, os.PathLike)) and not isinstance(engine, Engine):
+            raise TypeError(f"engine must be a name, a folder, a hub id or an Engine object, got {type(engine).__name__}")
+        self.engine_spec = engine if isinstance(engine, Engine) else str(engine)
+        self.mode, self.scale, self.variants, self.p = mode, int(scale), int(variants), float(p)
+        self.output_size = normalise_output_size(output_size)
+        self.on_miss, self.seed = on_miss, seed
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
+        self.steps, self.device, self.dtype = steps, device, dtype
+        self.engine_params = dict(engine_params)
+        self._state: dict = {}
+
+    # -- per-process state -----------------------------------------------------------------------------
+    def _local(self) -> dict:
+        if self._state.get("pid") != os.getpid():
+            self._state = {"pid": os.getpid()}
+        return self._state
+
+    @property
+    def cache(self) -> SRCache:
+        state = self._local()
+        if "cache" not in state:
+            state["cache"] = SRCache(self.cache_dir)
+        return state["cache"]
+
+    @property
+    def engine(self):
+        state = self._local()
+        if "engine" not in state:
+            state["engine"] = self._make_engine()
+        return state["engine"]
+
+    def _make_engine(self):
+        if isinstance(self.engine_spec, Engine) and not isinstance(self.engine_spec, str):
+            return self.engine_spec
+        if self.engine_spec == "bicubic":
+            return BicubicEngine(self.scale)
+        from sr_augment.service import RemoteEngine
+
+        config = {"spec": self.engine_spec, "scale": self.scale, "steps": self.steps, "device": self.device,
+                  "dtype": self.dtype, "params": self.engine_params}
+        root = self.cache_dir if self.cache_dir is not None else default_cache_dir()
+        return RemoteEngine(config, root)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_state"] = {}
+        return state
+
+    # -- the augmentation ------------------------------------------------------------------------------
+    def result_shape(self, height: int | None, width: int | None) -> tuple:
+        """Static output shape (None where unknown) for an input of the given size."""
+        if self.output_size is not None:
+            return (*self.output_size, 3)
+        if self.mode == "resynthesize":
+            return (height, width, 3)
+        return (None if height is None else height * self.scale, None if width is None else width * self.scale, 3)
+
+    def apply(self, image: np.ndarray, variant: int) -> np.ndarray:
+        """The SR result of one uint8 HWC RGB image for `variant`, per the `on_miss` policy."""
+        cache, engine = self.cache, self.engine
+        result = cache.get(image, engine, self.mode, variant)
+        if result is None:
+            if self.on_miss == "generate":
+                result = cache.get_or_create(image, engine, self.mode, variant)
+            elif self.on_miss == "passthrough":
+                result = self.bicubic(image)
+            else:
+                raise CacheMiss(
+                    f"no cached SR image for key {cache.key(image, engine, self.mode, variant)} (image "
+                    f"{image.shape[1]}x{image.shape[0]}, mode {self.mode}, variant {variant}) in {cache.directory}; "
+                    f"warm the cache first (`sr-augment warm ...`) or use on_miss='generate' or 'passthrough'"
+                )
+        return self.resize_output(result)
+
+    def bicubic(self, image: np.ndarray) -> np.ndarray:
+        """The bicubic stand-in for a miss: same mode, same shape as the SR result."""
+        lowres = engine_input(image, self.mode, self.scale)
+        return finish(BicubicEngine(self.scale).upscale([lowres], [0])[0], image, self.mode)
+
+    def resize_output(self, result: np.ndarray) -> np.ndarray:
+        if self.output_size is None or result.shape[:2] == self.output_size:
+            return result
+        return resize(result, self.output_size)
+
+    def passthrough_shape(self, image_shape) -> tuple:
+        return output_shape(image_shape, self.mode, self.scale)
+
+    def config(self) -> dict:
+        """The constructor arguments (JSON-serialisable when the engine is a spec, not an object)."""
+        return {"engine": self.engine_spec, "mode": self.mode, "scale": self.scale, "variants": self.variants,
+                "p": self.p, "output_size": self.output_size, "on_miss": self.on_miss,
+                "cache_dir": self.cache_dir, "seed": self.seed, "steps": self.steps, "device": self.device,
+                "dtype": self.dtype, **self.engine_params}

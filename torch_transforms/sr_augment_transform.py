@@ -1,0 +1,115 @@
+"""`SRAugment` as a torchvision v2 transform."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from sr_augment.augment import AugmentCore
+from sr_augment.engines import DEFAULT_ENGINE
+from sr_augment.images import ImageDecodeError, array_to_rgb, pil_to_rgb
+
+
+class SRAugment(v2.Transform):
+    """Replace an image by a diffusion super-resolution sample of it, served from the SR cache.
+
+    Drops into `transforms.Compose` / `v2.Compose` and `DataLoader(num_workers>0)` (fork or spawn):
+    the cache and the engine connection are opened lazily in each worker, and every non-bicubic engine
+    runs in ONE shared service process per machine, so N workers load the model once.
+
+    Input / output: a PIL image, a uint8 or float tensor (CHW, or a batch NCHW; float values in
+    [0, 1]), or a `tv_tensors.Image`; the result is of the same kind and dtype. 1- and 4-channel
+    inputs become RGB (alpha dropped). Shape: `upscale` multiplies H and W by `scale`,
+    `resynthesize` keeps them, and `output_size` (int or (h, w)) resizes the result.
+
+    Args:
+        engine: "bicubic", "sd-x4-upscaler", "ldm-4x", a hub id, a local diffusers folder, or an
+            `Engine` object (runs inline in each process).
+        mode: "upscale" (the input is LR) or "resynthesize" (down by `scale`, SR back to its size).
+        scale: upscaling factor.
+        variants: stochastic samples per image; each call picks one uniformly.
+        p: probability of applying, drawn from torch's RNG (`torch.manual_seed` reproduces a run).
+            An image not picked passes through in `resynthesize` mode and gets the bicubic result
+            in `upscale` mode, so every output has the same shape.
+        output_size: resize the result to this size (int: square).
+        on_miss: "generate" (run the engine, store, return), "passthrough" (bicubic result, the
+            miss is counted) or "error" (raise `CacheMiss` naming the key).
+        cache_dir: cache folder (default: `$SR_AUGMENT_CACHE_DIR` or the user cache folder).
+        seed: unused by this transform (torch's RNG decides); kept for the shared signature.
+        **engine_params: steps, device, dtype and engine settings (see `get_engine`).
+
+    Example:
+        >>> import torch
+        >>> from torchvision.transforms import v2
+        >>> t = v2.Compose([SRAugment(engine="bicubic", mode="upscale", scale=2, cache_dir=getfixture("tmp_path")),
+        ...                 v2.ToDtype(torch.float32, scale=True)])
+        >>> t(torch.zeros(3, 8, 8, dtype=torch.uint8)).shape
+        torch.Size([3, 16, 16])
+    """
+
+    _transformed_types = (torch.Tensor, PIL.Image.Image)
+
+    def __init__(self, engine: Any = DEFAULT_ENGINE, mode: str = "upscale", scale: int = 4, variants: int = 1,
+                 p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
+                 **engine_params):
+        super().__init__()
+        self.core = AugmentCore(engine, mode, scale, variants, p, output_size, on_miss, cache_dir, seed, **engine_params)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        count = 1
+        for item in flat_inputs:
+            if isinstance(item, torch.Tensor) and item.ndim == 4:
+                count = item.shape[0]
+                break
+        apply = (torch.rand(count) < self.core.p).tolist()
+        variant = torch.randint(self.core.variants, (count,)).tolist()
+        return {"apply": apply, "variant": variant}
+
+    # torchvision < 0.21 calls the private names
+    _get_params = make_params
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, PIL.Image.Image):
+            return PIL.Image.fromarray(self._one(pil_to_rgb(inpt), params["apply"][0], params["variant"][0]))
+        if not isinstance(inpt, torch.Tensor):
+            return inpt
+        if inpt.ndim == 3:
+            out = self._tensor_image(inpt, params["apply"][0], params["variant"][0])
+        elif inpt.ndim == 4:
+            out = torch.stack([self._tensor_image(img, a, v) for img, a, v in zip(inpt, params["apply"], params["variant"])])
+        else:
+            raise ImageDecodeError(f"SRAugment: expected a CHW image or an NCHW batch, got a tensor of shape {tuple(inpt.shape)}")
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+    _transform = transform
+
+    def _tensor_image(self, image: torch.Tensor, apply: bool, variant: int) -> torch.Tensor:
+        if image.shape[0] not in (1, 3, 4):
+            raise ImageDecodeError(f"SRAugment: expected 1, 3 or 4 channels (CHW), got shape {tuple(image.shape)}")
+        array = image.detach().cpu().permute(1, 2, 0).numpy()
+        if image.is_floating_point():
+            array = array.astype(np.float32)
+        result = self._one(array_to_rgb(array, "SRAugment input tensor"), apply, variant)
+        out = torch.from_numpy(result if result.flags.writeable else result.copy()).permute(2, 0, 1)
+        if image.is_floating_point():
+            out = out.to(image.dtype) / 255.0
+        else:
+            out = out.to(image.dtype)
+        return out.to(image.device).contiguous()
+
+    def _one(self, image: np.ndarray, apply: bool, variant: int) -> np.ndarray:
+        core = self.core
+        if apply:
+            return core.apply(image, int(variant))
+        if core.mode == "upscale":
+            return core.resize_output(core.bicubic(image))
+        return core.resize_output(image)
+
+    def extra_repr(self) -> str:
+        config = self.core.config()
+        return ", ".join(f"{k}={v!r}" for k, v in config.items() if v is not None)
