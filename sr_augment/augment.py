@@ -110,11 +110,11 @@ class AugmentCore:
     def apply(self, image: np.ndarray, variant: int) -> np.ndarray:
         """The SR result of one uint8 HWC RGB image for `variant`, per the `on_miss` policy."""
         cache, engine = self.cache, self.engine
+        if self.on_miss == "generate":
+            return self.resize_output(cache.get_or_create(image, engine, self.mode, variant))
         result = cache.get(image, engine, self.mode, variant)
         if result is None:
-            if self.on_miss == "generate":
-                result = cache.get_or_create(image, engine, self.mode, variant)
-            elif self.on_miss == "passthrough":
+            if self.on_miss == "passthrough":
                 result = self.bicubic(image)
             else:
                 raise CacheMiss(

@@ -169,8 +169,6 @@ def test_dataloader_workers_share_one_model_and_return_cached_images(start_metho
     logs = list((cache_dir / "services").glob("*.log"))
     loads = [line for log in logs for line in log.read_text().splitlines() if "loaded" in line]
     assert len(loads) == 1, loads  # one service process, one model load, for both workers
-    from sr_augment.service import RemoteEngine
-
     identity = next((cache_dir / "services").glob("*.identity.json"))
     fingerprint = json.loads(identity.read_text())["identity"]["fingerprint"]
     engine = type("Remote", (), {"fingerprint": fingerprint, "scale": 4, "name": "tiny"})()
@@ -179,4 +177,3 @@ def test_dataloader_workers_share_one_model_and_return_cached_images(start_metho
             cached = [cache.get(image, engine, "upscale", v) for v in range(2)]
             got = outputs[index].permute(1, 2, 0).numpy()
             assert any(c is not None and np.array_equal(c, got) for c in cached), index
-    assert RemoteEngine  # the client class the workers used

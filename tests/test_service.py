@@ -1,0 +1,69 @@
+"""The shared engine service: one process per engine config, batching, lifetime, clear failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from sr_augment.service import RemoteEngine, ServiceError
+
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture
+def short_linger(monkeypatch):
+    monkeypatch.setattr("sr_augment.service.DEFAULT_LINGER", 1.0)
+
+
+def test_clients_share_one_service_and_concurrent_requests_are_batched(tiny_ldm_dir, tmp_path, short_linger, rng):
+    config = {"spec": str(tiny_ldm_dir), "steps": 1}
+    clients = [RemoteEngine(config, tmp_path) for _ in range(4)]
+    pids = {c.info()["pid"] for c in clients}
+    assert len(pids) == 1 and clients[0].info()["engine_loads"] == 1
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(4)]
+    results = {}
+    barrier = threading.Barrier(4)
+
+    def ask(i):
+        barrier.wait()
+        results[i] = clients[i].upscale([images[i]], [i])[0]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results) == [0, 1, 2, 3] and all(r.shape == (32, 32, 3) for r in results.values())
+    assert max(clients[0].info()["batches"]) > 1  # requests that arrived together ran as one batch
+    # same (image, seed) through a single call gives the same pixels
+    assert np.abs(clients[0].upscale([images[2]], [2])[0].astype(int) - results[2].astype(int)).max() <= 1
+
+
+def test_service_exits_after_last_client_and_restarts_on_need(tiny_ldm_dir, tmp_path, short_linger, rng):
+    engine = RemoteEngine({"spec": str(tiny_ldm_dir), "steps": 1}, tmp_path)
+    first = engine.info()["pid"]
+    engine.close()
+    deadline = time.monotonic() + 30
+    while engine.paths["socket"].exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not engine.paths["socket"].exists()  # the service left after its last client
+    out = engine.upscale([rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)], [0])[0]
+    assert out.shape == (32, 32, 3) and engine.info()["pid"] != first
+
+
+def test_identity_is_remembered_so_a_warm_cache_starts_no_service(tiny_ldm_dir, tmp_path, short_linger):
+    first = RemoteEngine({"spec": str(tiny_ldm_dir), "steps": 1}, tmp_path)
+    fingerprint = first.fingerprint
+    first.close()
+    second = RemoteEngine({"spec": str(tiny_ldm_dir), "steps": 1}, tmp_path)
+    assert second.fingerprint == fingerprint and second._conn is None  # answered from disk
+
+
+def test_a_service_that_cannot_start_gives_a_clear_error(tmp_path, short_linger):
+    engine = RemoteEngine({"spec": str(tmp_path / "no-such-model"), "steps": 1}, tmp_path)
+    with pytest.raises(ServiceError, match="exited with status") as info:
+        engine.upscale([np.zeros((8, 8, 3), np.uint8)], [0])
+    assert "Unknown engine" in str(info.value) or "no-such-model" in str(info.value)
