@@ -123,7 +123,7 @@ class SRAugment(keras.layers.Layer):
         super().__init__(**layer_kwargs)
         self.core = AugmentCore(engine, mode=mode, scale=scale, variants=variants, p=p, output_size=output_size,
                                 on_miss=on_miss, cache_dir=cache_dir, seed=seed, steps=steps, device=device,
-                                dtype=engine_dtype, **kwargs)
+                                engine_dtype=engine_dtype, **kwargs)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._sr_rng_lock = None
@@ -175,7 +175,6 @@ class SRAugment(keras.layers.Layer):
                 f"only an engine spec (a name such as 'bicubic', a local folder or a hub id) can be saved. "
                 f"Pass the spec as `engine=` to save or clone this layer."
             )
-        config["engine_dtype"] = config.pop("dtype")
         if config["output_size"] is not None:
             config["output_size"] = list(config["output_size"])
         return {**super().get_config(), **config}
@@ -227,28 +226,7 @@ class SRAugment(keras.layers.Layer):
         return np.stack(results).astype(batch.dtype, copy=False)
 
     def _results(self, images: np.ndarray, chosen: np.ndarray, variants: np.ndarray) -> list:
-        """SR results of the chosen images (misses batched into one engine call with on_miss="generate");
-        the stand-in of the others: bicubic in upscale mode, None (= the input) or a resize otherwise."""
-        core = self.core
-        with self._draw_lock():  # the first call of each thread may create the cache and engine clients
-            _ = (core.cache, core.engine)
-        results: list = [None] * len(images)
-        picked = [i for i in range(len(images)) if chosen[i]]
-        if picked and core.on_miss == "generate":
-            made = core.cache.get_or_create_many([images[i] for i in picked], core.engine, core.mode,
-                                                 [int(variants[i]) for i in picked])
-            for i, result in zip(picked, made):
-                results[i] = core.resize_output(result)
-        else:
-            for i in picked:
-                results[i] = core.apply(images[i], int(variants[i]))
-        for i in range(len(images)):
-            if not chosen[i]:
-                if core.mode == "upscale":
-                    results[i] = core.resize_output(core.bicubic(images[i]))
-                elif core.output_size is not None and images.shape[1:3] != core.output_size:
-                    results[i] = core.resize_output(images[i])
-        return results
+        return self.core.apply_many(images, chosen, variants)
 
 
 def _check_input(dtype: str, rank, channels, shape) -> None:

@@ -12,6 +12,7 @@ workers share one model. Cache and engine are created lazily, per process, and d
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,10 @@ import numpy as np
 from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
 from sr_augment.engines import BicubicEngine, DEFAULT_ENGINE, Engine
 from sr_augment.images import resize
-from sr_augment.modes import check_mode, engine_input, finish, output_shape
+from sr_augment.modes import check_mode, engine_input, finish
 
 ON_MISS = ("generate", "passthrough", "error")
+_STATE_LOCK = threading.Lock()
 
 
 def normalise_output_size(output_size) -> tuple[int, int] | None:
@@ -40,7 +42,7 @@ class AugmentCore:
 
     def __init__(self, engine: Any = DEFAULT_ENGINE, mode: str = "upscale", scale: int = 4, variants: int = 1,
                  p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
-                 steps: int | None = None, device: str = "auto", dtype: str = "auto", **engine_params):
+                 steps: int | None = None, device: str = "auto", engine_dtype: str = "auto", **engine_params):
         check_mode(mode)
         if on_miss not in ON_MISS:
             raise ValueError(f"on_miss must be one of {', '.join(ON_MISS)}; got {on_miss!r}")
@@ -57,29 +59,32 @@ class AugmentCore:
         self.output_size = normalise_output_size(output_size)
         self.on_miss, self.seed = on_miss, seed
         self.cache_dir = None if cache_dir is None else str(cache_dir)
-        self.steps, self.device, self.dtype = steps, device, dtype
+        self.steps, self.device, self.engine_dtype = steps, device, engine_dtype
         self.engine_params = dict(engine_params)
         self._state: dict = {}
 
-    # -- per-process state -----------------------------------------------------------------------------
+    # -- per-process state (tf.data may call from several threads at once) -------------------------------
     def _local(self) -> dict:
-        if self._state.get("pid") != os.getpid():
-            self._state = {"pid": os.getpid()}
-        return self._state
+        with _STATE_LOCK:
+            if self._state.get("pid") != os.getpid():
+                self._state = {"pid": os.getpid(), "lock": threading.Lock()}
+            return self._state
 
     @property
     def cache(self) -> SRCache:
         state = self._local()
-        if "cache" not in state:
-            state["cache"] = SRCache(self.cache_dir)
-        return state["cache"]
+        with state["lock"]:
+            if "cache" not in state:
+                state["cache"] = SRCache(self.cache_dir)
+            return state["cache"]
 
     @property
     def engine(self):
         state = self._local()
-        if "engine" not in state:
-            state["engine"] = self._make_engine()
-        return state["engine"]
+        with state["lock"]:
+            if "engine" not in state:
+                state["engine"] = self._make_engine()
+            return state["engine"]
 
     def _make_engine(self):
         if isinstance(self.engine_spec, Engine) and not isinstance(self.engine_spec, str):
@@ -89,7 +94,7 @@ class AugmentCore:
         from sr_augment.service import RemoteEngine
 
         config = {"spec": self.engine_spec, "scale": self.scale, "steps": self.steps, "device": self.device,
-                  "dtype": self.dtype, "params": self.engine_params}
+                  "dtype": self.engine_dtype, "params": self.engine_params}
         root = self.cache_dir if self.cache_dir is not None else default_cache_dir()
         return RemoteEngine(config, root)
 
@@ -124,6 +129,29 @@ class AugmentCore:
                 )
         return self.resize_output(result)
 
+    def apply_many(self, images, chosen, variants) -> list:
+        """Results for a batch of uint8 HWC RGB images: `chosen[i]` ones get variant `variants[i]`
+        (with on_miss="generate" all their misses go to the engine as ONE batch); the others get the
+        stand-in: the bicubic result in upscale mode (every output has one shape), in resynthesize mode
+        None, meaning "the input itself", or the input resized when `output_size` is set."""
+        results: list = [None] * len(images)
+        picked = [i for i in range(len(images)) if chosen[i]]
+        if picked and self.on_miss == "generate":
+            made = self.cache.get_or_create_many([images[i] for i in picked], self.engine, self.mode,
+                                                 [int(variants[i]) for i in picked])
+            for i, result in zip(picked, made):
+                results[i] = self.resize_output(result)
+        else:
+            for i in picked:
+                results[i] = self.apply(images[i], int(variants[i]))
+        for i in range(len(images)):
+            if not chosen[i]:
+                if self.mode == "upscale":
+                    results[i] = self.resize_output(self.bicubic(images[i]))
+                elif self.output_size is not None and images[i].shape[:2] != self.output_size:
+                    results[i] = self.resize_output(images[i])
+        return results
+
     def bicubic(self, image: np.ndarray) -> np.ndarray:
         """The bicubic stand-in for a miss: same mode, same shape as the SR result."""
         lowres = engine_input(image, self.mode, self.scale)
@@ -134,12 +162,9 @@ class AugmentCore:
             return result
         return resize(result, self.output_size)
 
-    def passthrough_shape(self, image_shape) -> tuple:
-        return output_shape(image_shape, self.mode, self.scale)
-
     def config(self) -> dict:
         """The constructor arguments (JSON-serialisable when the engine is a spec, not an object)."""
         return {"engine": self.engine_spec, "mode": self.mode, "scale": self.scale, "variants": self.variants,
                 "p": self.p, "output_size": self.output_size, "on_miss": self.on_miss,
                 "cache_dir": self.cache_dir, "seed": self.seed, "steps": self.steps, "device": self.device,
-                "dtype": self.dtype, **self.engine_params}
+                "engine_dtype": self.engine_dtype, **self.engine_params}

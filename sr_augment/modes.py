@@ -35,10 +35,3 @@ def finish(sr: np.ndarray, image: np.ndarray, mode: str) -> np.ndarray:
         return resize(sr, image.shape[:2])
     return sr
 
-
-def output_shape(image_shape: tuple, mode: str, scale: int) -> tuple[int, int, int]:
-    """Shape of the result for an input of `image_shape` (HWC)."""
-    height, width = image_shape[:2]
-    if check_mode(mode) == "resynthesize":
-        return (height, width, 3)
-    return (height * scale, width * scale, 3)

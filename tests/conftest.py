@@ -16,6 +16,10 @@ try:
     import torch  # noqa: F401  (import order matters, see above)
 except ImportError:  # the core tests run without torch
     torch = None
+try:
+    import triton  # noqa: F401  (diffusers pulls it in later; after TensorFlow it aborts the same way)
+except ImportError:
+    pass
 
 from pathlib import Path
 

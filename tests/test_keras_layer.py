@@ -14,14 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Import order in THIS (pytest) process: conftest imported torch first; triton (pulled in later by diffusers,
-# e.g. the tiny-pipeline fixtures) must also come before TensorFlow, or the process aborts with the same
-# LLVM option clash (measured here). The layer's own process never imports either: see the last test.
-try:
-    import triton  # noqa: F401
-except ImportError:
-    pass
-
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 

@@ -41,7 +41,8 @@ class SRAugment(v2.Transform):
             miss is counted) or "error" (raise `CacheMiss` naming the key).
         cache_dir: cache folder (default: `$SR_AUGMENT_CACHE_DIR` or the user cache folder).
         seed: unused by this transform (torch's RNG decides); kept for the shared signature.
-        **engine_params: steps, device, dtype and engine settings (see `get_engine`).
+        **engine_params: `steps`, `device`, `engine_dtype` (the engine's dtype: "auto", "fp16",
+            ...) and engine settings such as `noise_level` (see `get_engine`).
 
     Example:
         >>> import torch
@@ -75,40 +76,34 @@ class SRAugment(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, PIL.Image.Image):
-            return PIL.Image.fromarray(self._one(pil_to_rgb(inpt), params["apply"][0], params["variant"][0]))
+            return PIL.Image.fromarray(self._many([pil_to_rgb(inpt)], params)[0])
         if not isinstance(inpt, torch.Tensor):
             return inpt
         if inpt.ndim == 3:
-            out = self._tensor_image(inpt, params["apply"][0], params["variant"][0])
+            out = self._tensor_images(inpt[None], params)[0]
         elif inpt.ndim == 4:
-            out = torch.stack([self._tensor_image(img, a, v) for img, a, v in zip(inpt, params["apply"], params["variant"])])
+            out = self._tensor_images(inpt, params)
         else:
             raise ImageDecodeError(f"SRAugment: expected a CHW image or an NCHW batch, got a tensor of shape {tuple(inpt.shape)}")
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
     _transform = transform
 
-    def _tensor_image(self, image: torch.Tensor, apply: bool, variant: int) -> torch.Tensor:
-        if image.shape[0] not in (1, 3, 4):
-            raise ImageDecodeError(f"SRAugment: expected 1, 3 or 4 channels (CHW), got shape {tuple(image.shape)}")
-        array = image.detach().cpu().permute(1, 2, 0).numpy()
-        if image.is_floating_point():
-            array = array.astype(np.float32)
-        result = self._one(array_to_rgb(array, "SRAugment input tensor"), apply, variant)
-        out = torch.from_numpy(result if result.flags.writeable else result.copy()).permute(2, 0, 1)
-        if image.is_floating_point():
-            out = out.to(image.dtype) / 255.0
-        else:
-            out = out.to(image.dtype)
-        return out.to(image.device).contiguous()
+    def _tensor_images(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        if batch.shape[1] not in (1, 3, 4):
+            raise ImageDecodeError(f"SRAugment: expected 1, 3 or 4 channels (CHW), got shape {tuple(batch.shape[1:])}")
+        arrays = batch.detach().cpu().permute(0, 2, 3, 1).numpy()
+        if batch.is_floating_point():
+            arrays = arrays.astype(np.float32)
+        images = [array_to_rgb(a, "SRAugment input tensor") for a in arrays]
+        results = self._many(images, params)
+        out = torch.from_numpy(np.stack(results)).permute(0, 3, 1, 2)
+        out = out.to(batch.dtype) / 255.0 if batch.is_floating_point() else out.to(batch.dtype)
+        return out.to(batch.device).contiguous()
 
-    def _one(self, image: np.ndarray, apply: bool, variant: int) -> np.ndarray:
-        core = self.core
-        if apply:
-            return core.apply(image, int(variant))
-        if core.mode == "upscale":
-            return core.resize_output(core.bicubic(image))
-        return core.resize_output(image)
+    def _many(self, images: list[np.ndarray], params: dict[str, Any]) -> list[np.ndarray]:
+        results = self.core.apply_many(images, params["apply"], params["variant"])
+        return [image if result is None else result for image, result in zip(images, results)]
 
     def extra_repr(self) -> str:
         config = self.core.config()
