@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,7 +99,8 @@ def test_info_and_clear(capsys, cache_dir, tmp_path, rng, monkeypatch):
 
 
 def test_demo_console_script_writes_grid_and_timings(tmp_path):
-    exe = shutil.which("sr-augment") or pytest.skip("console script not installed")
+    beside = Path(sys.executable).with_name("sr-augment")  # the venv's script, even when PATH lacks it
+    exe = str(beside) if beside.exists() else shutil.which("sr-augment") or pytest.skip("console script not installed")
     out = subprocess.run([exe, "demo", "--out", str(tmp_path / "demo"), "--variants", "2"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
