@@ -216,6 +216,7 @@ class RemoteEngine:
         self._conn = None
         self._pid = None
         self._lock = threading.Lock()
+        self._ident_lock = threading.Lock()
         self._ident: dict | None = None
 
     # -- identity without starting the service ---------------------------------------------------------
@@ -237,23 +238,26 @@ class RemoteEngine:
         The record is tied to this host (device and dtype "auto" resolve per machine) and, for a local
         weights folder, to its files' names, sizes and mtimes: changed weights start the service again.
         """
-        if self._ident is not None:
+        with self._ident_lock:  # tf.data calls from several threads at once
+            if self._ident is None:
+                self._ident = self._load_identity()
             return self._ident
+
+    def _load_identity(self) -> dict:
         stamp = {"host": socket.gethostname(), "weights": _weights_stamp(self.config["spec"])}
         path = self.paths["socket"].with_suffix(".identity.json")
         try:
             record = json.loads(path.read_text())
             if record.get("stamp") == stamp:
-                self._ident = record["identity"]
-                return self._ident
+                return record["identity"]
         except (OSError, ValueError, KeyError):
             pass
         info = self.info()
-        self._ident = {"name": info["name"], "scale": int(info["scale"]), "fingerprint": info["fingerprint"]}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"stamp": stamp, "identity": self._ident}))
+        identity = {"name": info["name"], "scale": int(info["scale"]), "fingerprint": info["fingerprint"]}
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"stamp": stamp, "identity": identity}))
         os.replace(tmp, path)
-        return self._ident
+        return identity
 
     # -- connection ------------------------------------------------------------------------------------
     def _connect(self):
@@ -351,12 +355,12 @@ class RemoteEngine:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_conn"], state["_pid"], state["_lock"] = None, None, None
+        state["_conn"], state["_pid"], state["_lock"], state["_ident_lock"] = None, None, None, None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock, self._ident_lock = threading.Lock(), threading.Lock()
 
     def __repr__(self) -> str:
         return f"RemoteEngine({self.config['spec']!r}, service={self.sid})"

@@ -67,3 +67,24 @@ def test_a_service_that_cannot_start_gives_a_clear_error(tmp_path, short_linger)
     with pytest.raises(ServiceError, match="exited with status") as info:
         engine.upscale([np.zeros((8, 8, 3), np.uint8)], [0])
     assert "Unknown engine" in str(info.value) or "no-such-model" in str(info.value)
+
+
+def test_identity_is_safe_to_read_from_many_threads_at_once(tiny_ldm_dir, tmp_path, short_linger):
+    """tf.data calls the layer from several threads; the first reads race to fetch and store the identity."""
+    engine = RemoteEngine({"spec": str(tiny_ldm_dir), "steps": 1}, tmp_path)
+    barrier = threading.Barrier(4)
+    seen, errors = [], []
+
+    def read():
+        barrier.wait()
+        try:
+            seen.append(engine.fingerprint)
+        except Exception as exc:  # the race used to surface as FileNotFoundError from os.replace
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and len(seen) == 4 and len(set(seen)) == 1
