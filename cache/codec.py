@@ -46,15 +46,21 @@ def encode(image: np.ndarray, codec: str = DEFAULT_CODEC) -> bytes:
     return MAGIC + struct.pack("<I", zlib.crc32(body)) + body
 
 
+def check(record: bytes) -> memoryview:
+    """The record's body after its magic and checksum are verified; raises `DamagedEntry` (no decode)."""
+    if not isinstance(record, (bytes, bytearray)) or len(record) < 10 or record[:4] != MAGIC:
+        raise DamagedEntry("bad magic")
+    (crc,) = struct.unpack_from("<I", record, 4)
+    body = memoryview(record)[8:]
+    if zlib.crc32(body) != crc:
+        raise DamagedEntry("checksum mismatch")
+    return body
+
+
 def decode(record: bytes) -> np.ndarray:
     """The image in a record; raises `DamagedEntry` on any corruption."""
     try:
-        if not isinstance(record, (bytes, bytearray)) or record[:4] != MAGIC:
-            raise DamagedEntry("bad magic")
-        (crc,) = struct.unpack_from("<I", record, 4)
-        body = memoryview(record)[8:]
-        if zlib.crc32(body) != crc:
-            raise DamagedEntry("checksum mismatch")
+        body = check(record)
         (header_len,) = struct.unpack_from("<H", body, 0)
         header = json.loads(bytes(body[2:2 + header_len]))
         payload = body[2 + header_len:]

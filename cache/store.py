@@ -192,9 +192,23 @@ class SRCache:
         return results
 
     def plan(self, images: Sequence[np.ndarray], engine, mode: str, variants: int) -> list[_Request]:
-        """The (image, variant) requests not yet cached, without counting hits or misses (for warm)."""
+        """The (image, variant) requests not cached yet, for warm: no hit/miss counting, and each
+        present entry's checksum is verified (no decode), so a damaged one is removed and redone."""
         requests = [self._request(img, engine, mode, v) for img in images for v in range(variants)]
-        return [r for r in requests if r.key not in self._entries]
+        return [r for r in requests if not self._intact(r.key)]
+
+    def _intact(self, key: str) -> bool:
+        record = self._entries.get(key, default=None, retry=True)
+        if record is None:
+            return False
+        try:
+            _codec.check(record)
+            return True
+        except _codec.DamagedEntry:
+            self._entries.delete(key, retry=True)
+            self._count("damaged")
+            self._count("removed")
+            return False
 
     def generate(self, engine, requests: Sequence[_Request], mode: str) -> list[np.ndarray]:
         """Run the engine on the requests in one batch, store and return the results."""

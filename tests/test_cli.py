@@ -134,3 +134,22 @@ def test_ctrl_c_keeps_finished_batches_and_a_rerun_resumes(cache_dir, tmp_path, 
         assert report.interrupted and report.generated == 2 and len(cache) == 2
         resumed = warm([tmp_path], BicubicEngine(), cache, batch_size=2, progress=False)
     assert not resumed.interrupted and resumed.cached == 2 and resumed.generated == 3
+
+
+def test_warm_detects_and_regenerates_a_damaged_entry(capsys, cache_dir, tmp_path, rng):
+    from sr_augment.cache import SRCache
+    from sr_augment.engines import BicubicEngine
+
+    pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    _warm(capsys, tmp_path, "--cache-dir", cache_dir, "--engine", "bicubic")
+    with SRCache(cache_dir) as cache:
+        key = cache.key(pixels, BicubicEngine())
+        record = bytearray(cache._entries[key])
+        record[-3] ^= 0x10
+        cache._entries.set(key, bytes(record))
+    code, report, _ = _warm(capsys, tmp_path, "--cache-dir", cache_dir, "--engine", "bicubic")
+    assert code == 0 and report["generated"] == 1 and report["cached"] == 0
+    with SRCache(cache_dir) as cache:
+        assert cache.stats().damaged == 1
+        assert np.array_equal(cache.get(pixels, BicubicEngine()), BicubicEngine().upscale([pixels], [0])[0])
