@@ -16,7 +16,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +28,11 @@ import torch  # noqa: E402,F401  (before anything that might import tensorflow)
 
 from sr_augment import get_engine  # noqa: E402
 from sr_augment.cache import CODECS, SRCache  # noqa: E402
+from sr_augment.demo import median_ms  # noqa: E402
 from sr_augment.images import iter_image_files, load_image  # noqa: E402
 from sr_augment.warm import warm  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-
-
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def lr_crops(folder: Path, size: int) -> list[np.ndarray]:

@@ -87,7 +87,7 @@ class AugmentCore:
             return state["engine"]
 
     def _make_engine(self):
-        if isinstance(self.engine_spec, Engine) and not isinstance(self.engine_spec, str):
+        if not isinstance(self.engine_spec, str):  # an Engine object: runs inline
             return self.engine_spec
         if self.engine_spec == "bicubic":
             return BicubicEngine(self.scale)

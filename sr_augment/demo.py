@@ -58,7 +58,8 @@ def comparison_grid(rows: list[list[tuple[str, np.ndarray]]], gap: int = 4) -> I
     return Image.fromarray(canvas)
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn`, in milliseconds."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -82,14 +83,14 @@ def run_demo(engine, out_dir: str | Path = "sr-augment-demo", variants: int = 2,
             cache.get_or_create_many(images, engine, "upscale", [v for _ in names for v in range(variants)])
             generate_ms = (time.perf_counter() - start) * 1000.0 / len(images)
             sr = {n: [cache.get(lr[n], engine, "upscale", v) for v in range(variants)] for n in names}
-            hit_ms = _median_ms(lambda: [cache.get(lr[n], engine, "upscale", v) for n in names for v in range(variants)],
+            hit_ms = median_ms(lambda: [cache.get(lr[n], engine, "upscale", v) for n in names for v in range(variants)],
                                 repeats) / len(images)
             png_paths = []
             for n in names:
                 path = Path(tmp) / f"{n}.png"
                 Image.fromarray(sr[n][0]).save(path)
                 png_paths.append(path)
-            png_ms = _median_ms(lambda: [np.asarray(Image.open(p).convert("RGB")) for p in png_paths], repeats) / len(names)
+            png_ms = median_ms(lambda: [np.asarray(Image.open(p).convert("RGB")) for p in png_paths], repeats) / len(names)
             stats = cache.stats().as_dict()
     rows = []
     for n in names:
