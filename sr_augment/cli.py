@@ -1,4 +1,4 @@
-"""The `sr-augment` command line: warm, info, clear, demo."""
+"""The `sr-augment` command line: warm, info, clear, train, demo."""
 
 from __future__ import annotations
 
@@ -131,6 +131,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from sr_augment.sr4.train import train
+
+    settings = {k: getattr(args, k) for k in ("scale", "steps", "batch_size", "crop", "lr", "checkpoint_every", "seed")}
+    try:
+        out = train(args.data, args.out, resume=args.resume, device=args.device, progress=not args.no_progress, **settings)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"sr-augment: {exc}") from None
+    except KeyboardInterrupt:
+        print(f"interrupted: the last checkpoint in {args.out} is kept; add --resume to continue", file=sys.stderr)
+        return 130
+    print(f"trained model in {out}: use it with --engine {out} or get_engine('{out}')")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sr-augment", description="Diffusion super-resolution as a data augmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_options(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_clear)
+
+    p = sub.add_parser("train", help="train a built-in-style sr4 diffusion SR model on folders of HR photos")
+    p.add_argument("data", nargs="+", help="folders or files of HR photos (crops are degraded on the fly)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint, sample grids, and the loadable model")
+    p.add_argument("--scale", type=int, default=4, help="upscaling factor (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=10_000, help="total optimizer steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="crops per step (default: %(default)s)")
+    p.add_argument("--crop", type=int, default=128, help="HR crop side in pixels (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints and sample grids (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="offline: SR on sample images, a comparison grid PNG and hit/miss timings")
     _add_engine_options(p)

@@ -182,8 +182,10 @@ def _serve_main(argv: list[str] | None = None) -> None:
 
 
 def _weights_stamp(spec: str) -> list:
-    """Names, sizes and mtimes of a local weights folder's files (empty for names and hub ids)."""
-    folder = Path(spec).expanduser()
+    """Names, sizes and mtimes of a local weights folder's files (empty for hub names and ids)."""
+    from sr_augment.engines.diffusers_engine import BUILTIN, builtin_weights
+
+    folder = builtin_weights() if spec == BUILTIN else Path(spec).expanduser()
     if not folder.is_dir():
         return []
     return sorted([str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]

@@ -1,4 +1,5 @@
-"""Diffusion SR engines on Hugging Face `diffusers`: SD x4 upscaler, LDM 4x, or any diffusers SR pipeline.
+"""Diffusion SR engines on Hugging Face `diffusers`: the built-in sr4, SD x4 upscaler, LDM 4x, or any
+diffusers SR pipeline.
 
 Loading goes through the real `DiffusionPipeline.download` / `from_pretrained`, so a hub id, a hub
 cache and a local `save_pretrained` folder all work the same way. Per-image `torch.Generator`s make an
@@ -33,14 +34,25 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
 }
 
+BUILTIN = "sr4"
+"""The model that ships inside the package (sr_augment/sr4/weights)."""
+
 _SD_CLASS = "StableDiffusionUpscalePipeline"
 _LDM_CLASS = "LDMSuperResolutionPipeline"
+_SR4_CLASS = "SR4Pipeline"
 # Sampler defaults per pipeline class: few steps with a multistep solver where the model allows it.
+# Tiles are in LR pixels; sr4 runs in pixel space at LR size, so it affords larger ones.
 _DEFAULTS = {
-    _SD_CLASS: {"steps": 20, "scheduler": "dpm++"},
-    _LDM_CLASS: {"steps": 50, "scheduler": None},
+    _SD_CLASS: {"steps": 20, "scheduler": "dpm++", "tile": 128},
+    _LDM_CLASS: {"steps": 50, "scheduler": None, "tile": 128},
+    _SR4_CLASS: {"steps": 10, "scheduler": None, "tile": 256},
 }
-_GENERIC_DEFAULTS = {"steps": 25, "scheduler": None}
+_GENERIC_DEFAULTS = {"steps": 25, "scheduler": None, "tile": 128}
+
+
+def builtin_weights() -> Path:
+    """The folder of the shipped sr4 model."""
+    return Path(__file__).resolve().parent.parent / "sr4" / "weights"
 
 
 def _offline_message(spec: str, repo: str, reason: str) -> str:
@@ -75,6 +87,11 @@ def hash_folder(folder: Path) -> str:
 
 def resolve_weights(spec: str, revision: str | None = None) -> tuple[Path, str]:
     """(local folder, weights identity) for an alias, a hub id or a local folder."""
+    if spec == BUILTIN:
+        folder = builtin_weights()
+        if not (folder / "model_index.json").is_file():
+            raise EngineUnavailable(f"the built-in sr4 weights are missing from {folder}; reinstall sr-augment")
+        return folder, f"{BUILTIN}:{hash_folder(folder)}"
     local = Path(spec).expanduser()
     if local.is_dir():
         if not (local / "model_index.json").is_file():
@@ -87,7 +104,7 @@ def resolve_weights(spec: str, revision: str | None = None) -> tuple[Path, str]:
     if repo.count("/") != 1 or any(c.isspace() for c in repo):
         raise EngineUnavailable(
             f"Unknown engine {spec!r}: not a built-in engine name, an existing local folder, or a hub id "
-            f"of the form 'owner/name'. Built-in names: bicubic, {', '.join(HUB_ALIASES)}."
+            f"of the form 'owner/name'. Built-in names: bicubic, {BUILTIN}, {', '.join(HUB_ALIASES)}."
         )
     from diffusers import DiffusionPipeline
 
@@ -103,23 +120,26 @@ class DiffusersEngine:
     """A diffusers SR pipeline as an `Engine`: batched, tiled, seeded per image.
 
     Args:
-        spec: "sd-x4-upscaler", "ldm-4x", a hub id, or a local `save_pretrained` folder.
+        spec: "sr4" (built in), "sd-x4-upscaler", "ldm-4x", a hub id, or a local `save_pretrained`
+            folder (including an `sr-augment train` output folder).
         scale: output/input size; defaults to the model's own factor. Another value runs the model
             and resizes its output (bicubic) to `scale` x the input.
-        steps: denoising steps (default per model: 20 for SD x4 with DPM-Solver++, 50 for LDM).
+        steps: denoising steps (default per model: 10 DDIM for sr4, 20 for SD x4 with DPM-Solver++,
+            50 for LDM).
         device, dtype: "auto" picks cuda > mps > cpu and fp16/bf16 on GPU, fp32 on CPU. The SD x4
             upscaler's VAE always stays fp32 (it overflows in fp16).
         batch_size: tiles per pipeline call.
-        tile, overlap: tile side and overlap in input pixels; larger inputs are tiled and blended.
+        tile, overlap: tile side and overlap in input pixels; larger inputs are tiled and blended
+            (default tile: 256 for sr4, 128 otherwise).
         scheduler: "ddim", "dpm++", "euler", "ddpm", "pndm" or None (the pipeline's own).
-        eta: DDIM stochasticity (0 = deterministic given the initial noise).
+        eta: DDIM stochasticity (0 = deterministic given the initial noise; > 0 = more diverse variants).
         prompt, negative_prompt, guidance_scale, noise_level: SD x4 upscaler conditioning
             (guidance_scale <= 1 disables classifier-free guidance and halves the cost).
         revision: hub revision to pin.
     """
 
     def __init__(self, spec: str, *, scale: int | None = None, steps: int | None = None, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 4, tile: int = 128, overlap: int = 16,
+                 dtype: str = "auto", batch_size: int = 4, tile: int | None = None, overlap: int = 16,
                  scheduler: str | None = "default", eta: float = 0.0, prompt: str = "",
                  negative_prompt: str | None = None, guidance_scale: float = 1.0, noise_level: int = 20,
                  revision: str | None = None):
@@ -131,6 +151,7 @@ class DiffusersEngine:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.steps = int(steps if steps is not None else defaults["steps"])
+        tile = defaults["tile"] if tile is None else tile
         scheduler = defaults["scheduler"] if scheduler == "default" else scheduler
         if scheduler is not None and scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)} or None, got {scheduler!r}")
@@ -149,7 +170,10 @@ class DiffusersEngine:
                 from diffusers import AutoencoderKL
 
                 extra["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", **{_dtype_keyword(): torch.float32})
-        self.pipe = DiffusionPipeline.from_pretrained(folder, **dtype_kw, **extra)
+        pipeline_cls = DiffusionPipeline
+        if class_name == _SR4_CLASS:
+            from sr_augment.sr4.pipeline import SR4Pipeline as pipeline_cls
+        self.pipe = pipeline_cls.from_pretrained(folder, **dtype_kw, **extra)
         if scheduler is not None:
             import diffusers
 
@@ -168,7 +192,7 @@ class DiffusersEngine:
         self.guidance_scale, self.noise_level = float(guidance_scale), int(noise_level)
         if class_name == _SD_CLASS and not 0 <= self.noise_level <= self.pipe.config.max_noise_level:
             raise ValueError(f"noise_level must be in [0, {self.pipe.config.max_noise_level}], got {noise_level}")
-        self.name = str(spec) if str(spec) in HUB_ALIASES else Path(str(spec)).name or str(spec)
+        self.name = str(spec) if str(spec) in HUB_ALIASES or str(spec) == BUILTIN else Path(str(spec)).name or str(spec)
         sampler = {"steps": self.steps, "scheduler": type(self.pipe.scheduler).__name__, "eta": self.eta}
         if class_name == _SD_CLASS:
             sampler.update(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=self.guidance_scale,
@@ -183,6 +207,8 @@ class DiffusersEngine:
             return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
         if self.class_name == _LDM_CLASS:
             return 2 ** (len(self.pipe.vqvae.config.block_out_channels) - 1)
+        if self.class_name == _SR4_CLASS:
+            return int(self.pipe.config.scale)
         return int(requested or 4)
 
     def __repr__(self) -> str:
@@ -213,6 +239,9 @@ class DiffusersEngine:
                 ).images
             elif self.class_name == _LDM_CLASS:
                 out = self._run_ldm(batch, generators)
+            elif self.class_name == _SR4_CLASS:
+                out = self.pipe(image=np.stack(batch), num_inference_steps=self.steps, eta=self.eta,
+                                generator=generators, output_type="np").images
             else:
                 out = self.pipe(image=[Image.fromarray(b) for b in batch], num_inference_steps=self.steps,
                                 generator=generators, output_type="np").images
