@@ -1,16 +1,18 @@
 """Engine registry: turn an engine spec into an `Engine`.
 
-Specs: "bicubic" (Pillow, CPU), "sd-x4-upscaler", "ldm-4x", a hub id or a local diffusers folder, or
+Specs: "sr4" (built in, the default), "bicubic" (Pillow, CPU), "sd-x4-upscaler", "ldm-4x", a hub id or a local diffusers folder, or
 any object that already implements the `Engine` protocol (returned unchanged).
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 from sr_augment.engines.base import Engine, EngineUnavailable, make_fingerprint
 from sr_augment.engines.bicubic import BicubicEngine
 
-DEFAULT_ENGINE = "bicubic"
-"""The engine used when none is named; the offline default."""
+DEFAULT_ENGINE = "sr4"
+"""The engine used when none is named: the built-in diffusion model, which works offline on CPU."""
 
 
 def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None, device: str = "auto",
@@ -18,7 +20,7 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
     """Build the engine named by `spec`.
 
     Args:
-        spec: "bicubic", "sd-x4-upscaler", "ldm-4x", a hub id ("owner/name"), a local folder holding a
+        spec: "sr4", "bicubic", "sd-x4-upscaler", "ldm-4x", a hub id ("owner/name"), a local folder holding a
             diffusers SR pipeline (`save_pretrained` output), or an `Engine` object.
         scale: output size / input size. A diffusion model whose own factor differs runs at its own
             factor and its output is resized (bicubic), so `scale=4` always means 4x.
@@ -41,6 +43,12 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
         if params:
             raise TypeError(f"bicubic engine takes no parameters, got {', '.join(sorted(params))}")
         return BicubicEngine(scale=scale)
+    missing = [name for name in ("torch", "diffusers") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EngineUnavailable(
+            f"engine {spec!r} needs {' and '.join(missing)}, which are not installed: "
+            f"pip install 'sr-augment[diffusion]' (or use engine='bicubic', which needs nothing)"
+        )
     from sr_augment.engines.diffusers_engine import DiffusersEngine
 
     return DiffusersEngine(spec, scale=scale, steps=steps, device=device, dtype=dtype, **params)
