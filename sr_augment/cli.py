@@ -1,4 +1,4 @@
-"""The `sr-augment` command line: warm, info, clear, train, demo."""
+"""The `sr-augment` command line: warm, info, clear, eval-sr, train, demo."""
 
 from __future__ import annotations
 
@@ -131,6 +131,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_eval_sr(args) -> int:
+    from pathlib import Path
+
+    from sr_augment.evaluate import eval_sr, summary_markdown, write_report
+
+    engine = _build_engine(args, args.batch_size)
+    with _open_cache(args) as cache:
+        try:
+            report = eval_sr(args.hr, engine, cache, scale=args.scale, crop=args.crop,
+                             crops_per_image=args.crops_per_image, batch_size=args.batch_size,
+                             progress=not args.no_progress)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"sr-augment: {exc}") from None
+    for reason in report.skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    paths = write_report(report, Path(args.out))
+    print(summary_markdown(report))
+    print(f"wrote {paths['csv']}, {paths['json']}, {paths['markdown']}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from sr_augment.sr4.train import train
 
@@ -171,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_options(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_clear)
+
+    p = sub.add_parser("eval-sr", help="SR quality against HR: Y-channel PSNR/SSIM per image and mean, bicubic as baseline")
+    p.add_argument("hr", nargs="+", metavar="HR_DIR", help="folders or files of HR images")
+    _add_engine_options(p)
+    p.add_argument("--crop", type=int, default=512, help="HR crop side; smaller images are used whole (default: %(default)s)")
+    p.add_argument("--crops-per-image", type=int, default=1, help="1 = centre crop, N = N seeded random crops (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="crops per engine call (default: %(default)s)")
+    p.add_argument("--out", default="sr-augment-eval", help="report folder (default: %(default)s)")
+    _add_cache_options(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_eval_sr)
 
     p = sub.add_parser("train", help="train a built-in-style sr4 diffusion SR model on folders of HR photos")
     p.add_argument("data", nargs="+", help="folders or files of HR photos (crops are degraded on the fly)")

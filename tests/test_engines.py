@@ -169,3 +169,13 @@ def test_missing_weights_offline_give_one_plain_paragraph(tmp_path):
     assert "stabilityai/stable-diffusion-x4-upscaler" in message
     assert "huggingface-cli download" in message and "save_pretrained" in message
     assert "Traceback" not in out.stderr
+
+
+def test_diffusion_engine_without_diffusers_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else real(name, *a))
+    with pytest.raises(EngineUnavailable, match=r"pip install 'sr-augment\[diffusion\]'"):
+        get_engine("sr4")
+    assert get_engine("bicubic").name == "bicubic"

@@ -1,0 +1,176 @@
+"""`sr-augment eval-sr`: how close an engine's SR comes to the HR originals, against bicubic.
+
+Protocol (the SeeSR paper's and the seed thesis's): HR crops -> bicubic-downscaled LR (the
+`resynthesize` mode's degradation) -> SR -> Y-channel PSNR and SSIM against the HR crop with `scale`
+border pixels shaved. SR results go through the cache, so a second run, or `warm` beforehand, costs no
+diffusion. FID and LPIPS need network weights (Inception, AlexNet): they are computed only when the
+packages and their weights are already on this machine, and the report says why when they are not.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sr_augment.engines import BicubicEngine
+from sr_augment.images import ImageDecodeError, iter_image_files, load_image
+from sr_augment.metrics import gradient_magnitude, psnr_y, ssim_y
+from sr_augment.modes import engine_input, finish
+
+
+@dataclass
+class Crop:
+    image: str
+    index: int
+    pixels: np.ndarray
+
+
+@dataclass
+class EvalReport:
+    rows: list = field(default_factory=list)       # one dict per (crop, method)
+    summary: dict = field(default_factory=dict)    # method -> mean metrics
+    skipped: list = field(default_factory=list)    # files that could not be read, with the reason
+    optional: dict = field(default_factory=dict)   # metric -> value or the reason it was not computed
+
+
+def hr_crops(paths, crop: int, crops_per_image: int, scale: int, seed: int = 0) -> tuple[list[Crop], list[str]]:
+    """`crops_per_image` crops of side `crop` per image (centre crop when 1, else seeded random ones).
+
+    Images smaller than `crop` are used whole (cut to a multiple of `scale`). Unreadable files are
+    returned as skip reasons, never raised, so one bad file does not stop an evaluation.
+    """
+    rng = np.random.default_rng(seed)
+    crops, skipped = [], []
+    for path in iter_image_files(paths):
+        try:
+            image = load_image(path)
+        except ImageDecodeError as exc:
+            skipped.append(str(exc))
+            continue
+        height, width = image.shape[:2]
+        side_h = min(crop, height) // scale * scale
+        side_w = min(crop, width) // scale * scale
+        if side_h < 2 * scale + 1 or side_w < 2 * scale + 1:
+            skipped.append(f"{path}: {width}x{height} is too small for x{scale} evaluation")
+            continue
+        for index in range(crops_per_image):
+            if crops_per_image == 1:
+                top, left = (height - side_h) // 2, (width - side_w) // 2
+            else:
+                top, left = int(rng.integers(0, height - side_h + 1)), int(rng.integers(0, width - side_w + 1))
+            crops.append(Crop(str(path), index, np.ascontiguousarray(image[top:top + side_h, left:left + side_w])))
+    return crops, skipped
+
+
+def optional_metrics() -> dict[str, str | None]:
+    """For LPIPS and FID: None when they can run here, else the reason they cannot."""
+    import os
+
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    needs = {
+        "lpips": ("lpips", "alexnet-owt-7be5be79.pth"),
+        "fid": ("torchmetrics", "weights-inception-2015-12-05-6726825d.pth"),
+    }
+    status = {}
+    for metric, (package, weights) in needs.items():
+        if importlib.util.find_spec(package) is None:
+            status[metric] = f"not computed: the `{package}` package is not installed"
+        elif not (hub / weights).is_file():
+            status[metric] = f"not computed: its weights ({weights}) are not in {hub} and are never downloaded here"
+        else:
+            status[metric] = None
+    return status
+
+
+def _lpips(pairs) -> float:
+    import lpips
+    import torch
+
+    model = lpips.LPIPS(net="alex", verbose=False)
+    to_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # noqa: E731
+    with torch.no_grad():
+        return float(np.mean([model(to_tensor(sr), to_tensor(hr)).item() for sr, hr in pairs]))
+
+
+def _fid(pairs) -> float:
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    fid = FrechetInceptionDistance(normalize=False)
+    for sr, hr in pairs:
+        fid.update(torch.from_numpy(hr).permute(2, 0, 1)[None], real=True)
+        fid.update(torch.from_numpy(sr).permute(2, 0, 1)[None], real=False)
+    return float(fid.compute())
+
+
+def eval_sr(paths, engine, cache, *, scale: int = 4, crop: int = 512, crops_per_image: int = 1,
+            batch_size: int = 8, seed: int = 0, progress: bool = True) -> EvalReport:
+    """Score `engine` (through `cache`) and bicubic on HR crops of the images under `paths`."""
+    from tqdm.auto import tqdm
+
+    crops, skipped = hr_crops(paths, crop, crops_per_image, scale, seed)
+    if not crops:
+        raise ValueError(f"no usable images under {', '.join(map(str, paths))}" + (f" ({skipped[0]})" if skipped else ""))
+    report = EvalReport(skipped=skipped)
+    bicubic = BicubicEngine(scale)
+    name = getattr(engine, "name", "sr")
+    method = name if name != "bicubic" else "bicubic (engine)"
+    pairs = []
+    with tqdm(total=len(crops), desc=f"eval-sr {name}", unit="crop", disable=not progress) as bar:
+        for start in range(0, len(crops), batch_size):
+            batch = crops[start:start + batch_size]
+            outputs = cache.get_or_create_many([c.pixels for c in batch], engine, mode="resynthesize")
+            for c, sr in zip(batch, outputs):
+                baseline = finish(bicubic.upscale([engine_input(c.pixels, "resynthesize", scale)], [0])[0],
+                                  c.pixels, "resynthesize")
+                for label, result in (("bicubic", baseline), (method, sr)):
+                    report.rows.append({
+                        "image": c.image, "crop": c.index, "method": label, "height": c.pixels.shape[0],
+                        "width": c.pixels.shape[1], "psnr_y": psnr_y(result, c.pixels, scale),
+                        "ssim_y": ssim_y(result, c.pixels, scale),
+                        "grad_ratio": gradient_magnitude(result, scale) / max(gradient_magnitude(c.pixels, scale), 1e-12),
+                    })
+                pairs.append((sr, c.pixels))
+            bar.update(len(batch))
+    for label in ("bicubic", method):
+        rows = [r for r in report.rows if r["method"] == label]
+        finite = [r["psnr_y"] for r in rows if math.isfinite(r["psnr_y"])]
+        report.summary[label] = {
+            "crops": len(rows),
+            "psnr_y": statistics.mean(finite) if finite else math.inf,
+            "ssim_y": statistics.mean(r["ssim_y"] for r in rows),
+            "grad_ratio": statistics.mean(r["grad_ratio"] for r in rows),
+        }
+    for metric, reason in optional_metrics().items():
+        report.optional[metric] = reason if reason else (_lpips if metric == "lpips" else _fid)(pairs)
+    return report
+
+
+def write_report(report: EvalReport, out: Path) -> dict[str, Path]:
+    """per_image.csv, summary.json and summary.md in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "per_image.csv", "json": out / "summary.json", "markdown": out / "summary.md"}
+    with open(paths["csv"], "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(report.rows[0]))
+        writer.writeheader()
+        writer.writerows(report.rows)
+    paths["json"].write_text(json.dumps({"summary": report.summary, "optional_metrics": report.optional,
+                                         "skipped": report.skipped}, indent=2))
+    paths["markdown"].write_text(summary_markdown(report))
+    return paths
+
+
+def summary_markdown(report: EvalReport) -> str:
+    lines = ["| method | crops | PSNR-Y (dB) | SSIM-Y | gradient SR/HR |", "|---|---|---|---|---|"]
+    for label, s in report.summary.items():
+        lines.append(f"| {label} | {s['crops']} | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} | {s['grad_ratio']:.3f} |")
+    for metric, value in report.optional.items():
+        lines.append(f"\n{metric.upper()}: {value:.4f}" if isinstance(value, float) else f"\n{metric.upper()}: {value}")
+    return "\n".join(lines) + "\n"
