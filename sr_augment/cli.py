@@ -1,4 +1,4 @@
-"""The `sr-augment` command line: warm, info, clear, eval-sr, train, demo."""
+"""The `sr-augment` command line: warm, info, clear, eval-sr, experiment, train, demo."""
 
 from __future__ import annotations
 
@@ -152,6 +152,29 @@ def cmd_eval_sr(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from sr_augment.experiment import run_experiment
+
+    if args.lr_factor is not None and args.lr_factor != args.scale and "--scale" in sys.argv:
+        raise SystemExit(f"sr-augment: --lr-factor {args.lr_factor} and --scale {args.scale} differ; the SR arm "
+                         f"super-resolves the LR images by the factor they were downscaled by")
+    args.scale = args.lr_factor or args.scale
+    engine = _build_engine(args, args.batch_size)
+    with _open_cache(args) as cache:
+        try:
+            results = run_experiment(args.data, args.out, engine=engine, cache=cache, lr_factor=args.scale,
+                                     seeds=args.seeds, epochs=args.epochs, framework=args.framework,
+                                     image_size=args.image_size, batch_size=args.batch_size,
+                                     variants=args.variants, progress=not args.no_progress)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"sr-augment: {exc}") from None
+    from sr_augment.experiment_report import report_markdown
+
+    print(report_markdown(results))
+    print(f"wrote {args.out}/results.json, report.md, confusion_*.png, samples.png")
+    return 0
+
+
 def cmd_train(args) -> int:
     from sr_augment.sr4.train import train
 
@@ -203,6 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_eval_sr)
+
+    p = sub.add_parser("experiment", help="train the same CNN on LR, SR, HR and HR+SRAugment data; metrics and McNemar tests")
+    p.add_argument("data", metavar="DATA_DIR", help="class folders, or train/ and val/ (or test/) with class folders")
+    _add_engine_options(p)
+    p.add_argument("--lr-factor", type=int, default=None, help="LR = HR downscaled by this (default: --scale)")
+    p.add_argument("--seeds", type=int, default=3, help="training runs per arm (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=15, help="(default: %(default)s)")
+    p.add_argument("--framework", choices=["torch", "keras"], default="torch")
+    p.add_argument("--image-size", type=int, default=128, help="square input side of the CNN (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--variants", type=int, default=2, help="SRAugment variants per image in the HR+SRAugment arm (default: %(default)s)")
+    p.add_argument("--out", default="sr-augment-experiment", help="report folder (default: %(default)s)")
+    _add_cache_options(p)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("train", help="train a built-in-style sr4 diffusion SR model on folders of HR photos")
     p.add_argument("data", nargs="+", help="folders or files of HR photos (crops are degraded on the fly)")
