@@ -94,6 +94,17 @@ def test_sr4_pipeline_seeds_eta_and_batch_independence(trained, rng):
     assert stochastic.fingerprint != deterministic.fingerprint
     noisy = stochastic.upscale([image], seeds=[1])[0].astype(int)
     assert np.abs(noisy - first).mean() > 0
+    refined = get_engine(run, steps=4, strength=0.5)
+    assert refined.fingerprint != get_engine(run, steps=4, strength=1.0).fingerprint
+    a, b = refined.upscale([image, image], seeds=[1, 2])
+    assert a.shape == (64, 96, 3) and np.abs(a.astype(int) - b.astype(int)).mean() > 0
+    with pytest.raises(ValueError, match="strength"):
+        get_engine(run, strength=0.0)
+
+
+def test_strength_is_rejected_for_models_other_than_sr4(tiny_ldm_dir):
+    with pytest.raises(ValueError, match="sr4 models only"):
+        get_engine(tiny_ldm_dir, steps=1, strength=0.5)
 
 
 def test_sr4_pipeline_rejects_sizes_the_unet_cannot_take(trained):

@@ -135,6 +135,8 @@ class DiffusersEngine:
         eta: DDIM stochasticity (0 = deterministic given the initial noise; > 0 = more diverse variants).
         prompt, negative_prompt, guidance_scale, noise_level: SD x4 upscaler conditioning
             (guidance_scale <= 1 disables classifier-free guidance and halves the cost).
+        strength: sr4 only: the fraction of the reverse process run from the model's one-shot mean
+            estimate, in (0, 1] (1 = sample from pure noise: most invented detail, lowest PSNR).
         revision: hub revision to pin.
     """
 
@@ -142,7 +144,7 @@ class DiffusersEngine:
                  dtype: str = "auto", batch_size: int = 4, tile: int | None = None, overlap: int = 16,
                  scheduler: str | None = "default", eta: float = 0.0, prompt: str = "",
                  negative_prompt: str | None = None, guidance_scale: float = 1.0, noise_level: int = 20,
-                 revision: str | None = None):
+                 strength: float | None = None, revision: str | None = None):
         import torch
 
         folder, weights = resolve_weights(str(spec), revision)
@@ -197,6 +199,15 @@ class DiffusersEngine:
         if class_name == _SD_CLASS:
             sampler.update(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=self.guidance_scale,
                            noise_level=self.noise_level)
+        if class_name == _SR4_CLASS:
+            from sr_augment.sr4.pipeline import DEFAULT_STRENGTH
+
+            self.strength = float(DEFAULT_STRENGTH if strength is None else strength)
+            if not 0.0 < self.strength <= 1.0:
+                raise ValueError(f"strength must be in (0, 1], got {strength}")
+            sampler["strength"] = self.strength
+        elif strength is not None:
+            raise ValueError(f"strength applies to sr4 models only, not to {class_name}")
         self.fingerprint = make_fingerprint(
             engine="diffusers", pipeline=class_name, weights=weights, dtype=self.dtype, scale=self.scale,
             native_scale=self.native_scale, tile=self.tile, overlap=self.overlap, **sampler,
@@ -241,7 +252,7 @@ class DiffusersEngine:
                 out = self._run_ldm(batch, generators)
             elif self.class_name == _SR4_CLASS:
                 out = self.pipe(image=np.stack(batch), num_inference_steps=self.steps, eta=self.eta,
-                                generator=generators, output_type="np").images
+                                strength=self.strength, generator=generators, output_type="np").images
             else:
                 out = self.pipe(image=[Image.fromarray(b) for b in batch], num_inference_steps=self.steps,
                                 generator=generators, output_type="np").images
