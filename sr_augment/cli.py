@@ -155,10 +155,7 @@ def cmd_eval_sr(args) -> int:
 def cmd_experiment(args) -> int:
     from sr_augment.experiment import run_experiment
 
-    if args.lr_factor is not None and args.lr_factor != args.scale and "--scale" in sys.argv:
-        raise SystemExit(f"sr-augment: --lr-factor {args.lr_factor} and --scale {args.scale} differ; the SR arm "
-                         f"super-resolves the LR images by the factor they were downscaled by")
-    args.scale = args.lr_factor or args.scale
+    args.scale = args.lr_factor or args.scale  # the SR arm undoes exactly the LR downscaling
     engine = _build_engine(args, args.batch_size)
     with _open_cache(args) as cache:
         try:
@@ -178,13 +175,20 @@ def cmd_experiment(args) -> int:
 def cmd_train(args) -> int:
     from sr_augment.sr4.train import train
 
+    from pathlib import Path
+
+    from sr_augment.sr4.train import CHECKPOINT
+
     settings = {k: getattr(args, k) for k in ("scale", "steps", "batch_size", "crop", "lr", "checkpoint_every", "seed")}
     try:
         out = train(args.data, args.out, resume=args.resume, device=args.device, progress=not args.no_progress, **settings)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
     except KeyboardInterrupt:
-        print(f"interrupted: the last checkpoint in {args.out} is kept; add --resume to continue", file=sys.stderr)
+        if (Path(args.out) / CHECKPOINT).exists():
+            print(f"interrupted: the last checkpoint in {args.out} is kept; add --resume to continue", file=sys.stderr)
+        else:
+            print("interrupted before the first checkpoint: nothing to resume", file=sys.stderr)
         return 130
     print(f"trained model in {out}: use it with --engine {out} or get_engine('{out}')")
     return 0
@@ -230,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="train the same CNN on LR, SR, HR and HR+SRAugment data; metrics and McNemar tests")
     p.add_argument("data", metavar="DATA_DIR", help="class folders, or train/ and val/ (or test/) with class folders")
     _add_engine_options(p)
-    p.add_argument("--lr-factor", type=int, default=None, help="LR = HR downscaled by this (default: --scale)")
+    p.add_argument("--lr-factor", type=int, default=None, help="LR = HR downscaled by this; the engine upscales by it too (default: --scale)")
     p.add_argument("--seeds", type=int, default=3, help="training runs per arm (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=15, help="(default: %(default)s)")
     p.add_argument("--framework", choices=["torch", "keras"], default="torch")
@@ -243,16 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("train", help="train a built-in-style sr4 diffusion SR model on folders of HR photos")
-    p.add_argument("data", nargs="+", help="folders or files of HR photos (crops are degraded on the fly)")
+    p.add_argument("data", nargs="*", help="folders or files of HR photos (crops are degraded on the fly); "
+                                           "optional with --resume")
     p.add_argument("--out", required=True, help="run folder: checkpoint, sample grids, and the loadable model")
-    p.add_argument("--scale", type=int, default=4, help="upscaling factor (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=10_000, help="total optimizer steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="crops per step (default: %(default)s)")
-    p.add_argument("--crop", type=int, default=128, help="HR crop side in pixels (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints and sample grids (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--scale", type=int, default=None, help="upscaling factor (default: 4)")
+    p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: 10000)")
+    p.add_argument("--batch-size", type=int, default=None, help="crops per step (default: 16)")
+    p.add_argument("--crop", type=int, default=None, help="HR crop side in pixels (default: 128)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-4)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints and sample grids (default: 500)")
+    p.add_argument("--seed", type=int, default=None, help="(default: 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint; options not given keep the run's values")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)

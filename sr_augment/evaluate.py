@@ -25,6 +25,10 @@ from sr_augment.metrics import gradient_magnitude, psnr_y, ssim_y
 from sr_augment.modes import engine_input, finish
 
 
+SSIM_WINDOW = 11
+"""Side of SSIM's Gaussian window (sigma 1.5): the smallest image it can score."""
+
+
 @dataclass
 class Crop:
     image: str
@@ -57,8 +61,9 @@ def hr_crops(paths, crop: int, crops_per_image: int, scale: int, seed: int = 0) 
         height, width = image.shape[:2]
         side_h = min(crop, height) // scale * scale
         side_w = min(crop, width) // scale * scale
-        if side_h < 2 * scale + 1 or side_w < 2 * scale + 1:
-            skipped.append(f"{path}: {width}x{height} is too small for x{scale} evaluation")
+        if min(side_h, side_w) - 2 * scale < SSIM_WINDOW:
+            skipped.append(f"{path}: {width}x{height} is too small for x{scale} evaluation (SSIM needs "
+                           f"{SSIM_WINDOW} px after shaving {scale} px borders)")
             continue
         for index in range(crops_per_image):
             if crops_per_image == 1:
@@ -71,17 +76,20 @@ def hr_crops(paths, crop: int, crops_per_image: int, scale: int, seed: int = 0) 
 
 def optional_metrics() -> dict[str, str | None]:
     """For LPIPS and FID: None when they can run here, else the reason they cannot."""
-    import os
+    if importlib.util.find_spec("torch") is None:
+        return {m: "not computed: torch is not installed" for m in ("lpips", "fid")}
+    import torch
 
-    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
     needs = {
-        "lpips": ("lpips", "alexnet-owt-7be5be79.pth"),
-        "fid": ("torchmetrics", "weights-inception-2015-12-05-6726825d.pth"),
+        "lpips": (("lpips",), "alexnet-owt-7be5be79.pth"),
+        "fid": (("torchmetrics", "torch_fidelity"), "weights-inception-2015-12-05-6726825d.pth"),
     }
     status = {}
-    for metric, (package, weights) in needs.items():
-        if importlib.util.find_spec(package) is None:
-            status[metric] = f"not computed: the `{package}` package is not installed"
+    for metric, (packages, weights) in needs.items():
+        missing = [p for p in packages if importlib.util.find_spec(p) is None]
+        if missing:
+            status[metric] = f"not computed: {', '.join(f'`{p}`' for p in missing)} not installed"
         elif not (hub / weights).is_file():
             status[metric] = f"not computed: its weights ({weights}) are not in {hub} and are never downloaded here"
         else:
@@ -115,6 +123,8 @@ def eval_sr(paths, engine, cache, *, scale: int = 4, crop: int = 512, crops_per_
     """Score `engine` (through `cache`) and bicubic on HR crops of the images under `paths`."""
     from tqdm.auto import tqdm
 
+    if getattr(engine, "scale", scale) != scale:
+        raise ValueError(f"the engine upscales x{engine.scale} but the evaluation degrades by x{scale}")
     crops, skipped = hr_crops(paths, crop, crops_per_image, scale, seed)
     if not crops:
         raise ValueError(f"no usable images under {', '.join(map(str, paths))}" + (f" ({skipped[0]})" if skipped else ""))
@@ -149,7 +159,15 @@ def eval_sr(paths, engine, cache, *, scale: int = 4, crop: int = 512, crops_per_
             "grad_ratio": statistics.mean(r["grad_ratio"] for r in rows),
         }
     for metric, reason in optional_metrics().items():
-        report.optional[metric] = reason if reason else (_lpips if metric == "lpips" else _fid)(pairs)
+        if reason is None and metric == "fid" and len(pairs) < 2:
+            reason = "not computed: FID needs at least 2 crops"
+        if reason is not None:
+            report.optional[metric] = reason
+            continue
+        try:
+            report.optional[metric] = (_lpips if metric == "lpips" else _fid)(pairs)
+        except Exception as exc:  # an optional metric must never cost the report that is already computed
+            report.optional[metric] = f"not computed: {type(exc).__name__}: {exc}"
     return report
 
 

@@ -59,6 +59,10 @@ def discover(data_dir, seed: int = 0) -> ImageSet:
     if (root / "train").is_dir() and test_name:
         train_files, test_files = _class_files(root / "train"), _class_files(root / test_name)
         classes = sorted(train_files)
+        empty = [f"{split}/{c}" for split, files in (("train", train_files), (test_name, test_files))
+                 for c, f in files.items() if not f]
+        if empty:
+            raise ValueError(f"{root}: class folders without images: {', '.join(empty)}")
         if sorted(test_files) != classes:
             raise ValueError(f"{root}: train classes {classes} differ from {test_name} classes {sorted(test_files)}")
         index = {c: i for i, c in enumerate(classes)}
@@ -72,6 +76,10 @@ def discover(data_dir, seed: int = 0) -> ImageSet:
         if len(classes) < 2:
             raise ValueError(f"{root}: expected class folders (or train/ and val/ or test/), found {len(classes)} class(es)")
         labels = [label for _, label in items]
+        small = {c: len(files[c]) for c in classes if len(files[c]) < 10}
+        if small:
+            raise ValueError(f"{root}: a stratified 80/10/10 split needs at least 10 images per class; "
+                             f"{', '.join(f'{c} has {n}' for c, n in small.items())}. Give train/ and test/ folders instead")
         train, rest = train_test_split(items, test_size=0.2, stratify=labels, random_state=seed)
         _, test = train_test_split(rest, test_size=0.5, stratify=[label for _, label in rest], random_state=seed)
         layout = "one folder, stratified 80/10/10 split (seed %d)" % seed
@@ -92,6 +100,8 @@ def square(image: np.ndarray, size: int) -> np.ndarray:
 def load_items(items, size: int, skipped: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode, square and stack; unreadable files are recorded in `skipped` (path: reason)."""
     images, labels, names = [], [], []
+    if not items:
+        raise ValueError("no images to load")
     for path, label in items:
         try:
             images.append(square(load_image(path), size))
@@ -100,6 +110,8 @@ def load_items(items, size: int, skipped: list) -> tuple[np.ndarray, np.ndarray,
             continue
         labels.append(label)
         names.append(str(path))
+    if not images:
+        raise ValueError(f"none of the {len(items)} images could be read (first: {skipped[-1]})")
     return np.stack(images), np.asarray(labels), names
 
 
@@ -177,6 +189,8 @@ def run_experiment(data_dir, out, *, engine, cache, lr_factor: int = 4, seeds: i
         raise ValueError(f"framework must be 'torch' or 'keras', got {framework!r}")
     if lr_factor < 1 or seeds < 1 or epochs < 1:
         raise ValueError("--lr-factor, --seeds and --epochs must be >= 1")
+    if getattr(engine, "scale", lr_factor) != lr_factor:
+        raise ValueError(f"the engine upscales x{engine.scale} but LR images are downscaled by {lr_factor}")
     started = time.perf_counter()
     data = discover(data_dir)
     hr_train, y_train, _ = load_items(data.train, image_size, data.skipped)
@@ -211,7 +225,7 @@ def run_experiment(data_dir, out, *, engine, cache, lr_factor: int = 4, seeds: i
                  "train_counts": np.bincount(y_train, minlength=len(data.classes)).tolist(),
                  "class_weights": weights.tolist(), "test_images": test_names, "test_labels": y_test.tolist()},
         "arms": {arm: {"runs": r, "mean": {m: statistics.mean(x[m] for x in r) for m in METRICS},
-                       "std": {m: statistics.pstdev(x[m] for x in r) for m in METRICS}} for arm, r in runs.items()},
+                       "std": {m: statistics.stdev(x[m] for x in r) if len(r) > 1 else 0.0 for m in METRICS}} for arm, r in runs.items()},
         "mcnemar": {f"{a} vs {b}": [{"seed": ra["seed"], **mcnemar_exact(np.array(ra["predictions"]) == y_test,
                                                                           np.array(rb["predictions"]) == y_test)}
                                     for ra, rb in zip(runs[a], runs[b])]

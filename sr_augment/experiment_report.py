@@ -27,7 +27,7 @@ def report_markdown(results: dict) -> str:
     for arm, r in results["arms"].items():
         cells = [f"{r['mean'][m]:.3f} ± {r['std'][m]:.3f}" for m in ("accuracy", "precision", "recall", "f1")]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± standard deviation over seeds.", "",
+    lines += ["", "Mean ± sample standard deviation over seeds.", "",
               "McNemar's exact test on paired test predictions (b = first right and second wrong, c = the reverse):",
               "", "| pair | " + " | ".join(f"seed {s['seed']}: p (b/c)" for s in next(iter(results["mcnemar"].values()))) + " |",
               "|---|" + "---|" * len(next(iter(results["mcnemar"].values())))]
@@ -35,6 +35,7 @@ def report_markdown(results: dict) -> str:
         lines.append(f"| {pair} | " + " | ".join(f"{t['p']:.3f} ({t['b']}/{t['c']})" for t in tests) + " |")
     significant = [pair for pair, tests in results["mcnemar"].items() if all(t["p"] < 0.05 for t in tests)]
     lines += ["", "Pairs significant at p < 0.05 in every seed: " + (", ".join(significant) if significant else "none") + ".",
+              "(Uncorrected for the number of pairs; with 6 pairs, Bonferroni's threshold is p < 0.0083.)",
               "", f"Wall time: {results['wall_seconds']} s."]
     if data["skipped"]:
         lines += ["", "Skipped files:", ""] + [f"- {reason}" for reason in data["skipped"]]
@@ -42,18 +43,15 @@ def report_markdown(results: dict) -> str:
 
 
 def confusion_png(confusion, classes, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot state: the caller's backend is left alone
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = plt.subplots(figsize=(3.2 + 0.4 * len(classes), 3.0 + 0.4 * len(classes)), dpi=120)
+    fig = Figure(figsize=(3.2 + 0.4 * len(classes), 3.0 + 0.4 * len(classes)), dpi=120)
+    ax = fig.subplots()
     ConfusionMatrixDisplay(np.asarray(confusion), display_labels=classes).plot(ax=ax, colorbar=False, values_format="d")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_outputs(results: dict, arms: dict, out: Path, engine_name: str, samples: int = 4) -> dict[str, Path]:

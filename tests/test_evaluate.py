@@ -42,7 +42,9 @@ def test_shave_drops_the_border_and_blur_lowers_gradient(rng):
 
 
 def test_eval_sr_writes_per_image_csv_and_summary(tmp_path, cache_dir, capsys, rng, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-hub"))  # no LPIPS/FID weights, whatever is installed
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "no-torch-hub"))  # no LPIPS/FID weights here
     data = tmp_path / "hr"
     data.mkdir()
     for i in range(3):

@@ -27,7 +27,7 @@ def _photos(folder, rng, count=6, size=48):
 
 def _train(data, out, *extra):
     return main(["train", str(data), "--out", str(out), "--batch-size", "2", "--crop", "32",
-                 "--checkpoint-every", "2", "--no-progress", *map(str, extra)])
+                 "--checkpoint-every", "2", "--device", "cpu", "--no-progress", *map(str, extra)])
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +72,18 @@ def test_train_refuses_to_overwrite_a_run_and_resume_matches_an_uninterrupted_ru
 
     resumed = tmp_path / "resumed"
     assert _train(data, resumed, "--steps", 2) == 0
-    assert _train(data, resumed, "--steps", 4, "--resume") == 0
+    # resume with no data and no settings: the run's own data list and settings, except the new --steps
+    assert main(["train", "--out", str(resumed), "--steps", "4", "--resume", "--device", "cpu", "--no-progress"]) == 0
     a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)  # same data order, noise and EMA as without the stop
-    with pytest.raises(SystemExit, match="crop"):
-        main(["train", str(data), "--out", str(resumed), "--crop", "40", "--steps", "6", "--resume", "--no-progress"])
+    with pytest.raises(SystemExit, match="differ from the checkpoint"):
+        main(["train", "--out", str(resumed), "--crop", "48", "--steps", "6", "--resume", "--no-progress"])
+    with pytest.raises(SystemExit, match="--crop must be a positive multiple of"):
+        _train(data, tmp_path / "bad", "--crop", "40", "--steps", "2")
+    with pytest.raises(SystemExit, match="--checkpoint-every must be >= 1"):
+        main(["train", str(data), "--out", str(tmp_path / "bad"), "--checkpoint-every", "0", "--no-progress"])
 
 
 def test_sr4_pipeline_seeds_eta_and_batch_independence(trained, rng):

@@ -69,9 +69,25 @@ def _offline_message(spec: str, repo: str, reason: str) -> str:
 _HASH_MEMO: dict[tuple, str] = {}
 
 
+def _pipeline_files(folder: Path) -> list[Path]:
+    """model_index.json and the files of the components it names: what `from_pretrained` reads, not
+    the checkpoints, sample grids or logs a training run keeps beside them."""
+    try:
+        components = [k for k, v in json.loads((folder / "model_index.json").read_text()).items()
+                      if isinstance(v, list) and not k.startswith("_")]
+    except (OSError, ValueError):
+        components = None
+    roots = [folder / c for c in components] if components is not None else [folder]
+    files = [folder / "model_index.json"] if components is not None else []
+    for root in roots:
+        files += [p for p in root.rglob("*") if p.is_file()]
+    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def hash_folder(folder: Path) -> str:
-    """blake2b over the relative paths and contents of a weights folder (memoised on size + mtime)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """blake2b over the relative paths and contents of a pipeline folder's model files (memoised on
+    size + mtime), so copying a model elsewhere, or deleting a run's checkpoint, keeps its identity."""
+    files = _pipeline_files(folder)
     stamp = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     memo_key = (str(folder.resolve()), stamp)
     if memo_key not in _HASH_MEMO:
@@ -93,6 +109,8 @@ def resolve_weights(spec: str, revision: str | None = None) -> tuple[Path, str]:
             raise EngineUnavailable(f"the built-in sr4 weights are missing from {folder}; reinstall sr-augment")
         return folder, f"{BUILTIN}:{hash_folder(folder)}"
     local = Path(spec).expanduser()
+    if not local.exists() and (spec.startswith((".", "/", "~")) or (local.parent != Path(".") and local.parent.is_dir())):
+        raise EngineUnavailable(f"{local}: no such folder (a local engine must be a diffusers pipeline folder)")
     if local.is_dir():
         if not (local / "model_index.json").is_file():
             raise EngineUnavailable(
@@ -157,6 +175,8 @@ class DiffusersEngine:
         scheduler = defaults["scheduler"] if scheduler == "default" else scheduler
         if scheduler is not None and scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)} or None, got {scheduler!r}")
+        if class_name == _SR4_CLASS and scheduler in ("pndm", "euler"):
+            raise ValueError(f"sr4 models predict the clean sample, which {scheduler} does not support; use ddim, dpm++ or ddpm")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if batch_size < 1 or tile < 8 or not 0 <= overlap < tile:

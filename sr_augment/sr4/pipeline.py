@@ -109,7 +109,8 @@ class SR4Pipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         if strength < 1.0:
             first = timesteps[:1].expand(lr.shape[0])
-            mean = self.unet(torch.cat([sample, cond], dim=1), first).sample
+            model_input = self.scheduler.scale_model_input(sample, timesteps[0])
+            mean = self.unet(torch.cat([model_input, cond], dim=1), first).sample
             keep = max(1, round(num_inference_steps * strength))
             timesteps = timesteps[-keep:]
             if hasattr(self.scheduler, "set_begin_index"):
@@ -139,6 +140,10 @@ class SR4Pipeline(DiffusionPipeline):
     def _as_tensor(self, image) -> torch.Tensor:
         if isinstance(image, torch.Tensor):
             tensor = image if image.ndim == 4 else image[None]
+            if not tensor.is_floating_point():
+                raise ValueError(f"tensor images must be float in [0, 1], got {tensor.dtype}")
+            if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
+                raise ValueError("tensor images must be float in [0, 1]; got values outside it")
         else:
             arrays = [image] if isinstance(image, np.ndarray) and image.ndim == 3 else list(image)
             if not arrays:

@@ -63,10 +63,14 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def load_photos(paths, crop: int, log=print) -> tuple[list[np.ndarray], list[Path]]:
-    """Decode every image under `paths`; skip (and report) unreadable ones and ones smaller than `crop`."""
+def load_photos(paths, crop: int, log=print, exclude: Path | None = None) -> tuple[list[np.ndarray], list[Path]]:
+    """Decode every image under `paths` (except under `exclude`, the run folder, whose sample grids are
+    images too); skip and report unreadable ones and ones smaller than `crop`."""
     photos, names = [], []
+    exclude = exclude.resolve() if exclude is not None else None
     for path in iter_image_files(paths):
+        if exclude is not None and exclude in path.resolve().parents:
+            continue
         try:
             image = load_image(path)
         except ImageDecodeError as exc:
@@ -80,12 +84,17 @@ def load_photos(paths, crop: int, log=print) -> tuple[list[np.ndarray], list[Pat
     return photos, names
 
 
-def split_holdout(photos: list, names: list, count: int, seed: int):
-    """Hold out `count` photos (fixed by `seed`) for validation PSNR and sample grids."""
-    if len(photos) <= count:
-        raise ValueError(f"need more than {count} training photos of at least the crop size, found {len(photos)}")
-    order = np.random.default_rng(seed).permutation(len(photos))
-    held = set(order[:count].tolist())
+def split_holdout(photos: list, names: list, count: int, seed: int, held_names: list[str] | None = None):
+    """Hold out `count` photos (fixed by `seed`, or the named ones when resuming) for validation."""
+    if held_names is not None:
+        held = {i for i, n in enumerate(names) if str(n) in set(held_names)}
+        if len(held) != len(held_names):
+            raise ValueError(f"--resume: validation photos of the run are missing from the data: "
+                             f"{sorted(set(held_names) - {str(names[i]) for i in held})[:3]}")
+    else:
+        if len(photos) <= count:
+            raise ValueError(f"need more than {count} training photos of at least the crop size, found {len(photos)}")
+        held = set(np.random.default_rng(seed).permutation(len(photos))[:count].tolist())
     train = [p for i, p in enumerate(photos) if i not in held]
     val = [photos[i] for i in sorted(held)]
     return train, val, [str(names[i]) for i in sorted(held)]
@@ -129,45 +138,36 @@ def _to_uint8(batch: torch.Tensor) -> list[np.ndarray]:
 
 
 class Trainer:
-    """One training run in `out`; `run()` trains to `config.steps`, checkpointing as it goes."""
+    """One training run in `out`; `run()` trains to `config.steps`, checkpointing as it goes.
 
-    def __init__(self, data, out, config: TrainConfig, *, resume: bool = False, device: str = "auto",
+    `state` is a loaded checkpoint to continue from. Noise and timesteps come from a generator on the
+    training device whose state is checkpointed, so a resumed run continues exactly where it stopped.
+    """
+
+    def __init__(self, out, config: TrainConfig, *, state: dict | None = None, device: str = "auto",
                  progress: bool = True, log=print):
         from diffusers.training_utils import EMAModel
 
         from sr_augment.engines.device import resolve_device
 
-        self.out = Path(out)
+        self.out, self.config = Path(out), config
         self.log, self.progress = log, progress
         self.device = torch.device(resolve_device(device))
-        checkpoint_path = self.out / CHECKPOINT
-        state = None
-        if checkpoint_path.exists() and not resume:
-            raise FileExistsError(f"{self.out} already holds a training run ({checkpoint_path}); pass --resume to "
-                                  f"continue it or choose another --out")
-        if resume:
-            if not checkpoint_path.exists():
-                raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
-            state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-            saved = state["config"]
-            changed = [k for k in TrainConfig.ARCHITECTURE if tuple(np.atleast_1d(saved[k])) != tuple(np.atleast_1d(getattr(config, k)))]
-            if changed:
-                raise ValueError(f"--resume: {', '.join(changed)} differ from the checkpoint's "
-                                 f"({', '.join(f'{k}={saved[k]}' for k in changed)})")
-            config.data = config.data or saved["data"]
-        self.config = config
 
-        photos, names = load_photos(config.data, config.crop, log)
-        self.train_photos, val_photos, self.val_names = split_holdout(photos, names, config.val_images, config.seed)
+        photos, names = load_photos(config.data, config.crop, log, exclude=self.out)
+        self.train_photos, val_photos, self.val_names = split_holdout(
+            photos, names, config.val_images, config.seed, state["validation_images"] if state else None)
         self.val_hr = center_crops(val_photos, config.crop)
         log(f"{len(self.train_photos)} training photos, {len(val_photos)} held out for validation, device {self.device}")
 
         torch.manual_seed(config.seed)
         self.unet = build_unet(config.scale, config.channels, config.layers_per_block, config.crop // config.scale)
+        self.unet.to(self.device)  # before the optimizer, so loaded optimizer state lands on the device
         self.scheduler = build_scheduler()
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=config.lr, weight_decay=0.0)
         self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
         self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.step = 0
         if state is None:
             self.residual_scale = measure_residual_scale(self.train_photos, config)
@@ -176,10 +176,9 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.ema.load_state_dict(state["ema"])
             self.rng.bit_generator.state = state["numpy_rng"]
-            torch.set_rng_state(state["torch_rng"])
+            self.generator.set_state(state["generator"])
             self.step, self.residual_scale = state["step"], state["residual_scale"]
             log(f"resumed at step {self.step} of {config.steps}")
-        self.unet.to(self.device)
         self.ema.to(self.device)
 
     # -- training ------------------------------------------------------------------------------------------
@@ -187,8 +186,9 @@ class Trainer:
         scale = self.config.scale
         up = upsample(degrade(hr, scale), scale)
         target = residual_to_unet(hr - up, scale, self.residual_scale)
-        noise = torch.randn_like(target)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (hr.shape[0],), device=hr.device)
+        noise = torch.randn(target.shape, generator=self.generator, device=hr.device, dtype=target.dtype)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (hr.shape[0],),
+                                  generator=self.generator, device=hr.device)
         noisy = self.scheduler.add_noise(target, noise, timesteps)
         prediction = self.unet(torch.cat([noisy, condition(up, scale)], dim=1), timesteps).sample
         return F.mse_loss(prediction, target)
@@ -232,7 +232,8 @@ class Trainer:
         state = {
             "config": asdict(self.config), "step": self.step, "residual_scale": self.residual_scale,
             "unet": self.unet.state_dict(), "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
-            "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "numpy_rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
+            "validation_images": self.val_names,
         }
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -285,11 +286,51 @@ class Trainer:
                 "grid": str(grid)}
 
 
+def _same(a, b) -> bool:
+    return tuple(np.atleast_1d(a)) == tuple(np.atleast_1d(b))
+
+
+def check_config(config: TrainConfig) -> None:
+    levels = 2 ** (len(config.channels) - 1)
+    if config.scale < 2:
+        raise ValueError(f"--scale must be >= 2, got {config.scale}")
+    for name in ("steps", "batch_size", "checkpoint_every", "val_images", "sample_steps"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if config.crop < 1 or config.crop % (config.scale * levels):
+        raise ValueError(f"--crop must be a positive multiple of scale * {levels} = {config.scale * levels}, got {config.crop}")
+    if config.lr <= 0:
+        raise ValueError(f"--lr must be > 0, got {config.lr}")
+
+
 def train(data, out, *, resume: bool = False, device: str = "auto", progress: bool = True, log=print, **settings) -> Path:
-    """Train (or resume) an sr4 model; returns the folder that `get_engine(folder)` loads."""
-    config = TrainConfig(data=[str(p) for p in data], **settings)
-    if config.crop % (config.scale * 2 ** (len(config.channels) - 1)):
-        raise ValueError(f"--crop must be a multiple of scale * {2 ** (len(config.channels) - 1)}, got {config.crop}")
-    if config.steps < 1 or config.batch_size < 1:
-        raise ValueError("--steps and --batch-size must be >= 1")
-    return Trainer(data, out, config, resume=resume, device=device, progress=progress, log=log).run()
+    """Train (or resume) an sr4 model; returns the folder that `get_engine(folder)` loads.
+
+    Settings left None take the checkpoint's values when resuming and `TrainConfig`'s defaults
+    otherwise; `data` may be empty when resuming (the run's own data list is used).
+    """
+    out = Path(out)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    data = [str(p) for p in data or []]
+    checkpoint_path = out / CHECKPOINT
+    state = None
+    if resume:
+        if not checkpoint_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        saved = state["config"]
+        changed = [k for k in TrainConfig.ARCHITECTURE if k in settings and not _same(settings[k], saved[k])]
+        if changed:
+            raise ValueError(f"--resume: {', '.join(f'{k}={settings[k]}' for k in changed)} differ from the "
+                             f"checkpoint's ({', '.join(f'{k}={saved[k]}' for k in changed)})")
+        config = TrainConfig(**{**saved, **settings, "data": data or saved["data"]})
+        config.channels = tuple(config.channels)
+    else:
+        if checkpoint_path.exists():
+            raise FileExistsError(f"{out} already holds a training run ({checkpoint_path}); pass --resume to "
+                                  f"continue it or choose another --out")
+        if not data:
+            raise ValueError("give at least one folder or file of training photos")
+        config = TrainConfig(data=data, **settings)
+    check_config(config)
+    return Trainer(out, config, state=state, device=device, progress=progress, log=log).run()
