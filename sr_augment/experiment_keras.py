@@ -18,7 +18,8 @@ def build_cnn(num_classes: int, input_size: int, augment: dict | None):
     layers += [keras.layers.RandomFlip("horizontal", seed=augment["seed"] if augment else None),
                keras.layers.Rescaling(1 / 255)]
     for i, width in enumerate((32, 64, 128, 128)):
-        layers += [keras.layers.Conv2D(width, 3, padding="same", use_bias=False), keras.layers.BatchNormalization(),
+        layers += [keras.layers.Conv2D(width, 3, strides=2 if i == 0 else 1, padding="same", use_bias=False),
+                   keras.layers.BatchNormalization(),
                    keras.layers.ReLU()]
         if i < 3:
             layers.append(keras.layers.MaxPooling2D())

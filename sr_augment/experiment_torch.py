@@ -6,13 +6,14 @@ import numpy as np
 
 
 def build_cnn(num_classes: int):
-    """Four conv blocks and global average pooling: small enough for a CPU, the same for every arm."""
+    """Four conv blocks (the first with stride 2) and global average pooling: small enough for a CPU,
+    the same for every arm."""
     from torch import nn
 
-    def block(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    def block(cin, cout, stride=1):
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
-    return nn.Sequential(*block(3, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 128),
+    return nn.Sequential(*block(3, 32, stride=2), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 128),
                          nn.MaxPool2d(2), *block(128, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
                          nn.Linear(128, num_classes))
 
