@@ -179,3 +179,14 @@ def test_diffusion_engine_without_diffusers_says_what_to_install(monkeypatch):
     with pytest.raises(EngineUnavailable, match=r"pip install 'sr-augment\[diffusion\]'"):
         get_engine("sr4")
     assert get_engine("bicubic").name == "bicubic"
+
+
+def test_small_tiles_are_mirror_padded_up_to_the_minimum_side():
+    from sr_augment.engines.tiling import pad_to_multiple
+
+    image = np.arange(6 * 5 * 3, dtype=np.uint8).reshape(6, 5, 3)
+    padded = pad_to_multiple(image, 8, min_side=20)
+    assert padded.shape == (24, 24, 3)
+    assert np.array_equal(padded[:6, :5], image) and np.array_equal(padded[6:12, :5], image[::-1])
+    assert pad_to_multiple(image, 8).shape == (8, 8, 3)
+    assert pad_to_multiple(np.zeros((1, 1, 3), np.uint8), 8, min_side=16).shape == (16, 16, 3)

@@ -209,6 +209,10 @@ class DiffusersEngine:
         self.scale = int(scale) if scale is not None else self.native_scale
         unet_blocks = len(self.pipe.unet.config.block_out_channels)
         self.multiple = max(8, 2 ** (unet_blocks - 1))
+        # sr4 sees its training crop size at least: on much smaller inputs its deepest, attention level
+        # would work on 1-2 px maps it never saw, and the output degrades badly (measured: a flat 8x8
+        # image came back with values from 3 to 170).
+        self.min_side = int(self.pipe.unet.config.sample_size) if class_name == _SR4_CLASS else 0
         self.batch_size, self.tile, self.overlap = int(batch_size), int(tile), int(overlap)
         self.eta, self.prompt, self.negative_prompt = float(eta), prompt, negative_prompt
         self.guidance_scale, self.noise_level = float(guidance_scale), int(noise_level)
@@ -249,7 +253,8 @@ class DiffusersEngine:
     def upscale(self, images: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray]:
         check_batch(images, seeds)
         results = upscale_tiled(images, seeds, self._run, scale=self.native_scale, tile=self.tile,
-                                overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size)
+                                overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size,
+                                min_side=self.min_side)
         if self.scale != self.native_scale:
             results = [_resize_to(out, image, self.scale) for out, image in zip(results, images)]
         return results

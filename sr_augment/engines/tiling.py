@@ -42,14 +42,21 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
     return [Tile(top, left, min(tile, height), min(tile, width)) for top in rows for left in cols]
 
 
-def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-    """Reflect-pad bottom/right so both sides are multiples of `multiple` (edge-pad when too small)."""
+def pad_to_multiple(image: np.ndarray, multiple: int, min_side: int = 0) -> np.ndarray:
+    """Pad bottom/right so both sides are multiples of `multiple` and at least `min_side`.
+
+    Mirror padding (reflect, or symmetric when the padding is longer than the image), so a model
+    that was trained on larger crops sees natural-looking context rather than a flat border.
+    """
     height, width = image.shape[:2]
-    pad_h = -height % multiple
-    pad_w = -width % multiple
+    pad_h = max(-height % multiple, -(-max(min_side, height) // multiple) * multiple - height)
+    pad_w = max(-width % multiple, -(-max(min_side, width) // multiple) * multiple - width)
     if pad_h == 0 and pad_w == 0:
         return image
-    mode = "reflect" if pad_h < height and pad_w < width else "edge"
+    if height == 1 or width == 1:
+        mode = "edge"
+    else:
+        mode = "reflect" if pad_h < height and pad_w < width else "symmetric"
     return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
 
 
@@ -96,10 +103,11 @@ def tile_seed(seed: int, tile_number: int) -> int:
 
 
 def upscale_tiled(images, seeds, run_batch, *, scale: int, tile: int, overlap: int, multiple: int,
-                  batch_size: int) -> list[np.ndarray]:
+                  batch_size: int, min_side: int = 0) -> list[np.ndarray]:
     """Upscale images of any size with `run_batch(list of equal-shape arrays, seeds) -> list of arrays`.
 
-    Every image is cut into tiles (one when it fits), each tile is padded to `multiple`, tiles of all
+    Every image is cut into tiles (one when it fits), each tile is padded to `multiple` (and to at
+    least `min_side`, for models that fail on inputs much smaller than their training crops), tiles of all
     images are grouped by shape and run `batch_size` at a time, and the outputs are stitched back.
     """
     jobs = []  # (image index, tile, padded pixels, tile seed)
@@ -109,7 +117,7 @@ def upscale_tiled(images, seeds, run_batch, *, scale: int, tile: int, overlap: i
         stitchers.append(Stitcher(height, width, scale, overlap))
         for number, tile_box in enumerate(plan_tiles(height, width, tile, overlap)):
             pixels = image[tile_box.top:tile_box.top + tile_box.height, tile_box.left:tile_box.left + tile_box.width]
-            jobs.append((index, tile_box, pad_to_multiple(pixels, multiple), tile_seed(seed, number)))
+            jobs.append((index, tile_box, pad_to_multiple(pixels, multiple, min_side), tile_seed(seed, number)))
     by_shape: dict[tuple, list] = {}
     for job in jobs:
         by_shape.setdefault(job[2].shape, []).append(job)
