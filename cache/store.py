@@ -19,6 +19,7 @@ import multiprocessing.util
 import os
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -70,6 +71,21 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("sr_augment", appauthor=False))
 
 
+_LIVE: "weakref.WeakSet[SRCache]" = weakref.WeakSet()
+"""Open caches of this process, held weakly: flushed at exit without being kept alive by it."""
+
+
+def _flush_all() -> None:
+    for cache in list(_LIVE):
+        cache._flush_quietly()
+
+
+# Counters must survive the process: atexit for the main process, a multiprocessing Finalize for its
+# children (DataLoader workers leave through os._exit, which skips atexit; fork children inherit it).
+atexit.register(_flush_all)
+multiprocessing.util.Finalize(None, _flush_all, exitpriority=10)
+
+
 @dataclass(frozen=True)
 class _Request:
     """One (image, variant) lookup: the normalised pixels and where their result lives."""
@@ -117,10 +133,7 @@ class SRCache:
         self._events = 0
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
-        # counters must survive the process: atexit for the main process, Finalize for
-        # multiprocessing children (DataLoader workers), which leave through os._exit
-        atexit.register(self._flush_quietly)
-        multiprocessing.util.Finalize(self, self._flush_quietly, exitpriority=10)
+        _LIVE.add(self)  # flushed at process exit (module level); held weakly, so it can be collected
 
     # -- keys ------------------------------------------------------------------------------------------
     def key(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> str:
@@ -252,6 +265,10 @@ class SRCache:
             self.flush()
         except Exception:  # at exit the cache may already be closed or its folder gone
             pass
+
+    def __del__(self) -> None:  # a cache dropped without close() still records its counters
+        if hasattr(self, "_pending"):
+            self._flush_quietly()
 
     def stats(self) -> CacheStats:
         """Entries, bytes, hits, misses, generated, damaged, evictions and engines seen (all processes)."""

@@ -184,3 +184,24 @@ def test_diffusers_variants_differ_and_hit_exactly(cache, tiny_ldm_dir, rng):
     v0, v1 = cache.get_or_create_many([image, image], engine, variants=[0, 1])
     assert v0.shape == (32, 32, 3) and np.abs(v0.astype(int) - v1.astype(int)).mean() > 1.0
     assert np.array_equal(cache.get(image, engine, variant=1), v1)
+
+
+def test_a_dropped_cache_is_collected_and_its_counters_are_kept(cache_dir, rng):
+    import gc
+    import weakref
+
+    from sr_augment.cache import SRCache
+    from sr_augment.engines import BicubicEngine
+
+    engine = BicubicEngine(2)
+    cache = SRCache(cache_dir)
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    cache.get_or_create(image, engine)
+    cache.get(image, engine)
+    ref = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert ref() is None  # nothing (atexit, Finalize) keeps a cache alive for the process's life
+    with SRCache(cache_dir) as again:
+        stats = again.stats()
+    assert (stats.misses, stats.hits, stats.generated) == (1, 1, 1)
