@@ -71,6 +71,45 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("sr_augment", appauthor=False))
 
 
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "lustre", "gpfs",
+                                 "beegfs", "ceph", "glusterfs", "fuse.glusterfs", "9p", "afs"})
+
+
+class NetworkFilesystemWarning(UserWarning):
+    """The cache folder is on a network filesystem, where SQLite's locking is not reliable."""
+
+
+def _mount_table() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) pairs from /proc/mounts (empty where there is none)."""
+    try:
+        with open("/proc/mounts") as fh:
+            rows = [line.split() for line in fh]
+    except OSError:
+        return []
+    return [(row[1].replace("\\040", " "), row[2]) for row in rows if len(row) >= 3]
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The filesystem type of the mount that holds `path` (longest matching mount point)."""
+    resolved = str(Path(path).resolve())
+    best, kind = "", None
+    for mount, fstype in _mount_table():
+        if (resolved == mount or resolved.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+            best, kind = mount, fstype
+    return kind
+
+
+def warn_if_network_filesystem(path: Path) -> None:
+    kind = filesystem_type(path)
+    if kind in NETWORK_FILESYSTEMS:
+        import warnings
+
+        warnings.warn(
+            f"sr-augment cache {path} is on a network filesystem ({kind}); SQLite (diskcache) is not safe "
+            f"there when several machines write. Put the cache on a local disk (SR_AUGMENT_CACHE_DIR or "
+            f"cache_dir=...), one per machine.", NetworkFilesystemWarning, stacklevel=3)
+
+
 _LIVE: "weakref.WeakSet[SRCache]" = weakref.WeakSet()
 """Open caches of this process, held weakly: flushed at exit without being kept alive by it."""
 
@@ -123,6 +162,7 @@ class SRCache:
             raise ValueError(f"size_limit must be a positive number of bytes, got {size_limit}")
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
+        warn_if_network_filesystem(self.directory)
         self.codec = codec
         self.size_limit = int(size_limit)
         self._entries = diskcache.Cache(str(self.directory / "entries"), size_limit=self.size_limit,

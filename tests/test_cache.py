@@ -205,3 +205,16 @@ def test_a_dropped_cache_is_collected_and_its_counters_are_kept(cache_dir, rng):
     with SRCache(cache_dir) as again:
         stats = again.stats()
     assert (stats.misses, stats.hits, stats.generated) == (1, 1, 1)
+
+
+def test_a_cache_on_a_network_filesystem_warns(cache_dir, monkeypatch, recwarn):
+    from sr_augment.cache import SRCache, store
+
+    mounts = [("/", "ext4"), (str(cache_dir.parent.resolve()), "nfs4"), ("/elsewhere", "nfs")]
+    monkeypatch.setattr(store, "_mount_table", lambda: mounts)
+    assert store.filesystem_type(cache_dir) == "nfs4"
+    with pytest.warns(store.NetworkFilesystemWarning, match="network filesystem .nfs4."):
+        SRCache(cache_dir).close()
+    monkeypatch.setattr(store, "_mount_table", lambda: [("/", "ext4")])
+    SRCache(cache_dir).close()
+    assert not [w for w in recwarn if issubclass(w.category, store.NetworkFilesystemWarning)]
