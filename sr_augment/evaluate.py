@@ -78,9 +78,7 @@ def optional_metrics() -> dict[str, str | None]:
     """For LPIPS and FID: None when they can run here, else the reason they cannot."""
     if importlib.util.find_spec("torch") is None:
         return {m: "not computed: torch is not installed" for m in ("lpips", "fid")}
-    import torch
-
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    hub = None
     needs = {
         "lpips": (("lpips",), "alexnet-owt-7be5be79.pth"),
         "fid": (("torchmetrics", "torch_fidelity"), "weights-inception-2015-12-05-6726825d.pth"),
@@ -90,7 +88,12 @@ def optional_metrics() -> dict[str, str | None]:
         missing = [p for p in packages if importlib.util.find_spec(p) is None]
         if missing:
             status[metric] = f"not computed: {', '.join(f'`{p}`' for p in missing)} not installed"
-        elif not (hub / weights).is_file():
+            continue
+        if hub is None:  # importing torch costs seconds: only when a metric's packages are there
+            import torch
+
+            hub = Path(torch.hub.get_dir()) / "checkpoints"
+        if not (hub / weights).is_file():
             status[metric] = f"not computed: its weights ({weights}) are not in {hub} and are never downloaded here"
         else:
             status[metric] = None

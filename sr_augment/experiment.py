@@ -155,20 +155,21 @@ def build_arms(hr_train, hr_test, engine, cache, lr_factor: int, variants: int, 
 
     size = hr_train.shape[1]
     low = max(1, round(size / lr_factor))
+    lr_train, lr_test = ([resize(im, (low, low)) for im in images] for images in (hr_train, hr_test))
 
-    def to_lr(images):
-        return np.stack([resize(resize(im, (low, low)), (size, size)) for im in images])
+    def upsized(images):  # LR back to the CNN's input size (bicubic)
+        return np.stack([resize(im, (size, size)) for im in images])
 
-    def to_sr(images, desc):
+    def to_sr(lows, desc):
         out = []
-        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
-            for start in range(0, len(images), batch_size):
-                lows = [resize(im, (low, low)) for im in images[start:start + batch_size]]
-                out += [resize(sr, (size, size)) for sr in cache.get_or_create_many(lows, engine, "upscale")]
-                bar.update(len(lows))
+        with tqdm(total=len(lows), desc=desc, unit="img", disable=not progress) as bar:
+            for start in range(0, len(lows), batch_size):
+                batch = lows[start:start + batch_size]
+                out += [resize(sr, (size, size)) for sr in cache.get_or_create_many(batch, engine, "upscale")]
+                bar.update(len(batch))
         return np.stack(out)
 
-    arms = {"LR": (to_lr(hr_train), to_lr(hr_test)), "SR": (to_sr(hr_train, "SR train"), to_sr(hr_test, "SR test")),
+    arms = {"LR": (upsized(lr_train), upsized(lr_test)), "SR": (to_sr(lr_train, "SR train"), to_sr(lr_test, "SR test")),
             "HR": (hr_train, hr_test), "HR+SRAugment": (hr_train, hr_test)}
     with tqdm(total=len(hr_train) * variants, desc="warm SRAugment variants", unit="img", disable=not progress) as bar:
         for start in range(0, len(hr_train), batch_size):

@@ -182,14 +182,14 @@ def _serve_main(argv: list[str] | None = None) -> None:
 
 
 def _weights_stamp(spec: str) -> list:
-    """Names, sizes and mtimes of a local weights folder's files (empty for hub names and ids)."""
-    from sr_augment.engines.diffusers_engine import BUILTIN, builtin_weights
+    """Names, sizes and mtimes of a local pipeline folder's model files, the same files its weights
+    identity hashes (empty for hub names and ids)."""
+    from sr_augment.engines.diffusers_engine import BUILTIN, builtin_weights, pipeline_files
 
     folder = builtin_weights() if spec == BUILTIN else Path(spec).expanduser()
     if not folder.is_dir():
         return []
-    return sorted([str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
-                  for p in folder.rglob("*") if p.is_file())
+    return [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in pipeline_files(folder)]
 
 
 # ----------------------------------------------------------------------------------------------------

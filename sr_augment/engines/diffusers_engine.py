@@ -69,7 +69,7 @@ def _offline_message(spec: str, repo: str, reason: str) -> str:
 _HASH_MEMO: dict[tuple, str] = {}
 
 
-def _pipeline_files(folder: Path) -> list[Path]:
+def pipeline_files(folder: Path) -> list[Path]:
     """model_index.json and the files of the components it names: what `from_pretrained` reads, not
     the checkpoints, sample grids or logs a training run keeps beside them."""
     try:
@@ -87,7 +87,7 @@ def _pipeline_files(folder: Path) -> list[Path]:
 def hash_folder(folder: Path) -> str:
     """blake2b over the relative paths and contents of a pipeline folder's model files (memoised on
     size + mtime), so copying a model elsewhere, or deleting a run's checkpoint, keeps its identity."""
-    files = _pipeline_files(folder)
+    files = pipeline_files(folder)
     stamp = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     memo_key = (str(folder.resolve()), stamp)
     if memo_key not in _HASH_MEMO:
@@ -224,11 +224,9 @@ class DiffusersEngine:
             sampler.update(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=self.guidance_scale,
                            noise_level=self.noise_level)
         if class_name == _SR4_CLASS:
-            from sr_augment.sr4.pipeline import DEFAULT_STRENGTH
+            from sr_augment.sr4.pipeline import DEFAULT_STRENGTH, check_strength
 
-            self.strength = float(DEFAULT_STRENGTH if strength is None else strength)
-            if not 0.0 < self.strength <= 1.0:
-                raise ValueError(f"strength must be in (0, 1], got {strength}")
+            self.strength = check_strength(DEFAULT_STRENGTH if strength is None else strength)
             sampler["strength"] = self.strength
         elif strength is not None:
             raise ValueError(f"strength applies to sr4 models only, not to {class_name}")

@@ -49,8 +49,8 @@ def pad_to_multiple(image: np.ndarray, multiple: int, min_side: int = 0) -> np.n
     that was trained on larger crops sees natural-looking context rather than a flat border.
     """
     height, width = image.shape[:2]
-    pad_h = max(-height % multiple, -(-max(min_side, height) // multiple) * multiple - height)
-    pad_w = max(-width % multiple, -(-max(min_side, width) // multiple) * multiple - width)
+    pad_h = -(-max(min_side, height) // multiple) * multiple - height  # up to a multiple of at least min_side
+    pad_w = -(-max(min_side, width) // multiple) * multiple - width
     if pad_h == 0 and pad_w == 0:
         return image
     if height == 1 or width == 1:

@@ -28,6 +28,13 @@ DEFAULT_STRENGTH = 0.5
 held out of training as the largest strength within 0.05 dB of the best PSNR there."""
 
 
+def check_strength(strength: float) -> float:
+    """`strength` as a float, or a ValueError when it is outside (0, 1]."""
+    if not 0.0 < float(strength) <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return float(strength)
+
+
 def build_unet(scale: int = 4, channels: Sequence[int] = (64, 128, 128), layers_per_block: int = 1,
                sample_size: int = 32) -> UNet2DModel:
     """The sr4 denoiser: attention only at the lowest resolution, where it is cheap."""
@@ -104,8 +111,7 @@ class SR4Pipeline(DiffusionPipeline):
         cond = condition(up, scale).to(dtype)
         shape = (lr.shape[0], 3 * scale * scale, *lr.shape[-2:])
         sample = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype) * self.scheduler.init_noise_sigma
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        strength = check_strength(strength)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         timesteps = self.scheduler.timesteps
         if strength < 1.0:

@@ -87,7 +87,8 @@ def load_photos(paths, crop: int, log=print, exclude: Path | None = None) -> tup
 def split_holdout(photos: list, names: list, count: int, seed: int, held_names: list[str] | None = None):
     """Hold out `count` photos (fixed by `seed`, or the named ones when resuming) for validation."""
     if held_names is not None:
-        held = {i for i, n in enumerate(names) if str(n) in set(held_names)}
+        wanted = set(held_names)
+        held = {i for i, n in enumerate(names) if str(n) in wanted}
         if len(held) != len(held_names):
             raise ValueError(f"--resume: validation photos of the run are missing from the data: "
                              f"{sorted(set(held_names) - {str(names[i]) for i in held})[:3]}")
