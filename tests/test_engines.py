@@ -190,3 +190,8 @@ def test_small_tiles_are_mirror_padded_up_to_the_minimum_side():
     assert np.array_equal(padded[:6, :5], image) and np.array_equal(padded[6:12, :5], image[::-1])
     assert pad_to_multiple(image, 8).shape == (8, 8, 3)
     assert pad_to_multiple(np.zeros((1, 1, 3), np.uint8), 8, min_side=16).shape == (16, 16, 3)
+
+
+def test_a_missing_local_folder_is_named_not_looked_up_on_the_hub(tmp_path):
+    with pytest.raises(EngineUnavailable, match="no such folder"):
+        get_engine(str(tmp_path / "runs" / "mine"))

@@ -79,3 +79,18 @@ def test_experiment_rejects_a_folder_without_classes(tmp_path, cache_dir):
     with pytest.raises(SystemExit, match="class"):
         main(["experiment", str(tmp_path / "only"), "--engine", "bicubic", "--out", str(tmp_path / "o"),
               "--cache-dir", str(cache_dir), "--no-progress"])
+
+
+def test_classes_too_small_to_split_or_empty_are_named(tmp_path, rng):
+    small = tmp_path / "small"
+    _image_folder(small, rng, per_class=10, placeholder=False)
+    for extra in list((small / "dark").iterdir())[:6]:
+        extra.unlink()
+    with pytest.raises(ValueError, match="dark has 4"):
+        discover(small)
+    split = tmp_path / "split"
+    _image_folder(split / "train", rng, per_class=2, placeholder=False)
+    _image_folder(split / "test", rng, per_class=1, placeholder=False)
+    (split / "train" / "wasps").mkdir()
+    with pytest.raises(ValueError, match="train/wasps"):
+        discover(split)
