@@ -7,6 +7,10 @@ Why these choices:
 - Writes use `retry=True`, since diskcache can otherwise drop a write on a lock timeout.
 - Every record carries a checksum; a damaged one is counted, deleted and (in `get_or_create`)
   regenerated, never returned.
+- A record is encoded and verified before its key is published (diskcache writes the value file,
+  then inserts the key in one SQLite transaction), so a crash or a full disk mid-write leaves no key
+  pointing at a partial value. A value file left half-written by a failed write is deleted
+  (`_CleanDisk`), and the failure is raised as `CacheWriteError` naming the folder.
 - Hit/miss counters are kept in memory and added to a small persistent stats store every
   `_FLUSH_EVERY` events or `_FLUSH_SECONDS`, on `close()`/`stats()` and at process exit, so a hit
   costs no SQLite write.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing.util
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -28,6 +33,7 @@ import diskcache
 import numpy as np
 
 from sr_augment.cache import codec as _codec
+from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheWriteError, CleanDisk, write_error
 from sr_augment.cache.keys import base_key, entry_key, pixel_digest, variant_seed
 from sr_augment.images import ImageInput, to_rgb
 from sr_augment.modes import check_mode, engine_input, finish
@@ -166,7 +172,7 @@ class SRCache:
         self.codec = codec
         self.size_limit = int(size_limit)
         self._entries = diskcache.Cache(str(self.directory / "entries"), size_limit=self.size_limit,
-                                        eviction_policy="least-recently-stored")
+                                        eviction_policy="least-recently-stored", disk=CleanDisk)
         self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none")
         self._pending = dict.fromkeys(_COUNTERS, 0)
         self._pending_engines: dict[str, list] = {}
@@ -217,12 +223,26 @@ class SRCache:
     def _store(self, request: _Request, engine, result: np.ndarray) -> None:
         record = _codec.encode(np.ascontiguousarray(result, dtype=np.uint8), self.codec)
         _codec.decode(record)  # verify before publishing: a bad encode must never become an entry
-        if self._entries.add(request.key, record, retry=True):
+        if self._add(request.key, record):
             self._count("inserted")
         self._count("generated")
         with self._lock:
             entry = self._pending_engines.setdefault(engine.fingerprint, [getattr(engine, "name", "?"), 0])
             entry[1] += 1
+
+    def _add(self, key: str, record: bytes) -> bool:
+        """Publish a record under `key` unless one is there already (the first writer wins: every
+        writer of a key computes the same result from the same seed)."""
+        disk = self._entries.disk
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                return self._entries.add(key, record, retry=False)
+            except diskcache.Timeout:
+                disk.discard_unpublished()
+            except (OSError, sqlite3.Error) as exc:
+                disk.discard_unpublished()
+                raise write_error(self.directory, exc) from exc
+        raise write_error(self.directory, TimeoutError(f"the database stayed locked through {WRITE_ATTEMPTS} attempts"))
 
     def get_or_create(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> np.ndarray:
         """The cached result, generating and storing it on a miss."""
@@ -282,23 +302,34 @@ class SRCache:
             self._events += 1
             due = self._events >= _FLUSH_EVERY or time.monotonic() - self._last_flush > _FLUSH_SECONDS
         if due:
-            self.flush()
+            self._flush_quietly()  # a counter write that fails (full disk) must never fail a read
 
     def flush(self) -> None:
-        """Add this process's pending counters to the persistent ones."""
+        """Add this process's pending counters to the persistent ones (kept pending if that fails)."""
         with self._lock:
             pending, self._pending = self._pending, dict.fromkeys(_COUNTERS, 0)
             engines, self._pending_engines = self._pending_engines, {}
             self._events = 0
             self._last_flush = time.monotonic()
-        for name, value in pending.items():
-            if value:
-                self._meta.incr(name, value, retry=True)
-        for fingerprint, (name, count) in engines.items():
-            with self._meta.transact(retry=True):
-                seen = self._meta.get(("engine", fingerprint), default={"name": name, "generated": 0})
-                seen["generated"] += count
-                self._meta.set(("engine", fingerprint), seen, retry=True)
+        try:
+            for name in list(pending):
+                if pending[name]:
+                    self._meta.incr(name, pending[name], retry=True)
+                pending[name] = 0
+            for fingerprint in list(engines):
+                name, count = engines[fingerprint]
+                with self._meta.transact(retry=True):
+                    seen = self._meta.get(("engine", fingerprint), default={"name": name, "generated": 0})
+                    seen["generated"] += count
+                    self._meta.set(("engine", fingerprint), seen, retry=True)
+                del engines[fingerprint]
+        except (OSError, sqlite3.Error) as exc:
+            with self._lock:  # put back what was not written; the next flush tries again
+                for name, value in pending.items():
+                    self._pending[name] += value
+                for fingerprint, (name, count) in engines.items():
+                    self._pending_engines.setdefault(fingerprint, [name, 0])[1] += count
+            raise write_error(self.directory, exc) from exc
 
     def _flush_quietly(self) -> None:
         try:

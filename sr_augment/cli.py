@@ -60,6 +60,7 @@ def _build_engine(args, batch_size: int | None = None):
 
 
 def cmd_warm(args) -> int:
+    from sr_augment.cache import CacheWriteError
     from sr_augment.warm import warm
 
     engine = _build_engine(args, args.batch_size)
@@ -70,22 +71,28 @@ def cmd_warm(args) -> int:
                           batch_size=args.batch_size, progress=not args.no_progress)
         except FileNotFoundError as exc:
             raise SystemExit(f"sr-augment: {exc}") from None
-        evicted = cache.stats().evictions - before
+        try:
+            evicted = cache.stats().evictions - before
+        except CacheWriteError:  # the disk is full: the counters cannot be updated, the report stands
+            evicted = 0
     for failure in report.failures:
         print(f"failed: {failure['path']}: {failure['error']}", file=sys.stderr)
     if evicted:
         print(f"warning: {evicted} entries were evicted to stay under the cache size limit; "
               f"raise --size-limit or the warmed set will not all stay cached", file=sys.stderr)
+    if report.error:
+        print(f"error: {report.error}", file=sys.stderr)
     if report.interrupted:
-        print("interrupted: what was generated is cached; run the same command again to resume", file=sys.stderr)
+        print(f"interrupted ({report.stopped_by or 'stopped'}): every finished batch is cached; run the same "
+              f"command again to resume", file=sys.stderr)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
         print(f"{report.images} images: {report.generated} generated, {report.cached} already cached, "
               f"{report.failed} failed in {report.seconds:.1f} s")
     if report.interrupted:
-        return 130
-    return 1 if report.failed else 0
+        return 143 if report.stopped_by == "SIGTERM" else 130
+    return 1 if report.failed or report.error else 0
 
 
 def cmd_info(args) -> int:

@@ -29,7 +29,8 @@ def test_warm_set5_twice_second_run_generates_nothing(capsys, cache_dir):
     assert first["images"] == 5 and first["generated"] == 10 and first["cached"] == 0 and first["failed"] == 0
     code, second, _ = _warm(capsys, set5, "--cache-dir", cache_dir, "--engine", "bicubic", "--variants", "2")
     assert code == 0 and second["generated"] == 0 and second["cached"] == 10
-    assert set(second) == {"images", "generated", "cached", "failed", "failures", "seconds", "interrupted"}
+    assert set(second) == {"images", "generated", "cached", "failed", "failures", "seconds", "interrupted",
+                           "stopped_by", "error"}
 
 
 def test_bad_files_are_reported_and_the_others_cached(capsys, cache_dir, tmp_path, rng):

@@ -1,12 +1,17 @@
 """Engine registry: turn an engine spec into an `Engine`.
 
-Specs: "sr4" (built in, the default), "bicubic" (Pillow, CPU), "sd-x4-upscaler", "ldm-4x", a hub id or a local diffusers folder, or
-any object that already implements the `Engine` protocol (returned unchanged).
+Specs: "sr4" (built in, the default), "bicubic" (Pillow, CPU), "sd-x4-upscaler", "ldm-4x", a hub id or a local diffusers folder,
+"package.module:Class" (your own `Engine` class, so the CLI and the engine service can build it), or any object that
+already implements the `Engine` protocol (returned unchanged).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
+import re
+from pathlib import Path
 
 from sr_augment.engines.base import Engine, EngineUnavailable, make_fingerprint
 from sr_augment.engines.bicubic import BicubicEngine
@@ -21,7 +26,8 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
 
     Args:
         spec: "sr4", "bicubic", "sd-x4-upscaler", "ldm-4x", a hub id ("owner/name"), a local folder holding a
-            diffusers SR pipeline (`save_pretrained` output), or an `Engine` object.
+            diffusers SR pipeline (`save_pretrained` output), "package.module:Class" (built as
+            `Class(scale=..., **params)`), or an `Engine` object.
         scale: output size / input size. A diffusion model whose own factor differs runs at its own
             factor and its output is resized (bicubic), so `scale=4` always means 4x.
         steps: denoising steps (diffusion engines; None = the model's default).
@@ -39,6 +45,8 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
             return spec
         raise TypeError(f"engine must be a name, a folder, a hub id or an Engine object, got {type(spec).__name__}")
     spec = str(spec)
+    if _CLASS_SPEC.match(spec) and not Path(spec).exists():
+        return _engine_from_class(spec, scale=scale, steps=steps, device=device, dtype=dtype, **params)
     if spec == "bicubic":
         if params:
             raise TypeError(f"bicubic engine takes no parameters, got {', '.join(sorted(params))}")
@@ -52,6 +60,29 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
     from sr_augment.engines.diffusers_engine import DiffusersEngine
 
     return DiffusersEngine(spec, scale=scale, steps=steps, device=device, dtype=dtype, **params)
+
+
+_CLASS_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _engine_from_class(spec: str, *, scale: int, steps, device: str, dtype: str, **params) -> Engine:
+    """Build "package.module:Class" as Class(scale=..., **params). The common options (steps, device,
+    dtype when set, and batch_size) are passed only when the constructor takes them."""
+    module_name, _, class_name = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"engine {spec!r}: cannot import {class_name} from {module_name} ({exc})") from None
+    accepted = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    common = {"steps": steps, "device": None if device == "auto" else device,
+              "dtype": None if dtype == "auto" else dtype, "batch_size": params.pop("batch_size", None)}
+    params.update({k: v for k, v in common.items() if v is not None and (takes_any or k in accepted)})
+    engine = cls(scale=scale, **params)
+    if not isinstance(engine, Engine):
+        raise TypeError(f"engine {spec!r}: {class_name} does not implement the Engine protocol "
+                        f"(name, scale, fingerprint, upscale)")
+    return engine
 
 
 __all__ = ["DEFAULT_ENGINE", "BicubicEngine", "Engine", "EngineUnavailable", "get_engine", "make_fingerprint"]
