@@ -195,3 +195,78 @@ def test_small_tiles_are_mirror_padded_up_to_the_minimum_side():
 def test_a_missing_local_folder_is_named_not_looked_up_on_the_hub(tmp_path):
     with pytest.raises(EngineUnavailable, match="no such folder"):
         get_engine(str(tmp_path / "runs" / "mine"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# out of memory: smaller batches, then one at a time, then a clear error
+# ---------------------------------------------------------------------------------------------------------
+def test_out_of_memory_halves_the_batch_then_runs_per_image_and_remembers(tiny_ldm_dir, rng):
+    import torch
+
+    from sr_augment.engines.backoff import OutOfMemoryBackoffWarning
+
+    engine = get_engine(tiny_ldm_dir, steps=1, batch_size=4)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(4)]
+    expected = engine.upscale(images, [1, 2, 3, 4])
+    real, sizes = engine._run, []
+
+    def fits_one(batch, seeds):  # a device with room for one tile
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(batch, seeds)
+
+    engine._run = fits_one
+    with pytest.warns(OutOfMemoryBackoffWarning, match="batch size 4 .*retrying with batch size 2"):
+        out = engine.upscale(images, [1, 2, 3, 4])
+    assert sizes == [4, 2, 1, 1, 1, 1]
+    # the same images as one batch of 4, up to float rounding of batched convolutions (<= 1 level)
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(out, expected))
+    sizes.clear()
+    engine.upscale(images, [1, 2, 3, 4])
+    assert sizes == [1, 1, 1, 1]  # the size that fit is kept
+
+
+def test_out_of_memory_on_one_tile_is_a_clear_error_and_other_errors_pass_through(tiny_ldm_dir, rng):
+    import torch
+
+    from sr_augment.engines.backoff import EngineOutOfMemory
+
+    engine = get_engine(tiny_ldm_dir, steps=1, batch_size=2)
+
+    def never_fits(batch, seeds):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    engine._run = never_fits
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    with pytest.warns(ResourceWarning), pytest.raises(EngineOutOfMemory, match=r"one 8x8 tile .* even alone .*tile="):
+        engine.upscale([image, image], [0, 1])
+
+    def broken(batch, seeds):
+        raise RuntimeError("shape mismatch")
+
+    engine._run = broken
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # not memory: no retry, no rewording
+        engine.upscale([image], [0])
+
+
+def test_warm_reports_an_image_that_does_not_fit_and_caches_the_others(cache_dir, tmp_path, rng):
+    from PIL import Image
+
+    from sr_augment.cache import SRCache
+    from sr_augment.engines.backoff import EngineOutOfMemory
+    from sr_augment.warm import warm
+
+    class SmallMemoryEngine(BicubicEngine):
+        def upscale(self, images, seeds):
+            if any(image.shape[0] > 16 for image in images):
+                raise EngineOutOfMemory("one 32x32 tile does not fit in accelerator memory even alone")
+            return super().upscale(images, seeds)
+
+    for name, side in [("a.png", 8), ("b.png", 32), ("c.png", 8), ("d.png", 8)]:
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(tmp_path / name)
+    with SRCache(cache_dir) as cache:
+        report = warm([tmp_path], SmallMemoryEngine(), cache, batch_size=4, progress=False)
+        assert report.generated == 3 and len(cache) == 3
+    assert [f["path"] for f in report.failures] == [str(tmp_path / "b.png")]
+    assert "EngineOutOfMemory" in report.failures[0]["error"] and "even alone" in report.failures[0]["error"]

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from sr_augment.engines.backoff import BatchBackoff
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.device import resolve_device, resolve_dtype
 from sr_augment.engines.tiling import upscale_tiled
@@ -146,7 +147,7 @@ class DiffusersEngine:
             50 for LDM).
         device, dtype: "auto" picks cuda > mps > cpu and fp16/bf16 on GPU, fp32 on CPU. The SD x4
             upscaler's VAE always stays fp32 (it overflows in fp16).
-        batch_size: tiles per pipeline call.
+        batch_size: tiles per pipeline call (halved on out-of-memory, down to 1; see `engines.backoff`).
         tile, overlap: tile side and overlap in input pixels; larger inputs are tiled and blended
             (default tile: 256 for sr4, 128 otherwise).
         scheduler: "ddim", "dpm++", "euler", "ddpm", "pndm" or None (the pipeline's own).
@@ -214,6 +215,7 @@ class DiffusersEngine:
         # image came back with values from 3 to 170).
         self.min_side = int(self.pipe.unet.config.sample_size) if class_name == _SR4_CLASS else 0
         self.batch_size, self.tile, self.overlap = int(batch_size), int(tile), int(overlap)
+        self._backoff = BatchBackoff(self.batch_size)  # shrinks on out-of-memory and stays shrunk
         self.eta, self.prompt, self.negative_prompt = float(eta), prompt, negative_prompt
         self.guidance_scale, self.noise_level = float(guidance_scale), int(noise_level)
         if class_name == _SD_CLASS and not 0 <= self.noise_level <= self.pipe.config.max_noise_level:
@@ -250,7 +252,7 @@ class DiffusersEngine:
     # -- the Engine contract ---------------------------------------------------------------------------
     def upscale(self, images: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray]:
         check_batch(images, seeds)
-        results = upscale_tiled(images, seeds, self._run, scale=self.native_scale, tile=self.tile,
+        results = upscale_tiled(images, seeds, self._run_fitting, scale=self.native_scale, tile=self.tile,
                                 overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size,
                                 min_side=self.min_side)
         if self.scale != self.native_scale:
@@ -258,6 +260,12 @@ class DiffusersEngine:
         return results
 
     # -- pipeline calls ----------------------------------------------------------------------------------
+    def _run_fitting(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
+        """`_run` in batches that fit in memory (see `engines.backoff`)."""
+        return self._backoff.run(self._run, batch, seeds,
+                                 lambda tile: f"{self.name}: one {tile.shape[1]}x{tile.shape[0]} tile on {self.device} "
+                                              f"({self.dtype}, tile={self.tile})")
+
     def _run(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         import torch
 
