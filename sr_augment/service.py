@@ -12,7 +12,13 @@ must outlive whichever process happened to start it). It listens on a Unix socke
 (`multiprocessing.connection`, authenticated with a key file readable only by the user). A file lock
 makes concurrent first callers start exactly one service. Client threads queue requests; one worker
 thread takes whatever arrived together (up to `batch_size`) and runs it as one engine batch. The
-service exits `linger` seconds after its last client disconnects. Every client wait has a timeout.
+service exits `linger` seconds after its last client disconnects.
+
+Failures: every client wait has a timeout (connect and handshake: `connect_timeout`; an answer:
+`timeout`). A service that died (crash, OOM killer, SIGKILL) refuses connections: the client starts a
+new one and sends the request again, once. A service that is alive but does not answer (hung) is
+reported as a `ServiceError` naming its pid, never waited on forever, and not duplicated (two copies
+of a model could not share one GPU).
 
 `RemoteEngine` is the client: it implements the `Engine` protocol (name, scale, fingerprint,
 upscale), so `SRCache` uses it exactly like a local engine. This module never imports torch; only
@@ -29,11 +35,12 @@ import os
 import queue
 import secrets
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Client, Listener
+from multiprocessing.connection import AuthenticationError, Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +49,7 @@ import numpy as np
 DEFAULT_LINGER = float(os.environ.get("SR_AUGMENT_SERVICE_LINGER", "10"))
 START_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 3600.0
+CONNECT_TIMEOUT = 30.0
 
 
 class ServiceError(RuntimeError):
@@ -58,7 +66,7 @@ def _paths(root: Path, sid: str) -> dict[str, Path]:
     folder = root / "services"
     folder.mkdir(parents=True, exist_ok=True)
     return {"socket": folder / f"{sid}.sock", "lock": folder / f"{sid}.lock", "key": folder / f"{sid}.key",
-            "log": folder / f"{sid}.log"}
+            "log": folder / f"{sid}.log", "pid": folder / f"{sid}.pid"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -85,6 +93,8 @@ class _Server:
 
     def serve(self, authkey: bytes) -> None:
         listener = Listener(str(self.paths["socket"]), family="AF_UNIX", authkey=authkey)
+        own_socket = self.paths["socket"].stat().st_ino
+        self.paths["pid"].write_text(str(os.getpid()))
         threading.Thread(target=self._work, daemon=True).start()
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         while True:
@@ -94,7 +104,11 @@ class _Server:
             if idle:
                 break
         listener.close()
-        self.paths["socket"].unlink(missing_ok=True)
+        try:  # only our own socket: a successor may have bound a new one at the same path
+            if self.paths["socket"].stat().st_ino == own_socket:
+                self.paths["socket"].unlink()
+        except FileNotFoundError:
+            pass
 
     def _accept(self, listener: Listener) -> None:
         while True:
@@ -201,18 +215,22 @@ class RemoteEngine:
     Args:
         config: {"spec", "scale", "steps", "device", "dtype", "params"}: what `get_engine` takes.
         root: folder for the service's socket, lock and log (the cache folder).
-        linger: seconds the service waits after its last client before exiting.
+        linger: seconds the service waits after its last client before exiting (default:
+            $SR_AUGMENT_SERVICE_LINGER or 10).
         batch_size: the most requests the service runs as one batch.
         timeout: seconds to wait for one answer before raising `ServiceError`.
+        connect_timeout: seconds to wait for a running service to accept a connection.
     """
 
-    def __init__(self, config: dict, root: str | os.PathLike, *, linger: float = DEFAULT_LINGER,
-                 batch_size: int = 8, timeout: float = REQUEST_TIMEOUT):
+    def __init__(self, config: dict, root: str | os.PathLike, *, linger: float | None = None,
+                 batch_size: int = 8, timeout: float = REQUEST_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT):
         self.config = {"spec": str(config["spec"]), "scale": int(config.get("scale", 4)),
                        "steps": config.get("steps"), "device": config.get("device", "auto"),
                        "dtype": config.get("dtype", "auto"), "params": dict(config.get("params", {}))}
         self.root = Path(root)
+        linger = DEFAULT_LINGER if linger is None else linger  # read at call time: tests shorten it
         self.linger, self.batch_size, self.timeout = float(linger), int(batch_size), float(timeout)
+        self.connect_timeout = float(connect_timeout)
         self.sid = service_id(self.config)
         self.paths = _paths(self.root, self.sid)
         self._conn = None
@@ -273,12 +291,44 @@ class RemoteEngine:
         return conn
 
     def _try_connect(self):
+        """A connection to the running service; None when none runs (no socket, or nobody listens on
+        it); `ServiceError` when one is there but does not answer within `connect_timeout`.
+
+        This is `multiprocessing.connection.Client` for AF_UNIX with timeouts: Client itself has none,
+        and a stopped or hung service would block its handshake forever."""
         if not self.paths["socket"].exists() or not self.paths["key"].exists():
             return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            return Client(str(self.paths["socket"]), family="AF_UNIX", authkey=self.paths["key"].read_bytes())
-        except (OSError, EOFError):
+            sock.settimeout(self.connect_timeout)
+            sock.connect(str(self.paths["socket"]))
+        except TimeoutError:
+            sock.close()
+            raise ServiceError(self._hung("accept a connection")) from None
+        except OSError:  # refused or gone: the service is dead
+            sock.close()
             return None
+        sock.settimeout(None)
+        timeval = struct.pack("ll", int(self.connect_timeout), int(self.connect_timeout % 1 * 1e6))
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):  # every later read and write is bounded too
+            sock.setsockopt(socket.SOL_SOCKET, option, timeval)
+        conn = Connection(sock.detach())
+        try:
+            authkey = self.paths["key"].read_bytes()
+            answer_challenge(conn, authkey)
+            deliver_challenge(conn, authkey)
+            return conn
+        except (BlockingIOError, TimeoutError):
+            conn.close()
+            raise ServiceError(self._hung("complete the connection handshake")) from None
+        except (EOFError, OSError, AuthenticationError):  # died while connecting, or a stale key
+            conn.close()
+            return None
+
+    def _hung(self, what: str) -> str:
+        pid = self.paths["pid"].read_text().strip() if self.paths["pid"].exists() else "?"
+        return self._failure(f"the engine service (pid {pid}) did not {what} within {self.connect_timeout:.0f} s; "
+                             f"it may be hung: stop it (kill {pid}) and the next request starts a new one")
 
     def _start_and_connect(self):
         with open(self.paths["lock"], "w") as lock:
@@ -324,7 +374,7 @@ class RemoteEngine:
                     conn.send(message)
                     if not conn.poll(self.timeout):
                         self._drop()
-                        raise ServiceError(f"no answer from the engine service within {self.timeout:.0f} s")
+                        raise ServiceError(self._failure(f"no answer from the engine service within {self.timeout:.0f} s"))
                     status, payload = conn.recv()
                     break
                 except (EOFError, OSError, BrokenPipeError):

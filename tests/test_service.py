@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from faults import read_log
+from sr_augment.engines.bicubic import bicubic_resize
 from sr_augment.service import RemoteEngine, ServiceError
 
 pytest.importorskip("diffusers")
@@ -88,3 +93,78 @@ def test_identity_is_safe_to_read_from_many_threads_at_once(tiny_ldm_dir, tmp_pa
     for t in threads:
         t.join(timeout=120)
     assert errors == [] and len(seen) == 4 and len(set(seen)) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a service that dies or hangs: restarted, or a clear error; never a hang
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def slow_engine_config(monkeypatch, tmp_path):
+    """A service running faults:SlowEngine (bicubic that takes `delay` s per image, no torch): quick to start."""
+    tests = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("SR_AUGMENT_TEST_LOG", str(tmp_path / "log"))
+    return {"spec": "faults:SlowEngine", "params": {"delay": 1.0}}
+
+
+def _wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_killed_service_is_restarted_by_the_next_request(slow_engine_config, tmp_path, short_linger, rng):
+    engine = RemoteEngine(slow_engine_config, tmp_path / "root")
+    first = engine.info()["pid"]
+    os.kill(first, signal.SIGKILL)
+    _wait_for(lambda: not _alive(first))
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    assert np.array_equal(engine.upscale([image], [0])[0], bicubic_resize(image, 4))
+    assert engine.info()["pid"] != first
+
+
+def test_a_service_killed_mid_request_still_answers_the_caller(slow_engine_config, tmp_path, short_linger, rng):
+    engine = RemoteEngine(slow_engine_config, tmp_path / "root")
+    first = engine.info()["pid"]
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    answer = {}
+    caller = threading.Thread(target=lambda: answer.update(out=engine.upscale([image], [7])[0]))
+    caller.start()
+    _wait_for(lambda: any(word == "start" for word, _, _ in read_log(tmp_path / "log")))
+    os.kill(first, signal.SIGKILL)  # while the engine works on the request
+    caller.join(timeout=120)
+    assert not caller.is_alive()
+    assert np.array_equal(answer["out"], bicubic_resize(image, 4))  # sent again to a new service
+    assert engine.info()["pid"] != first
+
+
+def test_a_hung_service_gives_a_clear_error_within_the_timeouts(slow_engine_config, tmp_path, short_linger, rng):
+    engine = RemoteEngine(slow_engine_config, tmp_path / "root", timeout=2, connect_timeout=2)
+    pid = engine.info()["pid"]
+    os.kill(pid, signal.SIGSTOP)  # alive, holding its socket, answering nothing
+    try:
+        image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        start = time.monotonic()
+        with pytest.raises(ServiceError, match="no answer from the engine service within 2 s"):
+            engine.upscale([image], [0])
+        with pytest.raises(ServiceError, match=rf"service \(pid {pid}\) did not .* within 2 s.*kill {pid}"):
+            engine.upscale([image], [0])  # a new connection: the handshake times out too
+        assert time.monotonic() - start < 30
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+    _wait_for(lambda: not _alive(pid))
+    assert np.array_equal(engine.upscale([image], [0])[0], bicubic_resize(image, 4))  # and then a new one
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a killed child of ours is a zombie until reaped: count it as gone
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True
