@@ -3,7 +3,8 @@
 Layout: b"SRA1" | crc32 (4 bytes, of everything after it) | header length (2) | JSON header | payload.
 The default codec is WebP lossless: measured in bench/bench_core.py (bench/NOTES.md) it decodes
 faster than PNG and stores smaller entries; its slower encode is paid once, next to seconds of
-diffusion. Images wider or taller than WebP's 16383 px limit, or a Pillow without WebP, use PNG.
+diffusion. Images wider or taller than WebP's 16383 px limit, larger than Pillow's decompression-bomb
+limit, or a Pillow without WebP, use PNG.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image, features
+from PIL import Image, PngImagePlugin, WebPImagePlugin, features
 
 MAGIC = b"SRA1"
 CODECS = ("webp", "png", "raw")
 DEFAULT_CODEC = "webp"
 _WEBP_MAX_SIDE = 16383
 _HAS_WEBP = features.check("webp")
+# Our own checksummed records must never trip Pillow's decompression-bomb limit: a legitimately huge
+# SR result (4x of a 4000 px photo is 256 megapixels) would read as damaged on every hit and be
+# regenerated forever. `Image.open` and the WebP reader apply the limit; the PNG reader does not. So
+# results over the limit are stored as PNG, and records are opened with the format's reader directly.
+_READERS = {"png": PngImagePlugin.PngImageFile, "webp": WebPImagePlugin.WebPImageFile}
 
 
 class DamagedEntry(ValueError):
@@ -30,7 +36,8 @@ class DamagedEntry(ValueError):
 def encode(image: np.ndarray, codec: str = DEFAULT_CODEC) -> bytes:
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
-    if codec == "webp" and (not _HAS_WEBP or max(image.shape[:2]) > _WEBP_MAX_SIDE):
+    if codec == "webp" and (not _HAS_WEBP or max(image.shape[:2]) > _WEBP_MAX_SIDE
+                            or image.shape[0] * image.shape[1] > (Image.MAX_IMAGE_PIXELS or float("inf"))):
         codec = "png"
     if codec == "raw":
         payload = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
@@ -68,7 +75,7 @@ def decode(record: bytes) -> np.ndarray:
         if header["codec"] == "raw":
             image = np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy()
         else:
-            with Image.open(io.BytesIO(payload)) as img:
+            with _READERS[header["codec"]](io.BytesIO(payload)) as img:
                 image = np.array(img.convert("RGB"), dtype=np.uint8)
         if image.shape != shape:
             raise DamagedEntry(f"decoded shape {image.shape} != stored shape {shape}")

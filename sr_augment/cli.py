@@ -75,8 +75,9 @@ def cmd_warm(args) -> int:
             evicted = cache.stats().evictions - before
         except CacheWriteError:  # the disk is full: the counters cannot be updated, the report stands
             evicted = 0
-    for failure in report.failures:
-        print(f"failed: {failure['path']}: {failure['error']}", file=sys.stderr)
+    for failure in report.failures:  # decode errors already start with the path
+        error = failure["error"]
+        print(f"failed: {error if error.startswith(failure['path']) else failure['path'] + ': ' + error}", file=sys.stderr)
     if evicted:
         print(f"warning: {evicted} entries were evicted to stay under the cache size limit; "
               f"raise --size-limit or the warmed set will not all stay cached", file=sys.stderr)
