@@ -125,10 +125,19 @@ def _flush_all() -> None:
         cache._flush_quietly()
 
 
-# Counters must survive the process: atexit for the main process, a multiprocessing Finalize for its
-# children (DataLoader workers leave through os._exit, which skips atexit; fork children inherit it).
+# Counters must survive the process: atexit for the main process, and a multiprocessing Finalize for
+# its children (DataLoader workers leave through os._exit, which skips atexit). A forked child starts
+# with multiprocessing's finalizers cleared, so the Finalize is registered in each process that opens
+# a cache (`_register_exit_flush`), not once at import.
 atexit.register(_flush_all)
-multiprocessing.util.Finalize(None, _flush_all, exitpriority=10)
+_FINALIZE_PID: int | None = None
+
+
+def _register_exit_flush() -> None:
+    global _FINALIZE_PID
+    if _FINALIZE_PID != os.getpid():
+        _FINALIZE_PID = os.getpid()
+        multiprocessing.util.Finalize(None, _flush_all, exitpriority=10)
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,7 @@ class SRCache:
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
         _LIVE.add(self)  # flushed at process exit (module level); held weakly, so it can be collected
+        _register_exit_flush()
 
     # -- keys ------------------------------------------------------------------------------------------
     def key(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> str:
