@@ -155,6 +155,8 @@ class SRCache:
     Args:
         directory: cache folder (default: `default_cache_dir()`).
         size_limit: bytes kept before the oldest-stored entries are evicted (counted in `stats()`).
+            Remembered in the cache folder: None uses the limit last set there, else
+            `DEFAULT_SIZE_LIMIT`, so a limit set by `warm --size-limit` also holds during training.
         codec: "webp" (lossless, the default: smallest and fastest to decode), "png" (lossless) or
             "raw" (fastest hit, about 3x the disk).
 
@@ -169,20 +171,25 @@ class SRCache:
         True
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None, size_limit: int = DEFAULT_SIZE_LIMIT,
+    def __init__(self, directory: str | os.PathLike | None = None, size_limit: int | None = None,
                  codec: str = _codec.DEFAULT_CODEC):
         if codec not in _codec.CODECS:
             raise ValueError(f"codec must be one of {', '.join(_codec.CODECS)}; got {codec!r}")
-        if int(size_limit) <= 0:
+        if size_limit is not None and int(size_limit) <= 0:
             raise ValueError(f"size_limit must be a positive number of bytes, got {size_limit}")
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
         warn_if_network_filesystem(self.directory)
         self.codec = codec
-        self.size_limit = int(size_limit)
+        self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none")
+        if size_limit is None:
+            self.size_limit = int(self._meta.get("size_limit", default=DEFAULT_SIZE_LIMIT, retry=True))
+        else:
+            self.size_limit = int(size_limit)
+            if self._meta.get("size_limit", default=None, retry=True) != self.size_limit:
+                self._meta.set("size_limit", self.size_limit, retry=True)
         self._entries = diskcache.Cache(str(self.directory / "entries"), size_limit=self.size_limit,
                                         eviction_policy="least-recently-stored", disk=CleanDisk)
-        self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none")
         self._pending = dict.fromkeys(_COUNTERS, 0)
         self._pending_engines: dict[str, list] = {}
         self._events = 0
@@ -373,7 +380,10 @@ class SRCache:
             self._pending = dict.fromkeys(_COUNTERS, 0)
             self._pending_engines = {}
         removed = self._entries.clear(retry=True)
+        limit = self._meta.get("size_limit", default=None, retry=True)
         self._meta.clear(retry=True)
+        if limit is not None:  # the limit is a setting, not a counter
+            self._meta.set("size_limit", limit, retry=True)
         return removed
 
     def close(self) -> None:

@@ -43,10 +43,9 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _open_cache(args):
-    from sr_augment.cache import DEFAULT_SIZE_LIMIT, SRCache
+    from sr_augment.cache import SRCache
 
-    size_limit = getattr(args, "size_limit", None) or DEFAULT_SIZE_LIMIT
-    return SRCache(args.cache_dir, size_limit=size_limit)
+    return SRCache(args.cache_dir, size_limit=getattr(args, "size_limit", None))
 
 
 def _build_engine(args, batch_size: int | None = None):
@@ -96,6 +95,10 @@ def cmd_warm(args) -> int:
     return 1 if report.failed or report.error else 0
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def cmd_info(args) -> int:
     with _open_cache(args) as cache:
         stats = cache.stats().as_dict()
@@ -104,7 +107,7 @@ def cmd_info(args) -> int:
         return 0
     print(f"cache      {stats['directory']}")
     print(f"entries    {stats['entries']}")
-    print(f"size       {stats['bytes'] / 2**20:.1f} MiB of {stats['size_limit'] / 2**30:.1f} GiB limit")
+    print(f"size       {_size(stats['bytes'])} of {_size(stats['size_limit'])} limit")
     print(f"hits       {stats['hits']}")
     print(f"misses     {stats['misses']}")
     print(f"generated  {stats['generated']}")
@@ -213,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=int, default=1, help="stochastic samples per image (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per engine call (default: %(default)s)")
     _add_cache_options(p)
-    p.add_argument("--size-limit", type=int, default=None, help="cache size limit in bytes (default: 20 GiB)")
+    p.add_argument("--size-limit", type=int, default=None, help="cache size limit in bytes, remembered by the cache folder (default: the folder's, else 20 GiB)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object last")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_warm)

@@ -154,3 +154,22 @@ def test_warm_detects_and_regenerates_a_damaged_entry(capsys, cache_dir, tmp_pat
     with SRCache(cache_dir) as cache:
         assert cache.stats().damaged == 1
         assert np.array_equal(cache.get(pixels, BicubicEngine()), BicubicEngine().upscale([pixels], [0])[0])
+
+
+def test_a_reached_size_limit_evicts_warns_and_info_reports_it_and_the_limit_is_remembered(capsys, cache_dir, tmp_path, rng):
+    from sr_augment.cache import SRCache
+
+    for i in range(30):  # 30 x 64->256 px noise: ~190 KiB each as WebP, over 2 MB in all
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    code, report, err = _warm(capsys, tmp_path, "--cache-dir", cache_dir, "--engine", "bicubic",
+                              "--size-limit", "2000000")
+    assert code == 0 and report["generated"] == 30
+    assert "entries were evicted to stay under the cache size limit" in err
+    assert main(["info", "--cache-dir", str(cache_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["size_limit"] == 2_000_000 and info["evictions"] > 0
+    assert info["entries"] + info["evictions"] == 30 and info["bytes"] <= 2 * 2_000_000
+    with SRCache(cache_dir) as cache:  # opened with no limit, as a training process does: the folder's holds
+        assert cache.size_limit == 2_000_000
+        cache.clear()
+        assert cache.size_limit == 2_000_000 == SRCache(cache_dir).size_limit
