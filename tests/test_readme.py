@@ -29,3 +29,13 @@ def test_readme_example_runs_as_written(name, expected, tmp_path):
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert expected in out.stdout
+
+
+def test_every_test_the_guarantees_section_cites_exists():
+    text = README.read_text()
+    section = text[text.index("## Guarantees"):text.index("## Measured numbers")]
+    cited = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", section)
+    assert len(cited) >= 15
+    for path, name in cited:
+        source = (README.parent / path).read_text()
+        assert not name or re.search(rf"^def {name}\(", source, re.M), f"{path}::{name} is cited but does not exist"
