@@ -42,6 +42,7 @@ class _Files(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(self.transform(Image.open(self.paths[index]).convert("RGB"))))
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")  # 2 cores here, on purpose
 def test_two_warms_and_four_dataloader_workers_share_one_cache(tmp_path, rng, monkeypatch):
     from sr_augment.torch_transforms import SRAugment
 
