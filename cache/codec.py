@@ -26,6 +26,9 @@ _HAS_WEBP = features.check("webp")
 # SR result (4x of a 4000 px photo is 256 megapixels) would read as damaged on every hit and be
 # regenerated forever. `Image.open` and the WebP reader apply the limit; the PNG reader does not. So
 # results over the limit are stored as PNG, and records are opened with the format's reader directly.
+_PILLOW_MAX_PIXELS = 89_478_485
+"""Pillow's default limit, fixed: a process that raised `Image.MAX_IMAGE_PIXELS` must not store WebP
+records that a process with the default limit cannot read."""
 _READERS = {"png": PngImagePlugin.PngImageFile, "webp": WebPImagePlugin.WebPImageFile}
 
 
@@ -37,7 +40,7 @@ def encode(image: np.ndarray, codec: str = DEFAULT_CODEC) -> bytes:
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
     if codec == "webp" and (not _HAS_WEBP or max(image.shape[:2]) > _WEBP_MAX_SIDE
-                            or image.shape[0] * image.shape[1] > (Image.MAX_IMAGE_PIXELS or float("inf"))):
+                            or image.shape[0] * image.shape[1] > min(_PILLOW_MAX_PIXELS, Image.MAX_IMAGE_PIXELS or _PILLOW_MAX_PIXELS)):
         codec = "png"
     if codec == "raw":
         payload = np.ascontiguousarray(image, dtype=np.uint8).tobytes()

@@ -4,7 +4,8 @@ Why these choices:
 - diskcache's default `size_limit` is 1 GB and it then evicts silently. SRCache always sets an
   explicit limit (default `DEFAULT_SIZE_LIMIT`) and counts evictions, which `stats()` reports.
 - Eviction policy "least-recently-stored": a hit never writes to SQLite (LRU would, on every read).
-- Writes use `retry=True`, since diskcache can otherwise drop a write on a lock timeout.
+- A write that meets a locked database is retried a bounded number of times, then raised as
+  `CacheWriteError` (diskcache's `retry=True` would loop forever; without retries a write is lost).
 - Every record carries a checksum; a damaged one is counted, deleted and (in `get_or_create`)
   regenerated, never returned.
 - A record is encoded and verified before its key is published (diskcache writes the value file,
@@ -41,6 +42,9 @@ from sr_augment.modes import check_mode, engine_input, finish
 DEFAULT_SIZE_LIMIT = 20 * 2**30
 """20 GiB: about 85,000 512x512 SR images (WebP lossless, ~240 KiB each). Pass `size_limit` to change it."""
 
+_META_TIMEOUT = 5.0
+"""Seconds a counter write waits for the database lock before it is left for the next flush: the
+periodic flush runs on the read path, which must never wait long for bookkeeping."""
 _FLUSH_EVERY = 256
 _FLUSH_SECONDS = 2.0
 _COUNTERS = ("hits", "misses", "generated", "damaged", "inserted", "removed")
@@ -140,6 +144,29 @@ def _register_exit_flush() -> None:
         multiprocessing.util.Finalize(None, _flush_all, exitpriority=10)
 
 
+def _after_fork_in_child() -> None:
+    global _FINALIZE_PID
+    _FINALIZE_PID = None
+    for cache in list(_LIVE):
+        cache._after_fork_in_child()
+
+
+def _after_multiprocessing_fork(_) -> None:
+    """Runs in a multiprocessing child after it has cleared the finalizers it inherited."""
+    if _LIVE:
+        _register_exit_flush()
+
+
+class _ForkHook:
+    pass
+
+
+_FORK_HOOK = _ForkHook()  # multiprocessing holds after-fork hooks weakly
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+multiprocessing.util.register_after_fork(_FORK_HOOK, _after_multiprocessing_fork)
+
+
 @dataclass(frozen=True)
 class _Request:
     """One (image, variant) lookup: the normalised pixels and where their result lives."""
@@ -181,7 +208,7 @@ class SRCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         warn_if_network_filesystem(self.directory)
         self.codec = codec
-        self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none")
+        self._meta = diskcache.Cache(str(self.directory / "meta"), timeout=_META_TIMEOUT, eviction_policy="none")
         if size_limit is None:
             self.size_limit = int(self._meta.get("size_limit", default=DEFAULT_SIZE_LIMIT, retry=True))
         else:
@@ -223,7 +250,7 @@ class SRCache:
                 self._count("hits")
                 return image
             except _codec.DamagedEntry:
-                self._discard_damaged(request.key)
+                self._discard_damaged(request.key, record)
         self._count("misses")
         return None
 
@@ -293,13 +320,18 @@ class SRCache:
             _codec.check(record)
             return True
         except _codec.DamagedEntry:
-            self._discard_damaged(key)
+            self._discard_damaged(key, record)
             return False
 
-    def _discard_damaged(self, key: str) -> None:
-        self._entries.delete(key, retry=True)
+    def _discard_damaged(self, key: str, record: bytes) -> None:
+        """Delete the damaged `record` under `key`, unless another process has already replaced it
+        with a good one (then that one stays)."""
+        with self._entries.transact(retry=True):
+            current = self._entries.get(key, default=None)
+            deleted = current == record and self._entries.delete(key)
         self._count("damaged")
-        self._count("removed")
+        if deleted:
+            self._count("removed")
 
     def generate(self, engine, requests: Sequence[_Request], mode: str) -> list[np.ndarray]:
         """Run the engine on the requests in one batch, store and return the results."""
@@ -322,7 +354,9 @@ class SRCache:
             self._flush_quietly()  # a counter write that fails (full disk) must never fail a read
 
     def flush(self) -> None:
-        """Add this process's pending counters to the persistent ones (kept pending if that fails)."""
+        """Add this process's pending counters to the persistent ones. What cannot be written stays
+        pending: a busy database (lock held past `_META_TIMEOUT`) is tried again at the next flush, a
+        failing disk raises `CacheWriteError`."""
         with self._lock:
             pending, self._pending = self._pending, dict.fromkeys(_COUNTERS, 0)
             engines, self._pending_engines = self._pending_engines, {}
@@ -331,22 +365,35 @@ class SRCache:
         try:
             for name in list(pending):
                 if pending[name]:
-                    self._meta.incr(name, pending[name], retry=True)
+                    self._meta.incr(name, pending[name])
                 pending[name] = 0
             for fingerprint in list(engines):
                 name, count = engines[fingerprint]
-                with self._meta.transact(retry=True):
+                with self._meta.transact():
                     seen = self._meta.get(("engine", fingerprint), default={"name": name, "generated": 0})
                     seen["generated"] += count
-                    self._meta.set(("engine", fingerprint), seen, retry=True)
+                    self._meta.set(("engine", fingerprint), seen)
                 del engines[fingerprint]
+        except diskcache.Timeout:
+            self._restore_pending(pending, engines)
         except (OSError, sqlite3.Error) as exc:
-            with self._lock:  # put back what was not written; the next flush tries again
-                for name, value in pending.items():
-                    self._pending[name] += value
-                for fingerprint, (name, count) in engines.items():
-                    self._pending_engines.setdefault(fingerprint, [name, 0])[1] += count
+            self._restore_pending(pending, engines)
             raise write_error(self.directory, exc) from exc
+
+    def _restore_pending(self, pending: dict, engines: dict) -> None:
+        with self._lock:
+            for name, value in pending.items():
+                self._pending[name] += value
+            for fingerprint, (name, count) in engines.items():
+                self._pending_engines.setdefault(fingerprint, [name, 0])[1] += count
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts with a copy of its parent's unflushed counters (the parent will
+        write them) and of its lock (maybe held by a parent thread): drop the one, renew the other."""
+        self._lock = threading.Lock()
+        self._pending = dict.fromkeys(_COUNTERS, 0)
+        self._pending_engines = {}
+        self._events = 0
 
     def _flush_quietly(self) -> None:
         try:
@@ -387,9 +434,13 @@ class SRCache:
         return removed
 
     def close(self) -> None:
-        self.flush()
-        self._entries.close()
-        self._meta.close()
+        try:
+            self.flush()
+        except CacheWriteError:  # a full disk: the counters are lost, the entries are not
+            pass
+        finally:
+            self._entries.close()
+            self._meta.close()
 
     def __enter__(self) -> "SRCache":
         return self

@@ -92,7 +92,8 @@ class _Server:
                 "pid": os.getpid(), "engine_loads": self.engine_loads, "batches": list(self.batches)}
 
     def serve(self, authkey: bytes) -> None:
-        listener = Listener(str(self.paths["socket"]), family="AF_UNIX", authkey=authkey)
+        # a deep backlog: many DataLoader workers connect at once, and handshakes run one at a time
+        listener = Listener(str(self.paths["socket"]), family="AF_UNIX", backlog=64, authkey=authkey)
         own_socket = self.paths["socket"].stat().st_ino
         self.paths["pid"].write_text(str(os.getpid()))
         threading.Thread(target=self._work, daemon=True).start()
@@ -193,6 +194,24 @@ def _serve_main(argv: list[str] | None = None) -> None:
     server = _Server(config, paths, args.linger, args.batch_size, args.gather_ms)
     print(f"sr-augment service pid {os.getpid()}: loaded {server.engine!r}", flush=True)
     server.serve(paths["key"].read_bytes())
+
+
+def _is_service_process(pid: int) -> bool:
+    """Whether `pid` runs (not a zombie) and, where /proc tells, is an sr-augment service (pids are reused)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: not ours
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            if fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"sr_augment.service" in fh.read()
+    except OSError:  # no /proc (macOS): trust the pid
+        return True
 
 
 def _weights_stamp(spec: str) -> list:
@@ -298,16 +317,21 @@ class RemoteEngine:
         and a stopped or hung service would block its handshake forever."""
         if not self.paths["socket"].exists() or not self.paths["key"].exists():
             return None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.connect_timeout)
-            sock.connect(str(self.paths["socket"]))
-        except TimeoutError:
-            sock.close()
-            raise ServiceError(self._hung("accept a connection")) from None
-        except OSError:  # refused or gone: the service is dead
-            sock.close()
-            return None
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                sock.connect(str(self.paths["socket"]))
+                break
+            except (BlockingIOError, TimeoutError):  # alive, its backlog full: busy or hung, not dead
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise ServiceError(self._hung("accept a connection")) from None
+                time.sleep(0.05)
+            except OSError:  # refused or gone: nobody listens
+                sock.close()
+                return None
         sock.settimeout(None)
         timeval = struct.pack("ll", int(self.connect_timeout), int(self.connect_timeout % 1 * 1e6))
         for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):  # every later read and write is bounded too
@@ -325,8 +349,24 @@ class RemoteEngine:
             conn.close()
             return None
 
+    def _service_pid(self) -> int | None:
+        try:
+            return int(self.paths["pid"].read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _wait_for_old_service_to_exit(self) -> None:
+        """A service that refuses connections but still runs is exiting (its linger ran out) or broken:
+        give it `connect_timeout` to go, so a second copy of the model never runs beside it."""
+        pid = self._service_pid()
+        deadline = time.monotonic() + self.connect_timeout
+        while pid is not None and _is_service_process(pid):
+            if time.monotonic() > deadline:
+                raise ServiceError(self._hung("accept connections or exit"))
+            time.sleep(0.05)
+
     def _hung(self, what: str) -> str:
-        pid = self.paths["pid"].read_text().strip() if self.paths["pid"].exists() else "?"
+        pid = self._service_pid() or "?"
         return self._failure(f"the engine service (pid {pid}) did not {what} within {self.connect_timeout:.0f} s; "
                              f"it may be hung: stop it (kill {pid}) and the next request starts a new one")
 
@@ -336,6 +376,7 @@ class RemoteEngine:
             conn = self._try_connect()
             if conn is not None:
                 return conn
+            self._wait_for_old_service_to_exit()
             self.paths["socket"].unlink(missing_ok=True)
             if not self.paths["key"].exists():
                 fd = os.open(self.paths["key"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -104,8 +104,9 @@ def warm(paths: Iterable, engine, cache, *, mode: str = "upscale", variants: int
         try:
             cache.generate(engine, [request for _, request in batch], mode)
             report.generated += len(batch)
-        except CacheWriteError:
-            raise  # the cache, not this batch, is the problem: stop the run
+        except CacheWriteError:  # the cache, not this batch, is the problem: stop the run
+            report.generated += sum(request.key in cache for _, request in batch)  # stored before it failed
+            raise
         except Exception as exc:  # isolate the request that broke the batch
             if len(batch) == 1:
                 fail(batch[0][0], f"generation failed: {type(exc).__name__}: {exc}")

@@ -218,3 +218,21 @@ def test_a_cache_on_a_network_filesystem_warns(cache_dir, monkeypatch, recwarn):
     monkeypatch.setattr(store, "_mount_table", lambda: [("/", "ext4")])
     SRCache(cache_dir).close()
     assert not [w for w in recwarn if issubclass(w.category, store.NetworkFilesystemWarning)]
+
+
+def test_forked_children_neither_lose_nor_double_count_counters(cache_dir, rng):
+    import multiprocessing
+
+    engine = CountingEngine()
+    cache = SRCache(cache_dir)
+    for _ in range(10):  # 10 misses pending in the parent, not yet written
+        cache.get(_image(rng), engine)
+    children = [multiprocessing.get_context("fork").Process(target=cache.get, args=(_image(rng), engine))
+                for _ in range(3)]  # each child uses the inherited cache for one miss and exits
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=60)
+    assert [child.exitcode for child in children] == [0, 0, 0]
+    assert cache.stats().misses == 13  # was 43: each child wrote the parent's 10 again
+    cache.close()

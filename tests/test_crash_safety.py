@@ -75,7 +75,7 @@ def _check_every_entry(cache_dir, pixels: dict[str, np.ndarray], variants: int) 
 
 
 def test_sigkill_at_random_points_then_rerun_resumes_with_every_entry_intact(tmp_path, rng):
-    pixels = _images(tmp_path / "data", rng, 20)
+    pixels = _images(tmp_path / "data", rng, 30)  # 30 batches of 0.1 s: a loaded machine still kills mid-run
     cache_dir, log = tmp_path / "cache", tmp_path / "log"
     chooser = random.Random(int(rng.integers(1 << 30)))
     total = len(pixels) * 2
@@ -83,7 +83,7 @@ def test_sigkill_at_random_points_then_rerun_resumes_with_every_entry_intact(tmp
         before = _check_every_entry(cache_dir, pixels, 2) if cache_dir.exists() else 0
         done_before = sum(word == "done" for word, _, _ in read_log(log))
         process = _start_warm(tmp_path / "data", cache_dir, log, "--variants", "2", "--batch-size", "2",
-                              "--set", "delay=0.03")
+                              "--set", "delay=0.05")
         _wait_for_done_lines(log, done_before + 2, process)  # this run stored at least one batch
         time.sleep(chooser.uniform(0.0, 0.3))
         process.kill()  # SIGKILL: no handler runs, whatever was in flight is cut off
@@ -103,7 +103,7 @@ def test_sigkill_at_random_points_then_rerun_resumes_with_every_entry_intact(tmp
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_and_sigint_finish_the_batch_in_flight_print_the_summary_and_exit_nonzero(tmp_path, rng, sig, code):
-    pixels = _images(tmp_path / "data", rng, 12)
+    pixels = _images(tmp_path / "data", rng, 24)  # 8 batches of 0.45 s: the signal lands long before the end
     cache_dir, log = tmp_path / "cache", tmp_path / "log"
     process = _start_warm(tmp_path / "data", cache_dir, log, "--batch-size", "3", "--set", "delay=0.15")
     _wait_for_done_lines(log, 3, process)
@@ -146,3 +146,34 @@ def test_a_full_disk_stops_warm_with_a_clear_error_and_leaves_the_cache_readable
     code, report, err = _finish(_start_warm(tmp_path / "data", cache_dir, log, "--batch-size", "1", "--set", "delay=0"))
     assert code == 0 and report["generated"] == 3 and report["cached"] == 4, err
     assert _check_every_entry(cache_dir, pixels, 1) == 7
+
+
+def test_counter_writes_that_fail_never_fail_warm_or_a_read(tmp_path, rng, monkeypatch, capsys):
+    """Bookkeeping is best effort: with every counter write failing (a full disk under the stats
+    database), warm still stores and prints its summary, and reads still hit."""
+    import sqlite3
+
+    import diskcache
+
+    from sr_augment.cli import main
+
+    pixels = _images(tmp_path / "data", rng, 3)
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(diskcache.Cache, "incr", disk_full)
+    monkeypatch.setattr("sr_augment.cache.store._FLUSH_EVERY", 1)  # flush on every read and write
+    code = main(["warm", str(tmp_path / "data"), "--engine", "bicubic", "--cache-dir", str(tmp_path / "cache"),
+                 "--json", "--no-progress"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and report["generated"] == 3
+    with SRCache(tmp_path / "cache") as cache:
+        for image in pixels.values():
+            assert np.array_equal(cache.get(image, _bicubic()), bicubic_resize(image, 4))
+
+
+def _bicubic():
+    from sr_augment.engines import BicubicEngine
+
+    return BicubicEngine()
