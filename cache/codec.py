@@ -36,11 +36,16 @@ class DamagedEntry(ValueError):
     """A stored record failed its checksum or could not be decoded."""
 
 
+def _webp_can_hold(image: np.ndarray) -> bool:
+    height, width = image.shape[:2]
+    pixel_limit = min(_PILLOW_MAX_PIXELS, Image.MAX_IMAGE_PIXELS or _PILLOW_MAX_PIXELS)
+    return _HAS_WEBP and max(height, width) <= _WEBP_MAX_SIDE and height * width <= pixel_limit
+
+
 def encode(image: np.ndarray, codec: str = DEFAULT_CODEC) -> bytes:
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
-    if codec == "webp" and (not _HAS_WEBP or max(image.shape[:2]) > _WEBP_MAX_SIDE
-                            or image.shape[0] * image.shape[1] > min(_PILLOW_MAX_PIXELS, Image.MAX_IMAGE_PIXELS or _PILLOW_MAX_PIXELS)):
+    if codec == "webp" and not _webp_can_hold(image):
         codec = "png"
     if codec == "raw":
         payload = np.ascontiguousarray(image, dtype=np.uint8).tobytes()

@@ -11,7 +11,7 @@ Why these choices:
 - A record is encoded and verified before its key is published (diskcache writes the value file,
   then inserts the key in one SQLite transaction), so a crash or a full disk mid-write leaves no key
   pointing at a partial value. A value file left half-written by a failed write is deleted
-  (`_CleanDisk`), and the failure is raised as `CacheWriteError` naming the folder.
+  (`disk.CleanDisk`), and the failure is raised as `CacheWriteError` naming the folder.
 - Hit/miss counters are kept in memory and added to a small persistent stats store every
   `_FLUSH_EVERY` events or `_FLUSH_SECONDS`, on `close()`/`stats()` and at process exit, so a hit
   costs no SQLite write.
@@ -151,20 +151,15 @@ def _after_fork_in_child() -> None:
         cache._after_fork_in_child()
 
 
-def _after_multiprocessing_fork(_) -> None:
+def _after_multiprocessing_fork(live) -> None:
     """Runs in a multiprocessing child after it has cleared the finalizers it inherited."""
-    if _LIVE:
+    if live:
         _register_exit_flush()
 
 
-class _ForkHook:
-    pass
-
-
-_FORK_HOOK = _ForkHook()  # multiprocessing holds after-fork hooks weakly
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-multiprocessing.util.register_after_fork(_FORK_HOOK, _after_multiprocessing_fork)
+multiprocessing.util.register_after_fork(_LIVE, _after_multiprocessing_fork)  # held weakly: _LIVE lives on
 
 
 @dataclass(frozen=True)
@@ -217,9 +212,7 @@ class SRCache:
                 self._meta.set("size_limit", self.size_limit, retry=True)
         self._entries = diskcache.Cache(str(self.directory / "entries"), size_limit=self.size_limit,
                                         eviction_policy="least-recently-stored", disk=CleanDisk)
-        self._pending = dict.fromkeys(_COUNTERS, 0)
-        self._pending_engines: dict[str, list] = {}
-        self._events = 0
+        self._reset_pending()
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
         _LIVE.add(self)  # flushed at process exit (module level); held weakly, so it can be collected
@@ -358,9 +351,8 @@ class SRCache:
         pending: a busy database (lock held past `_META_TIMEOUT`) is tried again at the next flush, a
         failing disk raises `CacheWriteError`."""
         with self._lock:
-            pending, self._pending = self._pending, dict.fromkeys(_COUNTERS, 0)
-            engines, self._pending_engines = self._pending_engines, {}
-            self._events = 0
+            pending, engines = self._pending, self._pending_engines
+            self._reset_pending()
             self._last_flush = time.monotonic()
         try:
             for name in list(pending):
@@ -391,8 +383,11 @@ class SRCache:
         """A forked child starts with a copy of its parent's unflushed counters (the parent will
         write them) and of its lock (maybe held by a parent thread): drop the one, renew the other."""
         self._lock = threading.Lock()
+        self._reset_pending()
+
+    def _reset_pending(self) -> None:
         self._pending = dict.fromkeys(_COUNTERS, 0)
-        self._pending_engines = {}
+        self._pending_engines: dict[str, list] = {}
         self._events = 0
 
     def _flush_quietly(self) -> None:
@@ -424,8 +419,7 @@ class SRCache:
     def clear(self) -> int:
         """Remove every entry and reset the counters; returns the number of entries removed."""
         with self._lock:
-            self._pending = dict.fromkeys(_COUNTERS, 0)
-            self._pending_engines = {}
+            self._reset_pending()
         removed = self._entries.clear(retry=True)
         limit = self._meta.get("size_limit", default=None, retry=True)
         self._meta.clear(retry=True)

@@ -200,9 +200,7 @@ def _is_service_process(pid: int) -> bool:
     """Whether `pid` runs (not a zombie) and, where /proc tells, is an sr-augment service (pids are reused)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: not ours
+    except (ProcessLookupError, PermissionError):  # gone, or another user's process: not ours
         return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:

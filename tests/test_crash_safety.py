@@ -24,7 +24,7 @@ from PIL import Image
 from faults import SlowEngine, read_log
 from sr_augment.cache import SRCache
 from sr_augment.cache.codec import decode
-from sr_augment.engines.bicubic import bicubic_resize
+from sr_augment.engines.bicubic import BicubicEngine, bicubic_resize
 
 TESTS = Path(__file__).resolve().parent
 
@@ -170,10 +170,4 @@ def test_counter_writes_that_fail_never_fail_warm_or_a_read(tmp_path, rng, monke
     assert code == 0 and report["generated"] == 3
     with SRCache(tmp_path / "cache") as cache:
         for image in pixels.values():
-            assert np.array_equal(cache.get(image, _bicubic()), bicubic_resize(image, 4))
-
-
-def _bicubic():
-    from sr_augment.engines import BicubicEngine
-
-    return BicubicEngine()
+            assert np.array_equal(cache.get(image, BicubicEngine()), bicubic_resize(image, 4))
