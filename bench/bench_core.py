@@ -28,21 +28,15 @@ import torch  # noqa: E402,F401  (before anything that might import tensorflow)
 
 from sr_augment import get_engine  # noqa: E402
 from sr_augment.cache import CODECS, SRCache  # noqa: E402
-from sr_augment.demo import median_ms  # noqa: E402
-from sr_augment.images import iter_image_files, load_image  # noqa: E402
+from sr_augment.images import center_crop, iter_image_files, load_image, resize  # noqa: E402
+from sr_augment.timing import median_ms  # noqa: E402
 from sr_augment.warm import warm  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
 
 def lr_crops(folder: Path, size: int) -> list[np.ndarray]:
-    crops = []
-    for path in iter_image_files([folder]):
-        image = load_image(path)
-        top, left = (image.shape[0] - size * 4) // 2, (image.shape[1] - size * 4) // 2
-        hr = image[top:top + size * 4, left:left + size * 4]
-        crops.append(np.asarray(Image.fromarray(hr).resize((size, size), Image.BICUBIC)))
-    return crops
+    return [resize(center_crop(load_image(path), size * 4), (size, size)) for path in iter_image_files([folder])]
 
 
 def bench_warm(engine, images_dir: Path, repeats: int, batch_size: int) -> dict:
@@ -98,7 +92,7 @@ def main() -> None:
             {**bench_warm(tiny, lr_dir, max(1, args.repeats // 3), 8), "steps": 4, "note": "tiny random SD x4, 64->256"},
         ]
     hr_512 = [load_image(p) for p in iter_image_files([DATA / "Set14"])]
-    lr_128 = [np.asarray(Image.fromarray(im).resize((128, 128), Image.BICUBIC)) for im in hr_512]
+    lr_128 = [resize(im, (128, 128)) for im in hr_512]
     sr_512 = [get_engine("bicubic").upscale([lr], [0])[0] for lr in lr_128]
     results["hit"] = bench_hit(sr_512, lr_128, args.repeats)
 

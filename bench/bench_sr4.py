@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402  (before anything that might import tensorflow)
 
 from sr_augment import get_engine  # noqa: E402
-from sr_augment.images import iter_image_files, load_image  # noqa: E402
+from sr_augment.images import iter_image_files, load_image, resize  # noqa: E402
 from sr_augment.metrics import gradient_magnitude, psnr_y, ssim_y  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -47,7 +47,7 @@ def pairs(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     for path in iter_image_files([folder]):
         hr = load_image(path)
         hr = hr[: hr.shape[0] // SCALE * SCALE, : hr.shape[1] // SCALE * SCALE]
-        lr = np.asarray(Image.fromarray(hr).resize((hr.shape[1] // SCALE, hr.shape[0] // SCALE), Image.BICUBIC))
+        lr = resize(hr, (hr.shape[0] // SCALE, hr.shape[1] // SCALE))
         out.append((path.name, hr, lr))
     return out
 
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not (DATA / "Set5").is_dir():
-        sys.exit(f"skipped: benchmark data not found at {DATA} (see DESIGN.md section 7)")
+        sys.exit(f"skipped: benchmark data not found at {DATA}: the real images live in ../shared/data beside the project")
 
     default = get_engine(args.engine, device=args.device)
     engines = {

@@ -3,7 +3,8 @@
 from sr_augment.cache.codec import CODECS, DamagedEntry
 from sr_augment.cache.keys import CACHE_FORMAT_VERSION
 from sr_augment.cache.disk import CacheWriteError
-from sr_augment.cache.store import DEFAULT_SIZE_LIMIT, CacheMiss, CacheStats, SRCache, default_cache_dir
+from sr_augment.cache.filesystem import NetworkFilesystemWarning, default_cache_dir
+from sr_augment.cache.store import DEFAULT_SIZE_LIMIT, CacheMiss, CacheStats, EntryRequest, SRCache
 
 __all__ = ["CACHE_FORMAT_VERSION", "CODECS", "CacheMiss", "CacheStats", "CacheWriteError", "DEFAULT_SIZE_LIMIT", "DamagedEntry",
-           "SRCache", "default_cache_dir"]
+           "EntryRequest", "NetworkFilesystemWarning", "SRCache", "default_cache_dir"]

@@ -12,20 +12,14 @@ Why these choices:
   then inserts the key in one SQLite transaction), so a crash or a full disk mid-write leaves no key
   pointing at a partial value. A value file left half-written by a failed write is deleted
   (`disk.CleanDisk`), and the failure is raised as `CacheWriteError` naming the folder.
-- Hit/miss counters are kept in memory and added to a small persistent stats store every
-  `_FLUSH_EVERY` events or `_FLUSH_SECONDS`, on `close()`/`stats()` and at process exit, so a hit
-  costs no SQLite write.
+- Hit/miss counters: `counters.Counters` (kept in memory, written in batches, fork- and exit-safe).
+  Where the cache lives by default and the network-filesystem warning: `filesystem`.
 """
 
 from __future__ import annotations
 
-import atexit
-import multiprocessing.util
 import os
 import sqlite3
-import threading
-import time
-import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -34,20 +28,15 @@ import diskcache
 import numpy as np
 
 from sr_augment.cache import codec as _codec
+from sr_augment.cache.counters import META_TIMEOUT, Counters
 from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheWriteError, CleanDisk, write_error
+from sr_augment.cache.filesystem import default_cache_dir, warn_if_network_filesystem
 from sr_augment.cache.keys import base_key, entry_key, pixel_digest, variant_seed
 from sr_augment.images import ImageInput, to_rgb
-from sr_augment.modes import check_mode, engine_input, finish
+from sr_augment.modes import check_mode, engine_input, mode_result
 
 DEFAULT_SIZE_LIMIT = 20 * 2**30
 """20 GiB: about 85,000 512x512 SR images (WebP lossless, ~240 KiB each). Pass `size_limit` to change it."""
-
-_META_TIMEOUT = 5.0
-"""Seconds a counter write waits for the database lock before it is left for the next flush: the
-periodic flush runs on the read path, which must never wait long for bookkeeping."""
-_FLUSH_EVERY = 256
-_FLUSH_SECONDS = 2.0
-_COUNTERS = ("hits", "misses", "generated", "damaged", "inserted", "removed")
 
 
 class CacheMiss(LookupError):
@@ -71,100 +60,11 @@ class CacheStats:
         return asdict(self)
 
 
-def default_cache_dir() -> Path:
-    """`SR_AUGMENT_CACHE_DIR`, else the platform's user cache folder (`~/.cache/sr_augment` on Linux)."""
-    env = os.environ.get("SR_AUGMENT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sr_augment", appauthor=False))
-
-
-NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "lustre", "gpfs",
-                                 "beegfs", "ceph", "glusterfs", "fuse.glusterfs", "9p", "afs"})
-
-
-class NetworkFilesystemWarning(UserWarning):
-    """The cache folder is on a network filesystem, where SQLite's locking is not reliable."""
-
-
-def _mount_table() -> list[tuple[str, str]]:
-    """(mount point, filesystem type) pairs from /proc/mounts (empty where there is none)."""
-    try:
-        with open("/proc/mounts") as fh:
-            rows = [line.split() for line in fh]
-    except OSError:
-        return []
-    return [(row[1].replace("\\040", " "), row[2]) for row in rows if len(row) >= 3]
-
-
-def filesystem_type(path: Path) -> str | None:
-    """The filesystem type of the mount that holds `path` (longest matching mount point)."""
-    resolved = str(Path(path).resolve())
-    best, kind = "", None
-    for mount, fstype in _mount_table():
-        if (resolved == mount or resolved.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-            best, kind = mount, fstype
-    return kind
-
-
-def warn_if_network_filesystem(path: Path) -> None:
-    kind = filesystem_type(path)
-    if kind in NETWORK_FILESYSTEMS:
-        import warnings
-
-        warnings.warn(
-            f"sr-augment cache {path} is on a network filesystem ({kind}); SQLite (diskcache) is not safe "
-            f"there when several machines write. Put the cache on a local disk (SR_AUGMENT_CACHE_DIR or "
-            f"cache_dir=...), one per machine.", NetworkFilesystemWarning, stacklevel=3)
-
-
-_LIVE: "weakref.WeakSet[SRCache]" = weakref.WeakSet()
-"""Open caches of this process, held weakly: flushed at exit without being kept alive by it."""
-
-
-def _flush_all() -> None:
-    for cache in list(_LIVE):
-        cache._flush_quietly()
-
-
-# Counters must survive the process: atexit for the main process, and a multiprocessing Finalize for
-# its children (DataLoader workers leave through os._exit, which skips atexit). A forked child starts
-# with multiprocessing's finalizers cleared, so the Finalize is registered in each process that opens
-# a cache (`_register_exit_flush`), not once at import.
-atexit.register(_flush_all)
-_FINALIZE_PID: int | None = None
-
-
-def _register_exit_flush() -> None:
-    global _FINALIZE_PID
-    if _FINALIZE_PID != os.getpid():
-        _FINALIZE_PID = os.getpid()
-        multiprocessing.util.Finalize(None, _flush_all, exitpriority=10)
-
-
-def _after_fork_in_child() -> None:
-    global _FINALIZE_PID
-    _FINALIZE_PID = None
-    for cache in list(_LIVE):
-        cache._after_fork_in_child()
-
-
-def _after_multiprocessing_fork(live) -> None:
-    """Runs in a multiprocessing child after it has cleared the finalizers it inherited."""
-    if live:
-        _register_exit_flush()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-multiprocessing.util.register_after_fork(_LIVE, _after_multiprocessing_fork)  # held weakly: _LIVE lives on
-
-
 @dataclass(frozen=True)
-class _Request:
-    """One (image, variant) lookup: the normalised pixels and where their result lives."""
+class EntryRequest:
+    """One (image, variant) to look up or generate: the normalised pixels, the key their result is
+    stored under, and the seed the engine generates it with (derived from the key, so every process and
+    machine generates the same result). Made by `SRCache.plan`, consumed by `SRCache.generate`."""
 
     image: np.ndarray
     key: str
@@ -203,7 +103,7 @@ class SRCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         warn_if_network_filesystem(self.directory)
         self.codec = codec
-        self._meta = diskcache.Cache(str(self.directory / "meta"), timeout=_META_TIMEOUT, eviction_policy="none")
+        self._meta = diskcache.Cache(str(self.directory / "meta"), timeout=META_TIMEOUT, eviction_policy="none")
         if size_limit is None:
             self.size_limit = int(self._meta.get("size_limit", default=DEFAULT_SIZE_LIMIT, retry=True))
         else:
@@ -212,39 +112,35 @@ class SRCache:
                 self._meta.set("size_limit", self.size_limit, retry=True)
         self._entries = diskcache.Cache(str(self.directory / "entries"), size_limit=self.size_limit,
                                         eviction_policy="least-recently-stored", disk=CleanDisk)
-        self._reset_pending()
-        self._last_flush = time.monotonic()
-        self._lock = threading.Lock()
-        _LIVE.add(self)  # flushed at process exit (module level); held weakly, so it can be collected
-        _register_exit_flush()
+        self._counters = Counters(self._meta, self.directory)
 
     # -- keys ------------------------------------------------------------------------------------------
     def key(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> str:
         """The cache key of one (image, engine settings, mode, variant)."""
         return self._request(to_rgb(image), engine, mode, variant).key
 
-    def _request(self, image: np.ndarray, engine, mode: str, variant: int) -> _Request:
+    def _request(self, image: np.ndarray, engine, mode: str, variant: int) -> EntryRequest:
         check_mode(mode)
         if int(variant) < 0:
             raise ValueError(f"variant must be >= 0, got {variant}")
         base = base_key(pixel_digest(image), engine.fingerprint, mode, engine.scale)
-        return _Request(image, entry_key(base, variant), variant_seed(base, variant))
+        return EntryRequest(image, entry_key(base, variant), variant_seed(base, variant))
 
     # -- reads -----------------------------------------------------------------------------------------
     def get(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> np.ndarray | None:
         """The cached result, or None on a miss (a damaged entry is deleted and counted as a miss)."""
         return self._lookup(self._request(to_rgb(image), engine, mode, variant))
 
-    def _lookup(self, request: _Request) -> np.ndarray | None:
+    def _lookup(self, request: EntryRequest) -> np.ndarray | None:
         record = self._entries.get(request.key, default=None, retry=True)
         if record is not None:
             try:
                 image = _codec.decode(record)
-                self._count("hits")
+                self._counters.count("hits")
                 return image
             except _codec.DamagedEntry:
                 self._discard_damaged(request.key, record)
-        self._count("misses")
+        self._counters.count("misses")
         return None
 
     def __contains__(self, key: str) -> bool:
@@ -257,15 +153,12 @@ class SRCache:
         self._store(request, engine, result)
         return request.key
 
-    def _store(self, request: _Request, engine, result: np.ndarray) -> None:
+    def _store(self, request: EntryRequest, engine, result: np.ndarray) -> None:
         record = _codec.encode(np.ascontiguousarray(result, dtype=np.uint8), self.codec)
         _codec.decode(record)  # verify before publishing: a bad encode must never become an entry
         if self._add(request.key, record):
-            self._count("inserted")
-        self._count("generated")
-        with self._lock:
-            entry = self._pending_engines.setdefault(engine.fingerprint, [getattr(engine, "name", "?"), 0])
-            entry[1] += 1
+            self._counters.count("inserted")
+        self._counters.count_generated(engine)
 
     def _add(self, key: str, record: bytes) -> bool:
         """Publish a record under `key` unless one is there already (the first writer wins: every
@@ -299,7 +192,7 @@ class SRCache:
                 results[i] = out
         return results
 
-    def plan(self, images: Sequence[np.ndarray], engine, mode: str, variants: int) -> list[_Request]:
+    def plan(self, images: Sequence[np.ndarray], engine, mode: str, variants: int) -> list[EntryRequest]:
         """The (image, variant) requests not cached yet, for warm: no hit/miss counting, and each
         present entry's checksum is verified (no decode), so a damaged one is removed and redone."""
         requests = [self._request(img, engine, mode, v) for img in images for v in range(variants)]
@@ -322,93 +215,33 @@ class SRCache:
         with self._entries.transact(retry=True):
             current = self._entries.get(key, default=None)
             deleted = current == record and self._entries.delete(key)
-        self._count("damaged")
+        self._counters.count("damaged")
         if deleted:
-            self._count("removed")
+            self._counters.count("removed")
 
-    def generate(self, engine, requests: Sequence[_Request], mode: str) -> list[np.ndarray]:
+    def generate(self, engine, requests: Sequence[EntryRequest], mode: str) -> list[np.ndarray]:
         """Run the engine on the requests in one batch, store and return the results."""
         inputs = [engine_input(r.image, mode, engine.scale) for r in requests]
         outputs = engine.upscale(inputs, [r.seed for r in requests])
         results = []
         for request, out in zip(requests, outputs):
-            result = finish(out, request.image, mode)
+            result = mode_result(out, request.image, mode)
             self._store(request, engine, result)
             results.append(result)
         return results
 
     # -- bookkeeping -----------------------------------------------------------------------------------
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._pending[name] += 1
-            self._events += 1
-            due = self._events >= _FLUSH_EVERY or time.monotonic() - self._last_flush > _FLUSH_SECONDS
-        if due:
-            self._flush_quietly()  # a counter write that fails (full disk) must never fail a read
-
     def flush(self) -> None:
         """Add this process's pending counters to the persistent ones. What cannot be written stays
-        pending: a busy database (lock held past `_META_TIMEOUT`) is tried again at the next flush, a
-        failing disk raises `CacheWriteError`."""
-        with self._lock:
-            pending, engines = self._pending, self._pending_engines
-            self._reset_pending()
-            self._last_flush = time.monotonic()
-        try:
-            for name in list(pending):
-                if pending[name]:
-                    self._meta.incr(name, pending[name])
-                pending[name] = 0
-            for fingerprint in list(engines):
-                name, count = engines[fingerprint]
-                with self._meta.transact():
-                    seen = self._meta.get(("engine", fingerprint), default={"name": name, "generated": 0})
-                    seen["generated"] += count
-                    self._meta.set(("engine", fingerprint), seen)
-                del engines[fingerprint]
-        except diskcache.Timeout:
-            self._restore_pending(pending, engines)
-        except (OSError, sqlite3.Error) as exc:
-            self._restore_pending(pending, engines)
-            raise write_error(self.directory, exc) from exc
-
-    def _restore_pending(self, pending: dict, engines: dict) -> None:
-        with self._lock:
-            for name, value in pending.items():
-                self._pending[name] += value
-            for fingerprint, (name, count) in engines.items():
-                self._pending_engines.setdefault(fingerprint, [name, 0])[1] += count
-
-    def _after_fork_in_child(self) -> None:
-        """A forked child starts with a copy of its parent's unflushed counters (the parent will
-        write them) and of its lock (maybe held by a parent thread): drop the one, renew the other."""
-        self._lock = threading.Lock()
-        self._reset_pending()
-
-    def _reset_pending(self) -> None:
-        self._pending = dict.fromkeys(_COUNTERS, 0)
-        self._pending_engines: dict[str, list] = {}
-        self._events = 0
-
-    def _flush_quietly(self) -> None:
-        try:
-            self.flush()
-        except Exception:  # at exit the cache may already be closed or its folder gone
-            pass
-
-    def __del__(self) -> None:  # a cache dropped without close() still records its counters
-        if hasattr(self, "_pending"):
-            self._flush_quietly()
+        pending: a busy database is tried again at the next flush, a failing disk raises
+        `CacheWriteError`."""
+        self._counters.flush()
 
     def stats(self) -> CacheStats:
         """Entries, bytes, hits, misses, generated, damaged, evictions and engines seen (all processes)."""
         self.flush()
-        counters = {name: int(self._meta.get(name, default=0, retry=True)) for name in _COUNTERS}
+        counters, engines = self._counters.totals()
         entries = len(self._entries)
-        engines = {}
-        for key in self._meta.iterkeys():
-            if isinstance(key, tuple) and key[0] == "engine":
-                engines[key[1]] = self._meta.get(key)
         return CacheStats(
             directory=str(self.directory), entries=entries, bytes=int(self._entries.volume()),
             size_limit=self.size_limit, hits=counters["hits"], misses=counters["misses"],
@@ -418,8 +251,7 @@ class SRCache:
 
     def clear(self) -> int:
         """Remove every entry and reset the counters; returns the number of entries removed."""
-        with self._lock:
-            self._reset_pending()
+        self._counters.discard_pending()
         removed = self._entries.clear(retry=True)
         limit = self._meta.get("size_limit", default=None, retry=True)
         self._meta.clear(retry=True)

@@ -24,6 +24,7 @@ import numpy as np
 
 from sr_augment.augment import AugmentCore
 from sr_augment.engines import DEFAULT_ENGINE
+from sr_augment.images import ImageShapeError
 
 # Keyword arguments that belong to `keras.layers.Layer`; every other extra keyword is an engine setting.
 _LAYER_KWARGS = frozenset({"name", "dtype", "trainable", "autocast", "input_shape", "input_dim", "batch_size",
@@ -121,16 +122,20 @@ class SRAugment(keras.layers.Layer):
         layer_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _LAYER_KWARGS}
         layer_kwargs.setdefault("autocast", False)  # the output keeps the input's dtype
         super().__init__(**layer_kwargs)
-        self.core = AugmentCore(engine, mode=mode, scale=scale, variants=variants, p=p, output_size=output_size,
-                                on_miss=on_miss, cache_dir=cache_dir, seed=seed, steps=steps, device=device,
-                                engine_dtype=engine_dtype, **kwargs)
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.core = AugmentCore(engine=engine, mode=mode, scale=scale, variants=variants, p=p,
+                                output_size=output_size, on_miss=on_miss, cache_dir=cache_dir, seed=seed, steps=steps,
+                                device=device, engine_dtype=engine_dtype, **kwargs)
+        self._rng = np.random.default_rng(self.core.seed)
         self._sr_rng_lock = None
         self.supports_jit = False  # Python per image: no XLA
         self._convert_input_args = False  # keep uint8 as uint8, tf.data tensors as they are
         self._allow_non_tensor_positional_args = True
         self.input_spec = None
+
+    @property
+    def seed(self):
+        """The seed of the layer's RNG (kept once, in `core`, which `get_config` saves)."""
+        return self.core.seed
 
     # -- Keras API -------------------------------------------------------------------------------------
     def call(self, inputs, training=True):
@@ -159,7 +164,7 @@ class SRAugment(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         if len(input_shape) not in (3, 4):
-            raise ValueError(f"SRAugment expects a 3D (HWC) or 4D (NHWC) input, got shape {input_shape}")
+            raise ImageShapeError(f"SRAugment expects a 3D (HWC) or 4D (NHWC) input, got shape {input_shape}")
         return (*input_shape[:-3], *self.core.result_shape(input_shape[-3], input_shape[-2]))
 
     def compute_output_spec(self, inputs, training=True):
@@ -202,12 +207,14 @@ class SRAugment(keras.layers.Layer):
                     self._sr_rng_lock = threading.Lock()
         return self._sr_rng_lock
 
-    def _draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Which images to augment, and the variant of each (tf.data may call from several threads)."""
+    def _draw_params(self, n: int) -> dict:
+        """Which of `n` images to augment, and the variant of each, from the layer's RNG (tf.data may
+        call from several threads): {"augment": [bool], "variant": [int]}, as `AugmentCore.apply_many`
+        takes them."""
         with self._draw_lock():
-            chosen = self._rng.random(n) < self.core.p
-            variants = self._rng.integers(0, self.core.variants, n)
-        return chosen, variants
+            augment = self._rng.random(n) < self.core.p
+            variant = self._rng.integers(0, self.core.variants, n)
+        return {"augment": augment.tolist(), "variant": variant.tolist()}
 
     def _augment_batch(self, batch: np.ndarray) -> np.ndarray:
         """NHWC uint8 or float [0, 255] in, NHWC results of the same dtype out."""
@@ -216,27 +223,23 @@ class SRAugment(keras.layers.Layer):
         shape = self._batch_shape(batch.shape)
         if len(images) == 0:
             return np.zeros(shape, batch.dtype)
-        chosen, variants = self._draw(len(images))
-        results = self._results(images, chosen, variants)
+        results = self.core.apply_many(images, self._draw_params(len(images)))
         for i, result in enumerate(results):
-            if result is None:  # resynthesize, not chosen: the input itself (exact, also for floats)
+            if result is None:  # resynthesize, not augmented: the input itself (exact, also for floats)
                 results[i] = batch[i]
             elif result.shape != shape[1:]:
                 raise ValueError(f"SRAugment: result {i} has shape {result.shape}, expected {shape[1:]}")
         return np.stack(results).astype(batch.dtype, copy=False)
-
-    def _results(self, images: np.ndarray, chosen: np.ndarray, variants: np.ndarray) -> list:
-        return self.core.apply_many(images, chosen, variants)
 
 
 def _check_input(dtype: str, rank, channels, shape) -> None:
     if dtype not in ("uint8", *_FLOAT_DTYPES):
         raise TypeError(f"SRAugment expects uint8 or float (float16/32/64) images, got {dtype}")
     if rank not in (3, 4):
-        raise ValueError(f"SRAugment expects a 3D (height, width, 3) or 4D (batch, height, width, 3) input, got "
+        raise ImageShapeError(f"SRAugment expects a 3D (height, width, 3) or 4D (batch, height, width, 3) input, got "
                          f"shape {shape}" + ("" if rank is not None else " (unknown rank: set the shape)"))
     if channels is not None and channels != 3:
-        raise ValueError(f"SRAugment expects RGB images with 3 channels (channels last), got shape {shape}")
+        raise ImageShapeError(f"SRAugment expects RGB images with 3 channels (channels last), got shape {shape}")
 
 
 def _to_uint8(batch: np.ndarray) -> np.ndarray:

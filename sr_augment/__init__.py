@@ -8,9 +8,9 @@ package imports neither torch nor TensorFlow.
 """
 
 from sr_augment.engines import DEFAULT_ENGINE, Engine, EngineUnavailable, get_engine
-from sr_augment.images import ImageDecodeError, load_image, to_rgb
+from sr_augment.images import ImageDecodeError, ImageShapeError, load_image, to_rgb
 
 __version__ = "0.1.0"
 
-__all__ = ["DEFAULT_ENGINE", "Engine", "EngineUnavailable", "ImageDecodeError", "__version__", "get_engine",
-           "load_image", "to_rgb"]
+__all__ = ["DEFAULT_ENGINE", "Engine", "EngineUnavailable", "ImageDecodeError", "ImageShapeError", "__version__",
+           "get_engine", "load_image", "to_rgb"]

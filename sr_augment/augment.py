@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
-from sr_augment.engines import BicubicEngine, DEFAULT_ENGINE, Engine
+from sr_augment.engines import BicubicEngine, DEFAULT_ENGINE, check_engine_spec
 from sr_augment.images import resize
-from sr_augment.modes import check_mode, engine_input, finish
+from sr_augment.modes import check_mode, engine_input, mode_result
 
 ON_MISS = ("generate", "passthrough", "error")
 _STATE_LOCK = threading.Lock()
@@ -35,6 +35,15 @@ def normalise_output_size(output_size) -> tuple[int, int] | None:
     if len(output_size) != 2 or min(output_size) < 1:
         raise ValueError(f"output_size must be a positive int or (height, width), got {output_size}")
     return output_size
+
+
+def check_params(params: dict, count: int) -> tuple[list[bool], list[int]]:
+    """The per-image draws of an adapter, one dict for the batch (as torchvision's `make_params`
+    returns): {"augment": [bool] * count, "variant": [int] * count}, as two plain lists."""
+    augment, variants = [bool(a) for a in params["augment"]], [int(v) for v in params["variant"]]
+    if len(augment) != count or len(variants) != count:
+        raise ValueError(f"params hold {len(augment)} augment and {len(variants)} variant draws for {count} images")
+    return augment, variants
 
 
 class AugmentCore:
@@ -52,9 +61,7 @@ class AugmentCore:
             raise ValueError(f"p must be in [0, 1], got {p}")
         if int(scale) < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
-        if not isinstance(engine, (str, os.PathLike)) and not isinstance(engine, Engine):
-            raise TypeError(f"engine must be a name, a folder, a hub id or an Engine object, got {type(engine).__name__}")
-        self.engine_spec = engine if isinstance(engine, Engine) else str(engine)
+        self.engine_spec = check_engine_spec(engine)
         self.mode, self.scale, self.variants, self.p = mode, int(scale), int(variants), float(p)
         self.output_size = normalise_output_size(output_size)
         self.on_miss, self.seed = on_miss, seed
@@ -129,23 +136,26 @@ class AugmentCore:
                 )
         return self.resize_output(result)
 
-    def apply_many(self, images, chosen, variants) -> list:
-        """Results for a batch of uint8 HWC RGB images: `chosen[i]` ones get variant `variants[i]`
-        (with on_miss="generate" all their misses go to the engine as ONE batch); the others get the
-        stand-in: the bicubic result in upscale mode (every output has one shape), in resynthesize mode
-        None, meaning "the input itself", or the input resized when `output_size` is set."""
+    def apply_many(self, images, params: dict) -> list:
+        """Results for a batch of uint8 HWC RGB images, as an adapter's `params` decide (see
+        `check_params`): `params["augment"][i]` says whether image i is augmented, and with which
+        cached sample, `params["variant"][i]`. With on_miss="generate" all misses of the batch go to
+        the engine as ONE batch. An image not augmented gets the stand-in: the bicubic result in
+        upscale mode (every output has one shape); in resynthesize mode None, meaning "the input
+        itself", or the input resized when `output_size` is set."""
+        augment, variants = check_params(params, len(images))
         results: list = [None] * len(images)
-        picked = [i for i in range(len(images)) if chosen[i]]
+        picked = [i for i in range(len(images)) if augment[i]]
         if picked and self.on_miss == "generate":
             made = self.cache.get_or_create_many([images[i] for i in picked], self.engine, self.mode,
-                                                 [int(variants[i]) for i in picked])
+                                                 [variants[i] for i in picked])
             for i, result in zip(picked, made):
                 results[i] = self.resize_output(result)
         else:
             for i in picked:
-                results[i] = self.apply(images[i], int(variants[i]))
+                results[i] = self.apply(images[i], variants[i])
         for i in range(len(images)):
-            if not chosen[i]:
+            if not augment[i]:
                 if self.mode == "upscale":
                     results[i] = self.resize_output(self.bicubic(images[i]))
                 elif self.output_size is not None and images[i].shape[:2] != self.output_size:
@@ -155,7 +165,7 @@ class AugmentCore:
     def bicubic(self, image: np.ndarray) -> np.ndarray:
         """The bicubic stand-in for a miss: same mode, same shape as the SR result."""
         lowres = engine_input(image, self.mode, self.scale)
-        return finish(BicubicEngine(self.scale).upscale([lowres], [0])[0], image, self.mode)
+        return mode_result(BicubicEngine(self.scale).upscale([lowres], [0])[0], image, self.mode)
 
     def resize_output(self, result: np.ndarray) -> np.ndarray:
         if self.output_size is None or result.shape[:2] == self.output_size:

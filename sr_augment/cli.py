@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from sr_augment.engines import DEFAULT_ENGINE, EngineUnavailable, get_engine
 
@@ -143,8 +144,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval_sr(args) -> int:
-    from pathlib import Path
-
     from sr_augment.evaluate import eval_sr, summary_markdown, write_report
 
     engine = _build_engine(args, args.batch_size)
@@ -176,7 +175,7 @@ def cmd_experiment(args) -> int:
                                      variants=args.variants, progress=not args.no_progress)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"sr-augment: {exc}") from None
-    from sr_augment.experiment_report import report_markdown
+    from sr_augment.experiment import report_markdown
 
     print(report_markdown(results))
     print(f"wrote {args.out}/results.json, report.md, confusion_*.png, samples.png")
@@ -184,11 +183,7 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from sr_augment.sr4.train import train
-
-    from pathlib import Path
-
-    from sr_augment.sr4.train import CHECKPOINT
+    from sr_augment.sr4.train import CHECKPOINT, train  # torch: imported only for this command
 
     settings = {k: getattr(args, k) for k in ("scale", "steps", "batch_size", "crop", "lr", "checkpoint_every", "seed")}
     try:

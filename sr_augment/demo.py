@@ -8,17 +8,17 @@ the same image from a PNG file.
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from sr_augment.cache import SRCache
-from sr_augment.engines.bicubic import bicubic_resize
-from sr_augment.images import resize
+from sr_augment.grid import comparison_grid
+from sr_augment.images import bicubic_resize, center_crop, resize
+from sr_augment.timing import median_ms
 
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
 LR_SIZE = 64
@@ -31,41 +31,9 @@ def sample_images(lr_size: int = LR_SIZE, scale: int = 4) -> dict[str, np.ndarra
     hr_size = lr_size * scale
     out = {}
     for name in SAMPLES:
-        image = getattr(data, name)()
-        side = min(image.shape[:2])
-        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-        out[name] = resize(np.ascontiguousarray(image[top:top + side, left:left + side, :3]), (hr_size, hr_size))
+        image = getattr(data, name)()[:, :, :3]
+        out[name] = resize(center_crop(image, min(image.shape[:2])), (hr_size, hr_size))
     return out
-
-
-def _label(tile: np.ndarray, text: str) -> np.ndarray:
-    img = Image.fromarray(tile)
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((0, 0, 8 + 7 * len(text), 16), fill=(0, 0, 0))
-    draw.text((4, 3), text, fill=(255, 255, 255))
-    return np.asarray(img)
-
-
-def comparison_grid(rows: list[list[tuple[str, np.ndarray]]], gap: int = 4) -> Image.Image:
-    """Rows of labelled, equally sized tiles on a white background."""
-    height, width = rows[0][0][1].shape[:2]
-    columns = max(len(row) for row in rows)
-    canvas = np.full((len(rows) * (height + gap) + gap, columns * (width + gap) + gap, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, (text, tile) in enumerate(row):
-            y, x = gap + r * (height + gap), gap + c * (width + gap)
-            canvas[y:y + height, x:x + width] = _label(tile, text)
-    return Image.fromarray(canvas)
-
-
-def median_ms(fn, repeats: int) -> float:
-    """Median wall time of `repeats` calls of `fn`, in milliseconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
 
 
 def run_demo(engine, out_dir: str | Path = "sr-augment-demo", variants: int = 2, repeats: int = 5) -> dict:
@@ -94,7 +62,7 @@ def run_demo(engine, out_dir: str | Path = "sr-augment-demo", variants: int = 2,
             stats = cache.stats().as_dict()
     rows = []
     for n in names:
-        row = [("LR (nearest)", np.asarray(Image.fromarray(lr[n]).resize(hr[n].shape[1::-1], Image.NEAREST))),
+        row = [("LR (nearest)", resize(lr[n], hr[n].shape[:2], Image.NEAREST)),
                ("bicubic", bicubic_resize(lr[n], scale))]
         row += [(f"{engine.name} v{v}", sr[n][v]) for v in range(variants)]
         row.append(("original", hr[n]))

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from sr_augment.engines import BicubicEngine
-from sr_augment.images import ImageDecodeError, iter_image_files, load_image
+from sr_augment.images import ImageDecodeError, center_crop, iter_image_files, load_image
 from sr_augment.metrics import gradient_magnitude, psnr_y, ssim_y
-from sr_augment.modes import engine_input, finish
+from sr_augment.modes import engine_input, mode_result
 
 
 SSIM_WINDOW = 11
@@ -65,11 +65,11 @@ def hr_crops(paths, crop: int, crops_per_image: int, scale: int, seed: int = 0) 
             skipped.append(f"{path}: {width}x{height} is too small for x{scale} evaluation (SSIM needs "
                            f"{SSIM_WINDOW} px after shaving {scale} px borders)")
             continue
+        if crops_per_image == 1:
+            crops.append(Crop(str(path), 0, center_crop(image, (side_h, side_w))))
+            continue
         for index in range(crops_per_image):
-            if crops_per_image == 1:
-                top, left = (height - side_h) // 2, (width - side_w) // 2
-            else:
-                top, left = int(rng.integers(0, height - side_h + 1)), int(rng.integers(0, width - side_w + 1))
+            top, left = int(rng.integers(0, height - side_h + 1)), int(rng.integers(0, width - side_w + 1))
             crops.append(Crop(str(path), index, np.ascontiguousarray(image[top:top + side_h, left:left + side_w])))
     return crops, skipped
 
@@ -141,8 +141,8 @@ def eval_sr(paths, engine, cache, *, scale: int = 4, crop: int = 512, crops_per_
             batch = crops[start:start + batch_size]
             outputs = cache.get_or_create_many([c.pixels for c in batch], engine, mode="resynthesize")
             for c, sr in zip(batch, outputs):
-                baseline = finish(bicubic.upscale([engine_input(c.pixels, "resynthesize", scale)], [0])[0],
-                                  c.pixels, "resynthesize")
+                baseline = mode_result(bicubic.upscale([engine_input(c.pixels, "resynthesize", scale)], [0])[0],
+                                       c.pixels, "resynthesize")
                 for label, result in (("bicubic", baseline), (method, sr)):
                     report.rows.append({
                         "image": c.image, "crop": c.index, "method": label, "height": c.pixels.shape[0],

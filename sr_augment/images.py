@@ -33,6 +33,11 @@ class ImageDecodeError(ValueError):
     """An input could not be turned into an RGB image; the message names the input and the reason."""
 
 
+class ImageShapeError(ValueError):
+    """An array or tensor has the wrong layout for an image (rank, channel count): a caller's mistake,
+    not a damaged file, so it is not an `ImageDecodeError`; the message names the input and its shape."""
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file into uint8 HWC RGB, raising `ImageDecodeError` naming the file on failure."""
     path = Path(path)
@@ -74,12 +79,12 @@ def array_to_rgb(arr: np.ndarray, name: str = "array") -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
-        raise ImageDecodeError(f"{name}: expected an HWC or HW image, got shape {arr.shape}")
+        raise ImageShapeError(f"{name}: expected an HWC or HW image, got shape {arr.shape}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageDecodeError(f"{name}: empty image of shape {arr.shape}")
     channels = arr.shape[2]
     if channels not in (1, 3, 4):
-        raise ImageDecodeError(f"{name}: expected 1, 3 or 4 channels (HWC), got {channels} in shape {arr.shape}")
+        raise ImageShapeError(f"{name}: expected 1, 3 or 4 channels (HWC), got {channels} in shape {arr.shape}")
     if arr.dtype == np.uint8:
         out = arr
     elif arr.dtype == np.uint16:
@@ -113,13 +118,33 @@ def to_rgb(image: ImageInput, name: str | None = None) -> np.ndarray:
     raise ImageDecodeError(f"{name or 'input'}: unsupported image type {type(image).__name__}")
 
 
-def resize(image: np.ndarray, size: tuple[int, int], resample: int = Image.BICUBIC) -> np.ndarray:
-    """Resize uint8 HWC RGB to (height, width) with Pillow (antialiased when shrinking)."""
+def resize(image: np.ndarray, size: tuple[int, int], resample: int = Image.BICUBIC, *,
+           copy: bool = False) -> np.ndarray:
+    """Resize uint8 HWC RGB to (height, width) with Pillow (antialiased when shrinking).
+
+    An image that already has that size is returned as it is, unless `copy` (then a new, read-only
+    array, as every resized result is).
+    """
     height, width = size
-    if image.shape[:2] == (height, width):
+    if image.shape[:2] == (height, width) and not copy:
         return image
     out = Image.fromarray(image).resize((width, height), resample=resample)
     return np.asarray(out, dtype=np.uint8)
+
+
+def bicubic_resize(image: np.ndarray, scale: int) -> np.ndarray:
+    """`image` enlarged `scale` times (bicubic): the baseline every SR result is compared with.
+    Always a new array, even for scale 1."""
+    height, width = image.shape[:2]
+    return resize(image, (height * scale, width * scale), copy=True)
+
+
+def center_crop(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """The centred `size` (side, or (height, width)) crop of an HWC image, as a contiguous array.
+    Odd margins leave the extra pixel at the bottom / right."""
+    height, width = (size, size) if isinstance(size, (int, np.integer)) else size
+    top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+    return np.ascontiguousarray(image[top:top + height, left:left + width])
 
 
 def iter_image_files(paths) -> list[Path]:

@@ -29,9 +29,11 @@ def engine_input(image: np.ndarray, mode: str, scale: int) -> np.ndarray:
     return resize(image, (max(1, round(height / scale)), max(1, round(width / scale))))
 
 
-def finish(sr: np.ndarray, image: np.ndarray, mode: str) -> np.ndarray:
-    """The engine's output turned into the mode's result (resynthesize: back to the input's size)."""
+def mode_result(sr: np.ndarray, image: np.ndarray, mode: str) -> np.ndarray:
+    """The engine's output `sr` for input `image` turned into the mode's result (upscale: `sr` itself;
+    resynthesize: `sr` resized to the input's size)."""
     if mode == "resynthesize":
         return resize(sr, image.shape[:2])
     return sr
+
 

@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 from tqdm.auto import tqdm
 
 from sr_augment.cache.disk import CacheWriteError
+from sr_augment.cache.store import EntryRequest
 from sr_augment.images import ImageDecodeError, iter_image_files, load_image
 
 
@@ -88,7 +89,7 @@ def warm(paths: Iterable, engine, cache, *, mode: str = "upscale", variants: int
     start = time.perf_counter()
     files = iter_image_files(paths)
     report = WarmReport(images=len(files))
-    pending: list[tuple[Path, object]] = []
+    pending: list[tuple[Path, EntryRequest]] = []
     pending_keys: set[str] = set()
     failed_paths: set[Path] = set()
     bar = tqdm(total=len(files) * variants, unit="entry", desc=f"warm {engine.name}", disable=not progress,
@@ -100,7 +101,7 @@ def warm(paths: Iterable, engine, cache, *, mode: str = "upscale", variants: int
             report.failures.append({"path": str(path), "error": error})
             report.failed += 1
 
-    def run(batch: Sequence[tuple[Path, object]]) -> None:
+    def run(batch: Sequence[tuple[Path, EntryRequest]]) -> None:
         try:
             cache.generate(engine, [request for _, request in batch], mode)
             report.generated += len(batch)

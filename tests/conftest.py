@@ -30,10 +30,12 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def shared_data(*parts: str) -> Path:
-    """A folder of ../shared/data, or skip the test with the reason."""
+    """A folder of ../shared/data, or skip the test with the reason. The real images (Set5, Set14, T91,
+    BSD200, hymenoptera) are kept beside the project, never copied into it."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real test data not found at {path} (see DESIGN.md section 7)")
+        pytest.skip(f"real test data not found at {path}: these real images live in ../shared/data, beside the "
+                    f"project, not in it")
     return path
 
 

@@ -9,26 +9,8 @@ from PIL import Image
 from sr_augment import get_engine
 from sr_augment.cache import CODECS, SRCache
 from sr_augment.cache.codec import DamagedEntry, decode, encode
-from sr_augment.engines.base import make_fingerprint
 
-
-class CountingEngine:
-    """A stochastic stand-in engine: output depends on the seed, calls are counted."""
-
-    name = "counting"
-
-    def __init__(self, scale=2, tag="a"):
-        self.scale = scale
-        self.fingerprint = make_fingerprint(engine="counting", scale=scale, tag=tag)
-        self.calls = []
-
-    def upscale(self, images, seeds):
-        self.calls.append(len(images))
-        out = []
-        for image, seed in zip(images, seeds):
-            up = np.repeat(np.repeat(image, self.scale, 0), self.scale, 1).astype(np.int64)
-            out.append(((up + seed) % 256).astype(np.uint8))
-        return out
+from fakes import CountingEngine
 
 
 @pytest.fixture
@@ -125,6 +107,20 @@ def test_damaged_entry_is_detected_counted_and_regenerated(cache, rng):
     assert np.array_equal(again, good) and engine.calls == [1, 1]
 
 
+def test_put_stores_a_result_computed_elsewhere_under_its_key(cache, rng):
+    engine = CountingEngine()
+    image = _image(rng)
+    result = _image(rng, 12, 10)
+    key = cache.put(image, engine, result, variant=1)
+    assert key == cache.key(image, engine, variant=1) and key in cache
+    assert np.array_equal(cache.get(image, engine, variant=1), result)
+    assert cache.get(image, engine) is None  # variant 0 is another entry
+    assert engine.calls == [] and cache.stats().generated == 1
+    with pytest.raises(DamagedEntry):  # a 4-channel result does not round-trip as RGB: refused, not stored
+        cache.put(image, engine, _image(rng, 12, 10)[..., [0, 1, 2, 0]], mode="resynthesize")
+    assert cache.key(image, engine, mode="resynthesize") not in cache and len(cache) == 1
+
+
 @pytest.mark.parametrize("damage", [lambda r: r[:-7], lambda r: b"XXXX" + r[4:], lambda r: r[:8] + b"\0" * (len(r) - 8)])
 def test_codec_rejects_damaged_records(rng, damage):
     record = encode(_image(rng))
@@ -208,16 +204,16 @@ def test_a_dropped_cache_is_collected_and_its_counters_are_kept(cache_dir, rng):
 
 
 def test_a_cache_on_a_network_filesystem_warns(cache_dir, monkeypatch, recwarn):
-    from sr_augment.cache import SRCache, store
+    from sr_augment.cache import SRCache, filesystem
 
     mounts = [("/", "ext4"), (str(cache_dir.parent.resolve()), "nfs4"), ("/elsewhere", "nfs")]
-    monkeypatch.setattr(store, "_mount_table", lambda: mounts)
-    assert store.filesystem_type(cache_dir) == "nfs4"
-    with pytest.warns(store.NetworkFilesystemWarning, match="network filesystem .nfs4."):
+    monkeypatch.setattr(filesystem, "_mount_table", lambda: mounts)
+    assert filesystem.filesystem_type(cache_dir) == "nfs4"
+    with pytest.warns(filesystem.NetworkFilesystemWarning, match="network filesystem .nfs4."):
         SRCache(cache_dir).close()
-    monkeypatch.setattr(store, "_mount_table", lambda: [("/", "ext4")])
+    monkeypatch.setattr(filesystem, "_mount_table", lambda: [("/", "ext4")])
     SRCache(cache_dir).close()
-    assert not [w for w in recwarn if issubclass(w.category, store.NetworkFilesystemWarning)]
+    assert not [w for w in recwarn if issubclass(w.category, filesystem.NetworkFilesystemWarning)]
 
 
 def test_forked_children_neither_lose_nor_double_count_counters(cache_dir, rng):

@@ -24,7 +24,7 @@ from PIL import Image
 from faults import SlowEngine, read_log
 from sr_augment.cache import SRCache
 from sr_augment.cache.codec import decode
-from sr_augment.engines.bicubic import bicubic_resize
+from sr_augment.images import bicubic_resize
 
 torch = pytest.importorskip("torch")
 

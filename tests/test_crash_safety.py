@@ -24,7 +24,8 @@ from PIL import Image
 from faults import SlowEngine, read_log
 from sr_augment.cache import SRCache
 from sr_augment.cache.codec import decode
-from sr_augment.engines.bicubic import BicubicEngine, bicubic_resize
+from sr_augment.engines.bicubic import BicubicEngine
+from sr_augment.images import bicubic_resize
 
 TESTS = Path(__file__).resolve().parent
 
@@ -163,7 +164,7 @@ def test_counter_writes_that_fail_never_fail_warm_or_a_read(tmp_path, rng, monke
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(diskcache.Cache, "incr", disk_full)
-    monkeypatch.setattr("sr_augment.cache.store._FLUSH_EVERY", 1)  # flush on every read and write
+    monkeypatch.setattr("sr_augment.cache.counters._FLUSH_EVERY", 1)  # flush on every read and write
     code = main(["warm", str(tmp_path / "data"), "--engine", "bicubic", "--cache-dir", str(tmp_path / "cache"),
                  "--json", "--no-progress"])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -109,7 +109,7 @@ def test_large_inputs_are_tiled_without_seams(rng):
     """
     from PIL import Image
 
-    from sr_augment.engines.bicubic import bicubic_resize
+    from sr_augment.images import bicubic_resize
     from sr_augment.engines.tiling import upscale_tiled
 
     small = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)

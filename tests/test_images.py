@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sr_augment.images import ImageDecodeError, iter_image_files, load_image, to_rgb
+from sr_augment.images import ImageDecodeError, ImageShapeError, iter_image_files, load_image, to_rgb
 
 
 def _save(img: Image.Image, path, **kw):
@@ -55,18 +55,18 @@ def test_arrays_normalise(array, expected):
 
 
 @pytest.mark.parametrize(
-    "array, message",
+    "array, error, message",
     [
-        (np.full((2, 2, 3), np.nan, np.float32), "NaN"),
-        (np.full((2, 2, 3), 1.5, np.float32), r"\[0, 1\]"),
-        (np.zeros((2, 2, 2), np.uint8), "channels"),
-        (np.zeros((1, 2, 2, 3), np.uint8), "shape"),
-        (np.zeros((0, 2, 3), np.uint8), "empty"),
+        (np.full((2, 2, 3), np.nan, np.float32), ImageDecodeError, "NaN"),
+        (np.full((2, 2, 3), 1.5, np.float32), ImageDecodeError, r"\[0, 1\]"),
+        (np.zeros((2, 2, 2), np.uint8), ImageShapeError, "channels"),
+        (np.zeros((1, 2, 2, 3), np.uint8), ImageShapeError, "shape"),
+        (np.zeros((0, 2, 3), np.uint8), ImageDecodeError, "empty"),
     ],
     ids=["nan", "out-of-range", "two-channels", "rank-4", "empty"],
 )
-def test_bad_arrays_raise(array, message):
-    with pytest.raises(ImageDecodeError, match=message):
+def test_bad_arrays_raise(array, error, message):
+    with pytest.raises(error, match=message):
         to_rgb(array, name="sample-7")
 
 

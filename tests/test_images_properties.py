@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis) of the image normaliser: whatever array comes in, the result is
-uint8 HWC RGB of the same height and width, or a clear `ImageDecodeError` that names the input."""
+uint8 HWC RGB of the same height and width, or a clear error (`ImageDecodeError`, `ImageShapeError`)
+that names the input."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sr_augment.images import ImageDecodeError, array_to_rgb, pil_to_rgb
+from sr_augment.images import ImageDecodeError, ImageShapeError, array_to_rgb, pil_to_rgb
 
 sides = st.integers(1, 12)
 dtypes = st.sampled_from([np.uint8, np.uint16, np.bool_, np.float32, np.float64])
@@ -58,7 +59,7 @@ def test_wrong_rank_or_channel_count_is_a_clear_error(height, width, channels, d
     image = np.zeros((height, width) + channels, dtype) if channels != (0,) else np.zeros((height, width, 2, 2), dtype)
     try:
         array_to_rgb(image, "bad.npy")
-    except ImageDecodeError as exc:
+    except ImageShapeError as exc:
         assert "bad.npy" in str(exc)
     else:
         raise AssertionError(f"shape {image.shape} was accepted")

@@ -19,29 +19,11 @@ keras = pytest.importorskip("keras")
 
 from sr_augment.cache import CacheMiss, SRCache  # noqa: E402
 from sr_augment.engines import BicubicEngine  # noqa: E402
-from sr_augment.engines.base import make_fingerprint  # noqa: E402
 from sr_augment.keras_layers import SRAugment  # noqa: E402
 
+from fakes import CountingEngine  # noqa: E402
+
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="needs the TensorFlow backend")
-
-
-class NoisyEngine:
-    """A stochastic pure-numpy stand-in: nearest-neighbour upscale XOR seed-dependent noise; counts calls."""
-
-    name = "noisy"
-
-    def __init__(self, scale=2):
-        self.scale = scale
-        self.fingerprint = make_fingerprint(engine="noisy", scale=scale)
-        self.calls = []
-
-    def upscale(self, images, seeds):
-        self.calls.append(len(images))
-        out = []
-        for image, seed in zip(images, seeds):
-            up = np.repeat(np.repeat(image, self.scale, 0), self.scale, 1)
-            out.append(up ^ np.random.default_rng(seed).integers(1, 256, up.shape, dtype=np.uint8))
-        return out
 
 
 def _images(n=3, h=6, w=5, seed=0):
@@ -121,7 +103,7 @@ def test_tf_data_with_labels_and_unknown_spatial_size(cache_dir):
 
 
 def test_in_an_augmentation_stack_mapped_over_tf_data(cache_dir):
-    """DESIGN.md section 1: Sequential([RandomFlip, SRAugment]) in ds.map with training=True."""
+    """The documented Keras use: Sequential([RandomFlip, SRAugment]) in ds.map with training=True."""
     augment = keras.Sequential([
         keras.layers.RandomFlip("horizontal", seed=0),
         SRAugment(engine="bicubic", mode="resynthesize", p=0.5, variants=2, seed=0, cache_dir=cache_dir),
@@ -156,7 +138,7 @@ def test_training_false_passes_input_through(cache_dir):
 
 
 def test_p_zero_passes_through_and_upscale_gets_bicubic(cache_dir):
-    engine = NoisyEngine()
+    engine = CountingEngine()
     x = np.minimum(_images(3), 254).astype("float32") + 0.25  # non-integer: the passthrough must be exact
     same = SRAugment(engine=engine, mode="resynthesize", scale=2, p=0.0, cache_dir=cache_dir)
     np.testing.assert_array_equal(same(tf.constant(x)).numpy(), x)
@@ -168,7 +150,7 @@ def test_p_zero_passes_through_and_upscale_gets_bicubic(cache_dir):
 
 def test_p_half_augments_about_half(cache_dir):
     images = _images(64, 4, 4)
-    layer = SRAugment(engine=NoisyEngine(), mode="resynthesize", scale=2, p=0.5, seed=0, cache_dir=cache_dir)
+    layer = SRAugment(engine=CountingEngine(), mode="resynthesize", scale=2, p=0.5, seed=0, cache_dir=cache_dir)
     out = layer(tf.constant(images)).numpy()
     unchanged = sum(np.array_equal(o, i) for o, i in zip(out, images))
     assert 16 <= unchanged <= 48
@@ -178,7 +160,7 @@ def test_same_seed_same_variants(cache_dir):
     image = np.repeat(_images(1, 4, 4), 16, axis=0)  # the same picture 16 times: one key, 4 variants
 
     def outputs(seed):
-        layer = SRAugment(engine=NoisyEngine(), mode="upscale", scale=2, variants=4, seed=seed, cache_dir=cache_dir)
+        layer = SRAugment(engine=CountingEngine(), mode="upscale", scale=2, variants=4, seed=seed, cache_dir=cache_dir)
         return np.concatenate([layer(tf.constant(image)).numpy() for _ in range(3)])
 
     first, again, other = outputs(7), outputs(7), outputs(8)
@@ -190,7 +172,7 @@ def test_same_seed_same_variants(cache_dir):
 
 
 def test_generate_sends_a_batch_of_misses_in_one_engine_call(cache_dir):
-    engine = NoisyEngine()
+    engine = CountingEngine()
     layer = SRAugment(engine=engine, scale=2, cache_dir=cache_dir)
     images = tf.constant(_images(4))
     first = layer(images).numpy()
@@ -218,7 +200,7 @@ def test_on_miss_error_names_the_key(cache_dir):
 
 
 def test_on_miss_passthrough_returns_bicubic_and_counts_the_miss(cache_dir):
-    engine = NoisyEngine()
+    engine = CountingEngine()
     images = _images(2)
     layer = SRAugment(engine=engine, scale=2, on_miss="passthrough", cache_dir=cache_dir)
     out = layer(tf.constant(images)).numpy()
@@ -244,7 +226,7 @@ def test_config_round_trip(cache_dir):
     assert pickle.loads(pickle.dumps(layer)).get_config() == config  # Keras pickles through the config
     assert layer.supports_jit is False  # Python per image: a model holding it is never XLA-compiled
     with pytest.raises(TypeError, match="Engine object"):
-        SRAugment(engine=NoisyEngine(), cache_dir=cache_dir).get_config()
+        SRAugment(engine=CountingEngine(), cache_dir=cache_dir).get_config()
 
 
 def test_functional_model_output_spec_keeps_dtype(cache_dir):

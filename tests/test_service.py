@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from faults import read_log
-from sr_augment.engines.bicubic import bicubic_resize
+from sr_augment.images import bicubic_resize
 from sr_augment.service import RemoteEngine, ServiceError
 
 pytest.importorskip("diffusers")
@@ -20,7 +20,7 @@ pytest.importorskip("diffusers")
 
 @pytest.fixture
 def short_linger(monkeypatch):
-    monkeypatch.setattr("sr_augment.service.DEFAULT_LINGER", 1.0)
+    monkeypatch.setattr("sr_augment.service.common.DEFAULT_LINGER", 1.0)  # where RemoteEngine reads it
 
 
 def test_clients_share_one_service_and_concurrent_requests_are_batched(tiny_ldm_dir, tmp_path, short_linger, rng):

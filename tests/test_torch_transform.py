@@ -16,10 +16,10 @@ from torchvision import tv_tensors  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from sr_augment.cache import CacheMiss, SRCache  # noqa: E402
-from sr_augment.engines import BicubicEngine  # noqa: E402
-from sr_augment.engines.bicubic import bicubic_resize  # noqa: E402
-from sr_augment.images import ImageDecodeError  # noqa: E402
+from sr_augment.images import ImageDecodeError, ImageShapeError, bicubic_resize  # noqa: E402
 from sr_augment.torch_transforms import SRAugment  # noqa: E402
+
+from fakes import CountingEngine  # noqa: E402
 
 
 def _hwc(rng, h=6, w=5):
@@ -82,20 +82,8 @@ def test_pickle_round_trip_keeps_settings_and_works(cache_dir, rng):
     assert clone(torch.zeros(3, 8, 8, dtype=torch.uint8)).shape == (3, 16, 16)
 
 
-class SeededEngine:
-    """Stochastic inline engine: nearest upscale plus the seed, so each variant differs."""
-
-    name = "seeded"
-    scale = 2
-    fingerprint = "seeded-test-engine"
-
-    def upscale(self, images, seeds):
-        return [((np.repeat(np.repeat(i, 2, 0), 2, 1).astype(np.int64) + s) % 256).astype(np.uint8)
-                for i, s in zip(images, seeds)]
-
-
 def test_p_and_variant_come_from_torch_rng(cache_dir, rng):
-    t = SRAugment(engine=SeededEngine(), mode="resynthesize", scale=2, variants=4, p=0.5, cache_dir=cache_dir)
+    t = SRAugment(engine=CountingEngine(), mode="resynthesize", scale=2, variants=4, p=0.5, cache_dir=cache_dir)
     batch = torch.from_numpy(np.stack([_hwc(rng, 8, 8) for _ in range(16)])).permute(0, 3, 1, 2)
     torch.manual_seed(7)
     a = t(batch)
@@ -106,16 +94,16 @@ def test_p_and_variant_come_from_torch_rng(cache_dir, rng):
     assert torch.equal(a, b) and not torch.equal(a, c)
     unchanged = [torch.equal(x, y) for x, y in zip(a, batch)]
     assert 0 < sum(unchanged) < 16  # p=0.5: some images kept, some replaced
-    assert SRAugment(engine=SeededEngine(), mode="resynthesize", scale=2, p=0.0, cache_dir=cache_dir)(batch).equal(batch)
+    assert SRAugment(engine=CountingEngine(), mode="resynthesize", scale=2, p=0.0, cache_dir=cache_dir)(batch).equal(batch)
 
 
 def test_on_miss_error_names_the_key_and_passthrough_counts_a_miss(cache_dir, rng):
     pixels = _hwc(rng)
     with pytest.raises(CacheMiss) as info:
-        SRAugment(engine=SeededEngine(), scale=2, on_miss="error", cache_dir=cache_dir)(Image.fromarray(pixels))
+        SRAugment(engine=CountingEngine(), scale=2, on_miss="error", cache_dir=cache_dir)(Image.fromarray(pixels))
     with SRCache(cache_dir) as cache:
-        assert cache.key(pixels, SeededEngine(), "upscale", 0) in str(info.value)
-    t = SRAugment(engine=SeededEngine(), scale=2, on_miss="passthrough", cache_dir=cache_dir)
+        assert cache.key(pixels, CountingEngine(), "upscale", 0) in str(info.value)
+    t = SRAugment(engine=CountingEngine(), scale=2, on_miss="passthrough", cache_dir=cache_dir)
     out = t(Image.fromarray(pixels))
     assert np.array_equal(np.asarray(out), bicubic_resize(pixels, 2))
     stats = t.core.cache.stats()
@@ -123,17 +111,17 @@ def test_on_miss_error_names_the_key_and_passthrough_counts_a_miss(cache_dir, rn
 
 
 @pytest.mark.parametrize(
-    "inpt, message",
+    "inpt, error, message",
     [
-        (torch.zeros(2, 8, 8, dtype=torch.uint8), "channels"),
-        (torch.zeros(1, 1, 3, 8, 8), "shape"),
-        (torch.full((3, 4, 4), 2.0), r"\[0, 1\]"),
-        (torch.full((3, 4, 4), float("nan")), "NaN"),
+        (torch.zeros(2, 8, 8, dtype=torch.uint8), ImageShapeError, "channels"),
+        (torch.zeros(1, 1, 3, 8, 8), ImageShapeError, "shape"),
+        (torch.full((3, 4, 4), 2.0), ImageDecodeError, r"\[0, 1\]"),
+        (torch.full((3, 4, 4), float("nan")), ImageDecodeError, "NaN"),
     ],
     ids=["two-channels", "rank-5", "float-above-1", "nan"],
 )
-def test_bad_tensors_raise_clear_errors(inpt, message, cache_dir):
-    with pytest.raises(ImageDecodeError, match=message):
+def test_bad_tensors_raise_clear_errors(inpt, error, message, cache_dir):
+    with pytest.raises(error, match=message):
         SRAugment(engine="bicubic", cache_dir=cache_dir)(inpt)
 
 

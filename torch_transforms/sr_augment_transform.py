@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from sr_augment.augment import AugmentCore
 from sr_augment.engines import DEFAULT_ENGINE
-from sr_augment.images import ImageDecodeError, array_to_rgb, pil_to_rgb
+from sr_augment.images import ImageShapeError, array_to_rgb, pil_to_rgb
 
 
 class SRAugment(v2.Transform):
@@ -59,17 +59,20 @@ class SRAugment(v2.Transform):
                  p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
                  **engine_params):
         super().__init__()
-        self.core = AugmentCore(engine, mode, scale, variants, p, output_size, on_miss, cache_dir, seed, **engine_params)
+        self.core = AugmentCore(engine=engine, mode=mode, scale=scale, variants=variants, p=p, output_size=output_size,
+                                on_miss=on_miss, cache_dir=cache_dir, seed=seed, **engine_params)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """The draws for one call, one per image (a batch tensor's first dimension, else 1), from
+        torch's RNG: {"augment": [bool], "variant": [int]}, as `AugmentCore.apply_many` takes them."""
         count = 1
         for item in flat_inputs:
             if isinstance(item, torch.Tensor) and item.ndim == 4:
                 count = item.shape[0]
                 break
-        apply = (torch.rand(count) < self.core.p).tolist()
+        augment = (torch.rand(count) < self.core.p).tolist()
         variant = torch.randint(self.core.variants, (count,)).tolist()
-        return {"apply": apply, "variant": variant}
+        return {"augment": augment, "variant": variant}
 
     # torchvision < 0.21 calls the private names
     _get_params = make_params
@@ -84,14 +87,15 @@ class SRAugment(v2.Transform):
         elif inpt.ndim == 4:
             out = self._tensor_images(inpt, params)
         else:
-            raise ImageDecodeError(f"SRAugment: expected a CHW image or an NCHW batch, got a tensor of shape {tuple(inpt.shape)}")
+            raise ImageShapeError(f"SRAugment: expected a CHW image or an NCHW batch, got a tensor of shape "
+                                  f"{tuple(inpt.shape)}")
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
     _transform = transform
 
     def _tensor_images(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         if batch.shape[1] not in (1, 3, 4):
-            raise ImageDecodeError(f"SRAugment: expected 1, 3 or 4 channels (CHW), got shape {tuple(batch.shape[1:])}")
+            raise ImageShapeError(f"SRAugment: expected 1, 3 or 4 channels (CHW), got shape {tuple(batch.shape[1:])}")
         arrays = batch.detach().cpu().permute(0, 2, 3, 1).numpy()
         if batch.is_floating_point():
             arrays = arrays.astype(np.float32)
@@ -102,7 +106,7 @@ class SRAugment(v2.Transform):
         return out.to(batch.device).contiguous()
 
     def _many(self, images: list[np.ndarray], params: dict[str, Any]) -> list[np.ndarray]:
-        results = self.core.apply_many(images, params["apply"], params["variant"])
+        results = self.core.apply_many(images, params)
         return [image if result is None else result for image, result in zip(images, results)]
 
     def extra_repr(self) -> str:

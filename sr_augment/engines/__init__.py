@@ -13,7 +13,7 @@ import inspect
 import re
 from pathlib import Path
 
-from sr_augment.engines.base import Engine, EngineUnavailable, make_fingerprint
+from sr_augment.engines.base import Engine, EngineUnavailable, check_engine_spec, make_fingerprint
 from sr_augment.engines.bicubic import BicubicEngine
 
 DEFAULT_ENGINE = "sr4"
@@ -40,11 +40,9 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
         >>> engine.upscale([np.zeros((8, 8, 3), np.uint8)], seeds=[0])[0].shape
         (16, 16, 3)
     """
-    if not isinstance(spec, str) and not hasattr(spec, "__fspath__"):
-        if isinstance(spec, Engine):
-            return spec
-        raise TypeError(f"engine must be a name, a folder, a hub id or an Engine object, got {type(spec).__name__}")
-    spec = str(spec)
+    spec = check_engine_spec(spec)
+    if not isinstance(spec, str):
+        return spec
     if _CLASS_SPEC.match(spec) and not Path(spec).exists():
         return _engine_from_class(spec, scale=scale, steps=steps, device=device, dtype=dtype, **params)
     if spec == "bicubic":
@@ -85,4 +83,18 @@ def _engine_from_class(spec: str, *, scale: int, steps, device: str, dtype: str,
     return engine
 
 
-__all__ = ["DEFAULT_ENGINE", "BicubicEngine", "Engine", "EngineUnavailable", "get_engine", "make_fingerprint"]
+def weights_stamp(spec: str) -> list:
+    """[relative name, size, mtime_ns] of each model file of a local pipeline folder (or of the built-in
+    model): the files its weights fingerprint hashes, so a changed folder changes the stamp. Empty for
+    hub names and ids. Cheap, and imports no torch: the engine service's clients use it to tell whether
+    a remembered engine identity is still current."""
+    from sr_augment.engines.diffusers_engine import BUILTIN, builtin_weights, pipeline_files
+
+    folder = builtin_weights() if spec == BUILTIN else Path(spec).expanduser()
+    if not folder.is_dir():
+        return []
+    return [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in pipeline_files(folder)]
+
+
+__all__ = ["DEFAULT_ENGINE", "BicubicEngine", "Engine", "EngineUnavailable", "check_engine_spec", "get_engine",
+           "make_fingerprint", "weights_stamp"]

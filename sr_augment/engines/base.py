@@ -45,3 +45,13 @@ def check_batch(images: Sequence[np.ndarray], seeds: Sequence[int]) -> None:
             shape = getattr(image, "shape", None)
             dtype = getattr(image, "dtype", type(image).__name__)
             raise ValueError(f"upscale image {i}: expected uint8 HWC RGB, got {dtype} of shape {shape}")
+
+
+def check_engine_spec(spec) -> Engine | str:
+    """An engine argument as `get_engine` takes it: an `Engine` object (returned unchanged) or a name,
+    folder, hub id or "package.module:Class" (returned as a str); anything else is a TypeError."""
+    if isinstance(spec, str) or hasattr(spec, "__fspath__"):
+        return str(spec)
+    if isinstance(spec, Engine):
+        return spec
+    raise TypeError(f"engine must be a name, a folder, a hub id or an Engine object, got {type(spec).__name__}")

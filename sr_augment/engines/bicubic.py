@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from sr_augment.engines.base import check_batch, make_fingerprint
+from sr_augment.images import bicubic_resize
 
 
 class BicubicEngine:
@@ -27,9 +27,3 @@ class BicubicEngine:
 
     def __repr__(self) -> str:
         return f"BicubicEngine(scale={self.scale})"
-
-
-def bicubic_resize(image: np.ndarray, scale: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    out = Image.fromarray(image).resize((width * scale, height * scale), resample=Image.BICUBIC)
-    return np.asarray(out, dtype=np.uint8)

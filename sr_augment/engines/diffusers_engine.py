@@ -19,8 +19,10 @@ from PIL import Image
 
 from sr_augment.engines.backoff import BatchBackoff
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
-from sr_augment.engines.device import resolve_device, resolve_dtype
 from sr_augment.engines.tiling import upscale_tiled
+from sr_augment.images import resize
+from sr_augment.sampling import eta_step_kwargs
+from sr_augment.torch_device import resolve_device, resolve_dtype
 
 HUB_ALIASES = {
     "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
@@ -256,7 +258,8 @@ class DiffusersEngine:
                                 overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size,
                                 min_side=self.min_side)
         if self.scale != self.native_scale:
-            results = [_resize_to(out, image, self.scale) for out, image in zip(results, images)]
+            results = [resize(out, (image.shape[0] * self.scale, image.shape[1] * self.scale))
+                       for out, image in zip(results, images)]
         return results
 
     # -- pipeline calls ----------------------------------------------------------------------------------
@@ -317,11 +320,8 @@ class DiffusersEngine:
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(torch.cat([latents, image], dim=1), t)
             noise_pred = pipe.unet(model_input, t).sample
-            kwargs = {}
-            if "eta" in step_params:
-                kwargs["eta"] = self.eta
-                if self.eta > 0 and "variance_noise" in step_params:
-                    kwargs["variance_noise"] = randn_tensor(latents.shape, generator=generators, device=pipe.device, dtype=dtype)
+            kwargs = (eta_step_kwargs(step_params, self.eta, generators, latents.shape, pipe.device, dtype)
+                      if "eta" in step_params else {})
             latents = scheduler.step(noise_pred, t, latents, **kwargs).prev_sample
         decoded = pipe.vqvae.decode(latents).sample
         return ((torch.clamp(decoded, -1.0, 1.0) + 1.0) / 2.0).float().permute(0, 2, 3, 1).cpu().numpy()
@@ -332,12 +332,4 @@ def _dtype_keyword() -> str:
     from diffusers.utils import deprecation_utils
 
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-
-
-def _resize_to(out: np.ndarray, image: np.ndarray, scale: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    if out.shape[:2] == (height * scale, width * scale):
-        return out
-    resized = Image.fromarray(out).resize((width * scale, height * scale), resample=Image.BICUBIC)
-    return np.asarray(resized, dtype=np.uint8)
 

@@ -19,6 +19,7 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from sr_augment.sampling import eta_step_kwargs
 from sr_augment.sr4.ops import condition, unet_to_residual, upsample
 
 DEFAULT_STEPS = 10
@@ -128,13 +129,10 @@ class SR4Pipeline(DiffusionPipeline):
         for t in self.progress_bar(timesteps):
             model_input = self.scheduler.scale_model_input(sample, t)
             prediction = self.unet(torch.cat([model_input, cond], dim=1), t).sample
-            kwargs = {}
             if "eta" in step_params:  # DDIM: eta noise drawn from each image's own generator
-                kwargs["eta"] = eta
-                if eta > 0:
-                    kwargs["variance_noise"] = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
-            elif "generator" in step_params:
-                kwargs["generator"] = generator
+                kwargs = eta_step_kwargs(step_params, eta, generator, shape, self.device, dtype)
+            else:
+                kwargs = {"generator": generator} if "generator" in step_params else {}
             sample = self.scheduler.step(prediction, t, sample, **kwargs).prev_sample
         result = (up + unet_to_residual(sample.float(), scale, residual_scale)).clamp(0.0, 1.0)
         if output_type == "np":

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from sr_augment.demo import comparison_grid
-from sr_augment.images import ImageDecodeError, iter_image_files, load_image
+from sr_augment.grid import comparison_grid
+from sr_augment.images import ImageDecodeError, center_crop, iter_image_files, load_image
 from sr_augment.metrics import psnr_y
 from sr_augment.sr4.ops import condition, degrade, residual_to_unet, upsample
 from sr_augment.sr4.pipeline import SR4Pipeline, build_scheduler, build_unet
+from sr_augment.torch_device import resolve_device
 
 CHECKPOINT = "checkpoint/state.pt"
 
@@ -117,11 +117,9 @@ def random_crops(photos: list[np.ndarray], batch: int, crop: int, rng: np.random
 
 
 def center_crops(photos: list[np.ndarray], crop: int) -> torch.Tensor:
-    out = []
-    for photo in photos:
-        top, left = (photo.shape[0] - crop) // 2, (photo.shape[1] - crop) // 2
-        out.append(photo[top:top + crop, left:left + crop])
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255.0
+    """The centre `crop` square of each photo, float (B, 3, crop, crop) in [0, 1]."""
+    batch = np.stack([center_crop(photo, crop) for photo in photos])
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
 
 
 def measure_residual_scale(photos, config: TrainConfig) -> float:
@@ -148,8 +146,6 @@ class Trainer:
     def __init__(self, out, config: TrainConfig, *, state: dict | None = None, device: str = "auto",
                  progress: bool = True, log=print):
         from diffusers.training_utils import EMAModel
-
-        from sr_augment.engines.device import resolve_device
 
         self.out, self.config = Path(out), config
         self.log, self.progress = log, progress

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def build_cnn(num_classes: int, input_size: int, augment: dict | None):
-    """The same architecture as `experiment_torch.build_cnn`, with the augmentation stack in front."""
+    """The same architecture as `torch_cnn.build_cnn`, with the augmentation stack in front."""
     import keras
 
     from sr_augment.keras_layers import SRAugment

@@ -1,4 +1,8 @@
-"""Pick the torch device and dtype: `auto` means cuda, then mps, then cpu; fp16/bf16 on GPU, fp32 on CPU."""
+"""Pick the torch device and dtype: `auto` means cuda, then mps, then cpu; fp16/bf16 on GPU, fp32 on CPU.
+
+Its own module because both the engines (inference) and sr4 training need it: living here, neither
+package has to import the other for it. torch is imported only when a function runs.
+"""
 
 from __future__ import annotations
 

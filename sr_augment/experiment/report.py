@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sr_augment.demo import comparison_grid
+from sr_augment.grid import comparison_grid
 from sr_augment.images import resize
 
 

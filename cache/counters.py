@@ -1,0 +1,184 @@
+"""Hit/miss/generated/damaged counters shared by every process that uses one cache folder.
+
+Why a module of its own: counting must cost a read nothing and must survive processes that end in
+every way a training job ends them. So counts are kept in memory and added to a small persistent
+store (a diskcache folder, "meta") every `_FLUSH_EVERY` events or `_FLUSH_SECONDS`, on `flush()`,
+when the cache is dropped and at process exit; a hit never waits on SQLite for bookkeeping.
+
+Process exit and fork are the subtle part:
+- the main process flushes through `atexit`; a multiprocessing child (a DataLoader worker) leaves
+  through `os._exit`, which skips atexit, so a multiprocessing `Finalize` flushes there instead. A
+  forked child starts with multiprocessing's finalizers cleared, so the Finalize is registered in each
+  process that opens a cache (`_register_exit_flush`), not once at import;
+- a forked child inherits its parent's unflushed counts (the parent writes them) and its lock (maybe
+  held by a parent thread): the child drops the one and renews the other, so nothing is lost or counted
+  twice.
+Open counters are held weakly (`_LIVE`), so the exit hooks never keep a dropped cache alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing.util
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import diskcache
+
+from sr_augment.cache.disk import write_error
+
+META_TIMEOUT = 5.0
+"""Seconds a counter write waits for the database lock before it is left for the next flush: the
+periodic flush runs on the read path, which must never wait long for bookkeeping."""
+_FLUSH_EVERY = 256
+"""Counted events after which the pending counts are written."""
+_FLUSH_SECONDS = 2.0
+"""Seconds after which the pending counts are written at the next event."""
+COUNTERS = ("hits", "misses", "generated", "damaged", "inserted", "removed")
+
+
+class Counters:
+    """This process's pending counts for one cache folder, and the persistent totals in `meta`.
+
+    Args:
+        meta: the folder's small settings-and-counters store (opened with `timeout=META_TIMEOUT`).
+        directory: the cache folder, named in a `CacheWriteError`.
+    """
+
+    def __init__(self, meta: diskcache.Cache, directory: Path):
+        self._meta = meta
+        self._directory = directory
+        self._reset_pending()
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+        _LIVE.add(self)  # flushed at process exit (module level); held weakly, so it can be collected
+        _register_exit_flush()
+
+    def count(self, name: str) -> None:
+        """Count one event (one of `COUNTERS`); writes the pending counts when a flush is due."""
+        with self._lock:
+            self._pending[name] += 1
+            self._events += 1
+            due = self._events >= _FLUSH_EVERY or time.monotonic() - self._last_flush > _FLUSH_SECONDS
+        if due:
+            self.flush_quietly()  # a counter write that fails (full disk) must never fail a read
+
+    def count_generated(self, engine) -> None:
+        """Count one generated result, also per engine (by fingerprint, with its name)."""
+        self.count("generated")
+        with self._lock:
+            entry = self._pending_engines.setdefault(engine.fingerprint, [getattr(engine, "name", "?"), 0])
+            entry[1] += 1
+
+    def flush(self) -> None:
+        """Add this process's pending counters to the persistent ones. What cannot be written stays
+        pending: a busy database (lock held past `META_TIMEOUT`) is tried again at the next flush, a
+        failing disk raises `CacheWriteError`."""
+        with self._lock:
+            pending, engines = self._pending, self._pending_engines
+            self._reset_pending()
+            self._last_flush = time.monotonic()
+        try:
+            for name in list(pending):
+                if pending[name]:
+                    self._meta.incr(name, pending[name])
+                pending[name] = 0
+            for fingerprint in list(engines):
+                name, count = engines[fingerprint]
+                with self._meta.transact():
+                    seen = self._meta.get(("engine", fingerprint), default={"name": name, "generated": 0})
+                    seen["generated"] += count
+                    self._meta.set(("engine", fingerprint), seen)
+                del engines[fingerprint]
+        except diskcache.Timeout:
+            self._restore_pending(pending, engines)
+        except (OSError, sqlite3.Error) as exc:
+            self._restore_pending(pending, engines)
+            raise write_error(self._directory, exc) from exc
+
+    def flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # at exit the cache may already be closed or its folder gone
+            pass
+
+    def totals(self) -> tuple[dict[str, int], dict[str, dict]]:
+        """The persistent counts (all processes, as last flushed): ({counter: n}, {fingerprint: {"name",
+        "generated"}})."""
+        counts = {name: int(self._meta.get(name, default=0, retry=True)) for name in COUNTERS}
+        engines = {}
+        for key in self._meta.iterkeys():
+            if isinstance(key, tuple) and key[0] == "engine":
+                engines[key[1]] = self._meta.get(key)
+        return counts, engines
+
+    def discard_pending(self) -> None:
+        """Forget the counts not written yet (the persistent ones are being cleared)."""
+        with self._lock:
+            self._reset_pending()
+
+    def after_fork_in_child(self) -> None:
+        """A forked child starts with a copy of its parent's unflushed counters (the parent will
+        write them) and of its lock (maybe held by a parent thread): drop the one, renew the other."""
+        self._lock = threading.Lock()
+        self._reset_pending()
+
+    def _restore_pending(self, pending: dict, engines: dict) -> None:
+        with self._lock:
+            for name, value in pending.items():
+                self._pending[name] += value
+            for fingerprint, (name, count) in engines.items():
+                self._pending_engines.setdefault(fingerprint, [name, 0])[1] += count
+
+    def _reset_pending(self) -> None:
+        self._pending = dict.fromkeys(COUNTERS, 0)
+        self._pending_engines: dict[str, list] = {}
+        self._events = 0
+
+    def __del__(self) -> None:  # a cache dropped without close() still records its counters
+        if hasattr(self, "_pending"):
+            self.flush_quietly()
+
+
+_LIVE: "weakref.WeakSet[Counters]" = weakref.WeakSet()
+"""Open counters of this process, held weakly: flushed at exit without being kept alive by it."""
+
+
+def _flush_all() -> None:
+    for counters in list(_LIVE):
+        counters.flush_quietly()
+
+
+atexit.register(_flush_all)
+_EXIT_FLUSH_PID: int | None = None
+"""The process that has registered its multiprocessing `Finalize` (None: none has, in this process)."""
+
+
+def _register_exit_flush() -> None:
+    global _EXIT_FLUSH_PID
+    if _EXIT_FLUSH_PID != os.getpid():
+        _EXIT_FLUSH_PID = os.getpid()
+        multiprocessing.util.Finalize(None, _flush_all, exitpriority=10)
+
+
+def _after_fork_in_child() -> None:
+    """Runs in every forked child (multiprocessing or not), before any of its own code."""
+    global _EXIT_FLUSH_PID
+    _EXIT_FLUSH_PID = None
+    for counters in list(_LIVE):
+        counters.after_fork_in_child()
+
+
+def _after_multiprocessing_fork(live) -> None:
+    """Runs in a multiprocessing child after it has cleared the finalizers it inherited."""
+    if live:
+        _register_exit_flush()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+multiprocessing.util.register_after_fork(_LIVE, _after_multiprocessing_fork)  # held weakly: _LIVE lives on
