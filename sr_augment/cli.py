@@ -1,4 +1,4 @@
-"""The `sr-augment` command line: warm, info, clear, eval-sr, experiment, train, demo."""
+"""The `sr-augment` command line: warm, info, clear, engines, eval-sr, experiment, train, demo."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _engine_params(pairs: list[str]) -> dict:
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--engine", default=DEFAULT_ENGINE,
-                       help="bicubic, sd-x4-upscaler, ldm-4x, a hub id or a local diffusers folder (default: %(default)s)")
+                       help="sr4, bicubic, sd-x4-upscaler, ldm-4x, a hub id (owner/name), a local diffusers folder, "
+                            "or package.module:Class (your own Engine); `sr-augment engines` lists them (default: %(default)s)")
     group.add_argument("--scale", type=int, default=4, help="upscaling factor (default: %(default)s)")
     group.add_argument("--steps", type=int, default=None, help="denoising steps (default: the engine's)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
@@ -132,6 +133,14 @@ def cmd_clear(args) -> int:
     return 0
 
 
+def cmd_engines(args) -> int:
+    from sr_augment.engines.catalog import builtin_engines, format_table
+
+    entries = builtin_engines()
+    print(json.dumps([e.as_dict() for e in entries]) if args.json else format_table(entries))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from sr_augment.demo import run_demo
 
@@ -201,13 +210,18 @@ def cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sr_augment import __version__
+
     parser = argparse.ArgumentParser(prog="sr-augment", description="Diffusion super-resolution as a data augmentation.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("warm", help="generate and cache SR images for folders/files ahead of training")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     _add_engine_options(p)
-    p.add_argument("--mode", choices=["upscale", "resynthesize"], default="upscale")
+    p.add_argument("--mode", choices=["upscale", "resynthesize"], default="upscale",
+                   help="upscale: the files are LR, results are --scale x larger; resynthesize: down by --scale, "
+                        "SR back to the same size (what SRAugment(mode='resynthesize') looks up) (default: %(default)s)")
     p.add_argument("--variants", type=int, default=1, help="stochastic samples per image (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per engine call (default: %(default)s)")
     _add_cache_options(p)
@@ -218,13 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="cache entries, size, hit/miss counters, engines seen")
     _add_cache_options(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("clear", help="delete every cached entry and reset the counters")
     _add_cache_options(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_clear)
+
+    p = sub.add_parser("engines", help="the named engines, what each needs, and which can run here (nothing is loaded)")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=cmd_engines)
 
     p = sub.add_parser("eval-sr", help="SR quality against HR: Y-channel PSNR/SSIM per image and mean, bicubic as baseline")
     p.add_argument("hr", nargs="+", metavar="HR_DIR", help="folders or files of HR images")
@@ -242,10 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(p)
     p.add_argument("--lr-factor", type=int, default=None, help="LR = HR downscaled by this; the engine upscales by it too (default: --scale)")
     p.add_argument("--seeds", type=int, default=3, help="training runs per arm (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=15, help="(default: %(default)s)")
-    p.add_argument("--framework", choices=["torch", "keras"], default="torch")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs per run (default: %(default)s)")
+    p.add_argument("--framework", choices=["torch", "keras"], default="torch",
+                   help="which framework trains the CNN: the torchvision or the Keras SRAugment (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=128, help="square input side of the CNN (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size (default: %(default)s)")
     p.add_argument("--variants", type=int, default=2, help="SRAugment variants per image in the HR+SRAugment arm (default: %(default)s)")
     p.add_argument("--out", default="sr-augment-experiment", help="report folder (default: %(default)s)")
     _add_cache_options(p)
@@ -262,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=None, help="HR crop side in pixels (default: 128)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-4)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints and sample grids (default: 500)")
-    p.add_argument("--seed", type=int, default=None, help="(default: 0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed of crops, noise and initial weights (default: 0)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint; options not given keep the run's values")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
@@ -271,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline: SR on sample images, a comparison grid PNG and hit/miss timings")
     _add_engine_options(p)
-    p.add_argument("--variants", type=int, default=2)
+    p.add_argument("--variants", type=int, default=2, help="SR samples per image shown in the grid (default: %(default)s)")
     p.add_argument("--out", default="sr-augment-demo", help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -19,15 +19,12 @@ from PIL import Image
 
 from sr_augment.engines.backoff import BatchBackoff
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
+from sr_augment.engines.catalog import HUB_ALIASES
 from sr_augment.engines.tiling import upscale_tiled
 from sr_augment.images import resize
 from sr_augment.sampling import eta_step_kwargs
 from sr_augment.torch_device import resolve_device, resolve_dtype
 
-HUB_ALIASES = {
-    "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
-    "ldm-4x": "CompVis/ldm-super-resolution-4x-openimages",
-}
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
