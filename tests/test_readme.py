@@ -39,3 +39,18 @@ def test_every_test_the_guarantees_section_cites_exists():
     for path, name in cited:
         source = (README.parent / path).read_text()
         assert not name or re.search(rf"^def {name}\(", source, re.M), f"{path}::{name} is cited but does not exist"
+
+
+def test_every_readme_pipeline_puts_sraugment_before_random_transforms():
+    """The placement rule: anything random before SRAugment makes new pixels each call (permanent misses)."""
+    text = README.read_text()
+    pipelines = re.findall(r"(?:Compose|Sequential)\(\[(.*?)\]\)", text, re.S)
+    pipelines += [line for line in text.splitlines() if "->" in line and "SRAugment" in line]
+    checked = 0
+    for pipeline in pipelines:
+        if "SRAugment" not in pipeline:
+            continue
+        checked += 1
+        before = pipeline[:pipeline.index("SRAugment")]
+        assert "Random" not in before, f"a random transform comes before SRAugment in:\n{pipeline}"
+    assert checked >= 3
