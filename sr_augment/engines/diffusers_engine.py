@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -134,6 +135,25 @@ def resolve_weights(spec: str, revision: str | None = None) -> tuple[Path, str]:
     return folder, f"{repo}@{folder.name}"
 
 
+class _ComponentConfigs:
+    """The JSON configs of a saved pipeline (model_index.json and each component's config.json): what
+    the engine's settings and fingerprint need, read without loading any weights."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.pipeline = self._read(folder / "model_index.json")
+
+    def component(self, name: str, filename: str = "config.json") -> dict:
+        return self._read(self.folder / name / filename)
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise EngineUnavailable(f"{path}: cannot read the pipeline's config ({type(exc).__name__}: {exc})") from None
+
+
 class DiffusersEngine:
     """A diffusers SR pipeline as an `Engine`: batched, tiled, seeded per image.
 
@@ -163,8 +183,6 @@ class DiffusersEngine:
                  scheduler: str | None = "default", eta: float = 0.0, prompt: str = "",
                  negative_prompt: str | None = None, guidance_scale: float = 1.0, noise_level: int = 20,
                  strength: float | None = None, revision: str | None = None):
-        import torch
-
         folder, weights = resolve_weights(str(spec), revision)
         class_name = json.loads((folder / "model_index.json").read_text())["_class_name"]
         defaults = _DEFAULTS.get(class_name, _GENERIC_DEFAULTS)
@@ -182,45 +200,28 @@ class DiffusersEngine:
         if batch_size < 1 or tile < 8 or not 0 <= overlap < tile:
             raise ValueError(f"need batch_size >= 1, tile >= 8 and 0 <= overlap < tile; got {batch_size}, {tile}, {overlap}")
 
-        from diffusers import DiffusionPipeline
-
-        dtype_kw = {_dtype_keyword(): getattr(torch, self.dtype)}
-        extra = {}
-        if class_name == _SD_CLASS:
-            extra = {"safety_checker": None, "watermarker": None, "feature_extractor": None}
-            if self.dtype != "float32":  # the x4 upscaler's VAE overflows in fp16: load it in fp32
-                from diffusers import AutoencoderKL
-
-                extra["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", **{_dtype_keyword(): torch.float32})
-        pipeline_cls = DiffusionPipeline
-        if class_name == _SR4_CLASS:
-            from sr_augment.sr4.pipeline import SR4Pipeline as pipeline_cls
-        self.pipe = pipeline_cls.from_pretrained(folder, **dtype_kw, **extra)
-        if scheduler is not None:
-            import diffusers
-
-            scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
-            self.pipe.scheduler = scheduler_cls.from_config(self.pipe.scheduler.config)
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
-
+        self._folder, self._scheduler_choice = folder, scheduler
+        self._pipe = None
+        self._load_lock = threading.Lock()
+        config = _ComponentConfigs(folder)
         self.class_name = class_name
-        self.native_scale = self._native_scale(scale)
+        self.native_scale = self._native_scale(scale, config)
         self.scale = int(scale) if scale is not None else self.native_scale
-        unet_blocks = len(self.pipe.unet.config.block_out_channels)
+        unet_blocks = len(config.component("unet")["block_out_channels"])
         self.multiple = max(8, 2 ** (unet_blocks - 1))
         # sr4 sees its training crop size at least: on much smaller inputs its deepest, attention level
         # would work on 1-2 px maps it never saw, and the output degrades badly (measured: a flat 8x8
         # image came back with values from 3 to 170).
-        self.min_side = int(self.pipe.unet.config.sample_size) if class_name == _SR4_CLASS else 0
+        self.min_side = int(config.component("unet")["sample_size"]) if class_name == _SR4_CLASS else 0
         self.batch_size, self.tile, self.overlap = int(batch_size), int(tile), int(overlap)
         self._backoff = BatchBackoff(self.batch_size)  # shrinks on out-of-memory and stays shrunk
         self.eta, self.prompt, self.negative_prompt = float(eta), prompt, negative_prompt
         self.guidance_scale, self.noise_level = float(guidance_scale), int(noise_level)
-        if class_name == _SD_CLASS and not 0 <= self.noise_level <= self.pipe.config.max_noise_level:
-            raise ValueError(f"noise_level must be in [0, {self.pipe.config.max_noise_level}], got {noise_level}")
+        if class_name == _SD_CLASS and not 0 <= self.noise_level <= config.pipeline.get("max_noise_level", 350):
+            raise ValueError(f"noise_level must be in [0, {config.pipeline.get('max_noise_level', 350)}], got {noise_level}")
         self.name = str(spec) if str(spec) in HUB_ALIASES or str(spec) == BUILTIN else Path(str(spec)).name or str(spec)
-        sampler = {"steps": self.steps, "scheduler": type(self.pipe.scheduler).__name__, "eta": self.eta}
+        scheduler_class = SCHEDULERS[scheduler] if scheduler is not None else config.pipeline["scheduler"][1]
+        sampler = {"steps": self.steps, "scheduler": scheduler_class, "eta": self.eta}
         if class_name == _SD_CLASS:
             sampler.update(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=self.guidance_scale,
                            noise_level=self.noise_level)
@@ -236,14 +237,51 @@ class DiffusersEngine:
             native_scale=self.native_scale, tile=self.tile, overlap=self.overlap, **sampler,
         )
 
-    def _native_scale(self, requested: int | None) -> int:
+    def _native_scale(self, requested: int | None, config: "_ComponentConfigs") -> int:
         if self.class_name == _SD_CLASS:
-            return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+            return 2 ** (len(config.component("vae")["block_out_channels"]) - 1)
         if self.class_name == _LDM_CLASS:
-            return 2 ** (len(self.pipe.vqvae.config.block_out_channels) - 1)
+            return 2 ** (len(config.component("vqvae")["block_out_channels"]) - 1)
         if self.class_name == _SR4_CLASS:
-            return int(self.pipe.config.scale)
+            return int(config.pipeline["scale"])
         return int(requested or 4)
+
+    # -- the pipeline, loaded on first use -----------------------------------------------------------------
+    @property
+    def pipe(self):
+        """The diffusers pipeline, loaded on first use: everything the fingerprint names comes from the
+        pipeline's JSON configs, so a warm cache (every request a hit) never loads the model."""
+        with self._load_lock:
+            if self._pipe is None:
+                self._pipe = self._load_pipeline()
+            return self._pipe
+
+    def _load_pipeline(self):
+        import torch
+        from diffusers import DiffusionPipeline
+
+        folder, scheduler, class_name = self._folder, self._scheduler_choice, self.class_name
+        dtype_kw = {_dtype_keyword(): getattr(torch, self.dtype)}
+        extra = {}
+        if class_name == _SD_CLASS:
+            extra = {"safety_checker": None, "watermarker": None, "feature_extractor": None}
+            if self.dtype != "float32":  # the x4 upscaler's VAE overflows in fp16: load it in fp32
+                from diffusers import AutoencoderKL
+
+                extra["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", **{_dtype_keyword(): torch.float32})
+        pipeline_cls = DiffusionPipeline
+        if class_name == _SR4_CLASS:
+            from sr_augment.sr4.pipeline import SR4Pipeline as pipeline_cls
+        pipe = pipeline_cls.from_pretrained(folder, **dtype_kw, **extra)
+        if scheduler is not None:
+            import diffusers
+
+            scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
+            pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+
+        return pipe
 
     def __repr__(self) -> str:
         return f"DiffusersEngine({self.name!r}, {self.class_name}, scale={self.scale}, steps={self.steps}, device={self.device!r}, dtype={self.dtype!r})"
