@@ -2,8 +2,9 @@
 
 Why a module of its own: counting must cost a read nothing and must survive processes that end in
 every way a training job ends them. So counts are kept in memory and added to a small persistent
-store (a diskcache folder, "meta") every `_FLUSH_EVERY` events or `_FLUSH_SECONDS`, on `flush()`,
-when the cache is dropped and at process exit; a hit never waits on SQLite for bookkeeping.
+store (a diskcache folder, "meta": plain ints and JSON text, never a pickle, read back through
+`rows.read_meta`) every `_FLUSH_EVERY` events or `_FLUSH_SECONDS`, on `flush()`,
+when the cache is dropped and at process exit; a hit never waits on SQLite for bookkeeping. A read-only cache keeps its counts in memory only.
 
 Process exit and fork are the subtle part:
 - the main process flushes through `atexit`; a multiprocessing child (a DataLoader worker) leaves
@@ -19,6 +20,7 @@ Open counters are held weakly (`_LIVE`), so the exit hooks never keep a dropped 
 from __future__ import annotations
 
 import atexit
+import json
 import multiprocessing.util
 import os
 import sqlite3
@@ -26,10 +28,12 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Callable
 
 import diskcache
 
-from sr_augment.cache.disk import write_error
+from sr_augment.cache.disk import CacheWriteError, write_error
+from sr_augment.cache.rows import UntrustedRow, read_meta
 
 META_TIMEOUT = 5.0
 """Seconds a counter write waits for the database lock before it is left for the next flush: the
@@ -45,12 +49,13 @@ class Counters:
     """This process's pending counts for one cache folder, and the persistent totals in `meta`.
 
     Args:
-        meta: the folder's small settings-and-counters store (opened with `timeout=META_TIMEOUT`).
-        directory: the cache folder, named in a `CacheWriteError`.
+        directory: the cache folder (its `meta` folder holds the totals; named in a `CacheWriteError`).
+        open_meta: opens the small settings-and-counters store for writing (with `timeout=META_TIMEOUT`),
+            on the first flush; None for a read-only cache, whose counts stay in memory.
     """
 
-    def __init__(self, meta: diskcache.Cache, directory: Path):
-        self._meta = meta
+    def __init__(self, directory: Path, open_meta: Callable[[], diskcache.Cache] | None):
+        self._open_meta = open_meta
         self._directory = directory
         self._reset_pending()
         self._last_flush = time.monotonic()
@@ -78,24 +83,32 @@ class Counters:
         """Add this process's pending counters to the persistent ones. What cannot be written stays
         pending: a busy database (lock held past `META_TIMEOUT`) is tried again at the next flush, a
         failing disk raises `CacheWriteError`."""
+        if self._open_meta is None:  # read-only: the counts live in memory
+            return
         with self._lock:
             pending, engines = self._pending, self._pending_engines
             self._reset_pending()
             self._last_flush = time.monotonic()
+        if not any(pending.values()) and not engines:
+            return  # nothing to write: open nothing (a dropped cache must not reopen its writer)
         try:
+            meta = self._open_meta()
             for name in list(pending):
                 if pending[name]:
-                    self._meta.incr(name, pending[name])
+                    _increment(meta, name, pending[name])
                 pending[name] = 0
             for fingerprint in list(engines):
                 name, count = engines[fingerprint]
-                with self._meta.transact():
-                    seen = self._meta.get(("engine", fingerprint), default={"name": name, "generated": 0})
+                with meta.transact():
+                    seen = _engine_record(_text(meta, f"engine:{fingerprint}"), name)
                     seen["generated"] += count
-                    self._meta.set(("engine", fingerprint), seen)
+                    meta.set(f"engine:{fingerprint}", json.dumps(seen))
                 del engines[fingerprint]
         except diskcache.Timeout:
             self._restore_pending(pending, engines)
+        except CacheWriteError:
+            self._restore_pending(pending, engines)
+            raise
         except (OSError, sqlite3.Error) as exc:
             self._restore_pending(pending, engines)
             raise write_error(self._directory, exc) from exc
@@ -107,13 +120,16 @@ class Counters:
             pass
 
     def totals(self) -> tuple[dict[str, int], dict[str, dict]]:
-        """The persistent counts (all processes, as last flushed): ({counter: n}, {fingerprint: {"name",
-        "generated"}})."""
-        counts = {name: int(self._meta.get(name, default=0, retry=True)) for name in COUNTERS}
-        engines = {}
-        for key in self._meta.iterkeys():
-            if isinstance(key, tuple) and key[0] == "engine":
-                engines[key[1]] = self._meta.get(key)
+        """The persistent counts (all processes, as last flushed) plus this process's pending ones:
+        ({counter: n}, {fingerprint: {"name", "generated"}}). Read as plain SQL rows, never unpickled."""
+        stored = read_meta(self._directory / "meta", True if self._open_meta is None else None)
+        with self._lock:
+            counts = {name: _int(stored.get(name)) + self._pending[name] for name in COUNTERS}
+            pending_engines = {fp: list(entry) for fp, entry in self._pending_engines.items()}
+        engines = {key[len("engine:"):]: _engine_record(value, "?") for key, value in stored.items()
+                   if key.startswith("engine:")}
+        for fingerprint, (name, count) in pending_engines.items():
+            engines.setdefault(fingerprint, {"name": name, "generated": 0})["generated"] += count
         return counts, engines
 
     def discard_pending(self) -> None:
@@ -142,6 +158,35 @@ class Counters:
     def __del__(self) -> None:  # a cache dropped without close() still records its counters
         if hasattr(self, "_pending"):
             self.flush_quietly()
+
+
+def _increment(meta: diskcache.Cache, name: str, count: int) -> None:
+    try:
+        meta.incr(name, count)
+    except TypeError:  # a non-number planted under a counter's name: replaced, never interpreted
+        meta.set(name, count)
+
+
+def _text(meta: diskcache.Cache, key: str):
+    try:
+        return meta.get(key, default=None)
+    except UntrustedRow:  # a planted pickle under an engine's name: replaced, never unpickled
+        return None
+
+
+def _int(value) -> int:
+    return int(value) if type(value) in (int, float) else 0
+
+
+def _engine_record(text, name: str) -> dict:
+    """An engine's {"name", "generated"} from its JSON text; a missing or malformed one starts at 0."""
+    try:
+        seen = json.loads(text)
+        if isinstance(seen, dict) and isinstance(seen.get("name"), str) and type(seen.get("generated")) is int:
+            return {"name": seen["name"], "generated": seen["generated"]}
+    except (TypeError, ValueError):
+        pass
+    return {"name": name, "generated": 0}
 
 
 _LIVE: "weakref.WeakSet[Counters]" = weakref.WeakSet()

@@ -10,11 +10,15 @@ retries a bounded number of times, then raises `CacheWriteError`.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import threading
 from pathlib import Path
 
 import diskcache
+from diskcache.core import MODE_BINARY, MODE_RAW
+
+from sr_augment.cache.rows import UntrustedRow, read_value_file, remove_value_file, value_path
 
 
 class CacheWriteError(OSError):
@@ -68,6 +72,34 @@ class CleanDisk(diskcache.Disk):
                 os.remove(path)
             except OSError:
                 pass
+
+
+class SafeDisk(CleanDisk):
+    """Defence in depth for diskcache's own code paths (add, eviction, delete, clear): a pickled key
+    or a pickle/text value is refused, never unpickled, and only value files named the way diskcache
+    names them, inside this folder, are read or removed (a planted `../../x` is left alone)."""
+
+    def get(self, key, raw):
+        if not raw:
+            raise UntrustedRow("a key stored pickled (raw=0), which sr-augment never writes; refused")
+        return super().get(key, raw)
+
+    def fetch(self, mode, filename, value, read):
+        if mode == MODE_BINARY:
+            data = read_value_file(value_path(Path(self._directory), filename))
+            return io.BytesIO(data) if read else data
+        if mode != MODE_RAW:
+            raise UntrustedRow(f"a value stored in diskcache mode {mode} (pickle or text), which sr-augment "
+                               f"never writes; refused")
+        return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path):
+        remove_value_file(Path(self._directory), file_path)
+
+
+class CacheReadOnly(CacheWriteError):
+    """The cache folder cannot be written (a read-only mount, another user's folder, `read_only=True`):
+    hits are served, nothing can be stored."""
 
 
 WRITE_ATTEMPTS = 5

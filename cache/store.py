@@ -6,8 +6,14 @@ Why these choices:
 - Eviction policy "least-recently-stored": a hit never writes to SQLite (LRU would, on every read).
 - A write that meets a locked database is retried a bounded number of times, then raised as
   `CacheWriteError` (diskcache's `retry=True` would loop forever; without retries a write is lost).
-- Every record carries a checksum; a damaged one is counted, deleted and (in `get_or_create`)
-  regenerated, never returned.
+- The folder's contents are untrusted: reads go through `reader`/`rows` (SQL and value files by
+  name shape, never a pickle); a refused row, a damaged record or a lost value file is counted,
+  deleted (by rowid, where the cache is writable) and (in `get_or_create`, `warm`) regenerated and
+  stored, never returned.
+- Reads open no diskcache.Cache: a cache on a read-only mount, another user's folder or a full disk
+  serves hits (`read_only`); the writers are opened on the first write (`writers`).
+- First writer wins: a writer that finds its key already stored returns the stored pixels, so every
+  caller of one key gets the same image.
 - A record is encoded and verified before its key is published (diskcache writes the value file,
   then inserts the key in one SQLite transaction), so a crash or a full disk mid-write leaves no key
   pointing at a partial value. A value file left half-written by a failed write is deleted
@@ -18,9 +24,10 @@ Why these choices:
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
-from dataclasses import asdict, dataclass, field
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -28,47 +35,19 @@ import diskcache
 import numpy as np
 
 from sr_augment.cache import codec as _codec
+from sr_augment.cache import clearing, rows, writers
 from sr_augment.cache.counters import META_TIMEOUT, Counters
-from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheWriteError, CleanDisk, write_error
+from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheReadOnly, CacheWriteError, write_error
+from sr_augment.cache.reader import Reader, Row
+from sr_augment.cache.results import CacheMiss, CacheStats, EntryRequest  # noqa: F401  (their home before)
 from sr_augment.cache.filesystem import default_cache_dir, warn_if_network_filesystem
 from sr_augment.cache.keys import base_key, entry_key, pixel_digest, variant_seed
 from sr_augment.images import ImageInput, to_rgb
 from sr_augment.modes import check_mode, engine_input, mode_result
 
+log = logging.getLogger("sr_augment.cache")
 DEFAULT_SIZE_LIMIT = 20 * 2**30
 """20 GiB: about 85,000 512x512 SR images (WebP lossless, ~240 KiB each). Pass `size_limit` to change it."""
-
-
-class CacheMiss(LookupError):
-    """Raised (with `on_miss="error"`) when an image's SR result is not cached; names the key."""
-
-
-@dataclass
-class CacheStats:
-    directory: str
-    entries: int
-    bytes: int
-    size_limit: int
-    hits: int
-    misses: int
-    generated: int
-    damaged: int
-    evictions: int
-    engines: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class EntryRequest:
-    """One (image, variant) to look up or generate: the normalised pixels, the key their result is
-    stored under, and the seed the engine generates it with (derived from the key, so every process and
-    machine generates the same result). Made by `SRCache.plan`, consumed by `SRCache.generate`."""
-
-    image: np.ndarray
-    key: str
-    seed: int
 
 
 class SRCache:
@@ -81,6 +60,8 @@ class SRCache:
             `DEFAULT_SIZE_LIMIT`, so a limit set by `warm --size-limit` also holds during training.
         codec: "webp" (lossless, the default: smallest and fastest to decode), "png" (lossless) or
             "raw" (fastest hit, about 3x the disk).
+        read_only: True opens the cache read-only (hits only; a miss to generate raises
+            `CacheReadOnly`); None (the default) does so when this process cannot write the folder.
 
     Example:
         >>> import numpy as np, tempfile
@@ -94,25 +75,50 @@ class SRCache:
     """
 
     def __init__(self, directory: str | os.PathLike | None = None, size_limit: int | None = None,
-                 codec: str = _codec.DEFAULT_CODEC):
+                 codec: str = _codec.DEFAULT_CODEC, read_only: bool | None = None):
         if codec not in _codec.CODECS:
             raise ValueError(f"codec must be one of {', '.join(_codec.CODECS)}; got {codec!r}")
         if size_limit is not None and int(size_limit) <= 0:
             raise ValueError(f"size_limit must be a positive number of bytes, got {size_limit}")
         self.directory = Path(directory) if directory is not None else default_cache_dir()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.read_only = (not writers.can_write(self.directory)) if read_only is None else bool(read_only)
+        if not self.read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
         warn_if_network_filesystem(self.directory)
         self.codec = codec
-        self._meta = diskcache.Cache(str(self.directory / "meta"), timeout=META_TIMEOUT, eviction_policy="none")
-        if size_limit is None:
-            self.size_limit = int(self._meta.get("size_limit", default=DEFAULT_SIZE_LIMIT, retry=True))
-        else:
-            self.size_limit = int(size_limit)
-            if self._meta.get("size_limit", default=None, retry=True) != self.size_limit:
-                self._meta.set("size_limit", self.size_limit, retry=True)
-        self._entries = diskcache.Cache(str(self.directory / "entries"), size_limit=self.size_limit,
-                                        eviction_policy="least-recently-stored", disk=CleanDisk)
-        self._counters = Counters(self._meta, self.directory)
+        self._writers: dict[str, diskcache.Cache] = {}
+        self._writers_lock = threading.Lock()
+        immutable = True if self.read_only else None  # read-only: SQLite makes no -wal/-shm file either
+        self._reader = Reader(self.directory / "entries", immutable)
+        stored = rows.read_meta(self.directory / "meta", immutable).get("size_limit")
+        stored = stored if type(stored) is int and stored > 0 else None
+        self.size_limit = int(size_limit) if size_limit is not None else stored or DEFAULT_SIZE_LIMIT
+        if size_limit is not None and stored != self.size_limit and not self.read_only:
+            self._writer("meta").set("size_limit", self.size_limit, retry=True)
+        self._counters = Counters(self.directory, None if self.read_only else lambda: self._writer("meta"))
+
+    def _writer(self, name: str) -> diskcache.Cache:
+        """The diskcache.Cache of `entries` or `meta`, opened on the first write (`writers`)."""
+        if self.read_only:
+            raise self._read_only_error()
+        with self._writers_lock:
+            if name not in self._writers:
+                if name == "meta":
+                    settings = dict(timeout=META_TIMEOUT, eviction_policy="none")
+                else:
+                    settings = dict(size_limit=self.size_limit, eviction_policy="least-recently-stored")
+                self._writers[name] = writers.open_writer(self.directory / name, **settings)
+            return self._writers[name]
+
+    @property
+    def _entries(self) -> diskcache.Cache:
+        return self._writer("entries")
+
+    def _read_only_error(self, what: str = "store new entries") -> CacheReadOnly:
+        return CacheReadOnly(
+            f"the sr-augment cache {self.directory} is read-only (this process cannot write it), so it cannot "
+            f"{what}: it serves the entries it holds. Warm it where it is writable (`sr-augment warm ... "
+            f"--cache-dir DIR`) and copy it here, or use on_miss='passthrough' (bicubic stand-in on a miss).")
 
     # -- keys ------------------------------------------------------------------------------------------
     def key(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> str:
@@ -132,19 +138,45 @@ class SRCache:
         return self._lookup(self._request(to_rgb(image), engine, mode, variant))
 
     def _lookup(self, request: EntryRequest) -> np.ndarray | None:
-        record = self._entries.get(request.key, default=None, retry=True)
-        if record is not None:
+        found = self._fetch(request.key)
+        if found is not None:
             try:
-                image = _codec.decode(record)
+                image = _codec.decode(found[1])
                 self._counters.count("hits")
                 return image
-            except _codec.DamagedEntry:
-                self._discard_damaged(request.key, record)
+            except _codec.DamagedEntry as exc:
+                self._discard(request.key, found[0], exc)
         self._counters.count("misses")
         return None
 
+    def _fetch(self, key: str) -> tuple[Row, bytes] | None:
+        """(row, record bytes) stored under `key`, or None. A row refused by shape (pickle, a path out of
+        the cache, a link) or whose value file is gone is discarded and reads as absent."""
+        row = self._reader.row(key)
+        if row is None:
+            return None
+        try:
+            return row, self._reader.data(row)
+        except (rows.UntrustedRow, FileNotFoundError) as exc:
+            self._discard(key, row, exc)
+            return None
+
+    def _discard(self, key: str, row: Row, reason: BaseException) -> None:
+        """Count a damaged, untrusted or lost entry and delete its row by rowid (with SQL, never through
+        diskcache), unless the cache is read-only or the row was replaced since it was read."""
+        self._counters.count("damaged")
+        log.warning("sr-augment cache %s: entry %s is unusable (%s: %s)%s", self.directory, key,
+                    type(reason).__name__, reason, "" if self.read_only else "; removed")
+        if self.read_only:
+            return
+        try:
+            if rows.delete_rows(self.directory / "entries", [(row.rowid, row.filename, row.value)]):
+                self._counters.count("removed")
+        except (sqlite3.Error, OSError) as exc:  # best effort: a busy database, a full disk
+            log.warning("sr-augment cache %s: could not remove entry %s: %s", self.directory, key, exc)
+
     def __contains__(self, key: str) -> bool:
-        return key in self._entries
+        return self._reader.row(key) is not None
 
     # -- writes ----------------------------------------------------------------------------------------
     def put(self, image: ImageInput, engine, result: np.ndarray, mode: str = "upscale", variant: int = 0) -> str:
@@ -153,25 +185,43 @@ class SRCache:
         self._store(request, engine, result)
         return request.key
 
-    def _store(self, request: EntryRequest, engine, result: np.ndarray) -> None:
-        record = _codec.encode(np.ascontiguousarray(result, dtype=np.uint8), self.codec)
+    def _store(self, request: EntryRequest, engine, result: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Store `result` under the request's key: (the pixels stored there, whether we stored them).
+        The first writer wins: when another writer stored the key first, its pixels are returned
+        (the same seed can still give pixels 1 apart, e.g. convolutions differ by batch size). A
+        stored row that is damaged or lost its value file is removed and ours stored instead."""
+        if self.read_only:
+            raise self._read_only_error()
+        result = np.ascontiguousarray(result, dtype=np.uint8)
+        record = _codec.encode(result, self.codec)
         _codec.decode(record)  # verify before publishing: a bad encode must never become an entry
-        if self._add(request.key, record):
-            self._counters.count("inserted")
         self._counters.count_generated(engine)
+        for _ in range(WRITE_ATTEMPTS):
+            if self._add(request.key, record):
+                self._counters.count("inserted")
+                return result, True
+            found = self._fetch(request.key)  # a lost value file is discarded here
+            if found is not None:
+                try:
+                    return _codec.decode(found[1]), False
+                except _codec.DamagedEntry as exc:
+                    self._discard(request.key, found[0], exc)
+        return result, False
 
     def _add(self, key: str, record: bytes) -> bool:
-        """Publish a record under `key` unless one is there already (the first writer wins: every
-        writer of a key computes the same result from the same seed)."""
+        """Publish a record under `key` unless one is there already."""
         disk = self._entries.disk
         for _ in range(WRITE_ATTEMPTS):
             try:
                 return self._entries.add(key, record, retry=False)
             except diskcache.Timeout:
                 disk.discard_unpublished()
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.OperationalError) as exc:
                 disk.discard_unpublished()
                 raise write_error(self.directory, exc) from exc
+            except sqlite3.DatabaseError as exc:  # malformed: no retry helps
+                disk.discard_unpublished()
+                raise rows.damaged(self.directory / "entries", str(exc)) from exc
         raise write_error(self.directory, TimeoutError(f"the database stayed locked through {WRITE_ATTEMPTS} attempts"))
 
     def get_or_create(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> np.ndarray:
@@ -199,36 +249,33 @@ class SRCache:
         return [r for r in requests if not self._intact(r.key)]
 
     def _intact(self, key: str) -> bool:
-        record = self._entries.get(key, default=None, retry=True)
-        if record is None:
+        found = self._fetch(key)
+        if found is None:
             return False
         try:
-            _codec.check(record)
+            _codec.check(found[1])
             return True
-        except _codec.DamagedEntry:
-            self._discard_damaged(key, record)
+        except _codec.DamagedEntry as exc:
+            self._discard(key, found[0], exc)
             return False
 
-    def _discard_damaged(self, key: str, record: bytes) -> None:
-        """Delete the damaged `record` under `key`, unless another process has already replaced it
-        with a good one (then that one stays)."""
-        with self._entries.transact(retry=True):
-            current = self._entries.get(key, default=None)
-            deleted = current == record and self._entries.delete(key)
-        self._counters.count("damaged")
-        if deleted:
-            self._counters.count("removed")
-
     def generate(self, engine, requests: Sequence[EntryRequest], mode: str) -> list[np.ndarray]:
-        """Run the engine on the requests in one batch, store and return the results."""
+        """Run the engine on the requests in one batch, store them and return what the cache holds."""
+        return self.generate_counted(engine, requests, mode)[0]
+
+    def generate_counted(self, engine, requests: Sequence[EntryRequest], mode: str) -> tuple[list[np.ndarray], int]:
+        """`generate`, and how many results this call stored (the others another writer stored first)."""
+        if self.read_only:
+            raise self._read_only_error(f"generate {len(requests)} missing entries")
+        self._writer("entries")  # opened before the engine runs: a cache that cannot be written fails first
         inputs = [engine_input(r.image, mode, engine.scale) for r in requests]
         outputs = engine.upscale(inputs, [r.seed for r in requests])
-        results = []
+        results, stored = [], 0
         for request, out in zip(requests, outputs):
-            result = mode_result(out, request.image, mode)
-            self._store(request, engine, result)
+            result, ours = self._store(request, engine, mode_result(out, request.image, mode))
             results.append(result)
-        return results
+            stored += ours
+        return results, stored
 
     # -- bookkeeping -----------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -241,23 +288,22 @@ class SRCache:
         """Entries, bytes, hits, misses, generated, damaged, evictions and engines seen (all processes)."""
         self.flush()
         counters, engines = self._counters.totals()
-        entries = len(self._entries)
+        entries = len(self)
         return CacheStats(
-            directory=str(self.directory), entries=entries, bytes=int(self._entries.volume()),
+            directory=str(self.directory), entries=entries, bytes=self._reader.volume(),
             size_limit=self.size_limit, hits=counters["hits"], misses=counters["misses"],
             generated=counters["generated"], damaged=counters["damaged"],
             evictions=max(0, counters["inserted"] - counters["removed"] - entries), engines=engines,
+            read_only=self.read_only,
         )
 
     def clear(self) -> int:
         """Remove every entry and reset the counters; returns the number of entries removed."""
+        if self.read_only:
+            raise self._read_only_error("be cleared")
         self._counters.discard_pending()
-        removed = self._entries.clear(retry=True)
-        limit = self._meta.get("size_limit", default=None, retry=True)
-        self._meta.clear(retry=True)
-        if limit is not None:  # the limit is a setting, not a counter
-            self._meta.set("size_limit", limit, retry=True)
-        return removed
+        self._close_handles()
+        return clearing.clear_cache(self.directory)  # also a damaged database; keeps the size limit
 
     def close(self) -> None:
         try:
@@ -265,8 +311,14 @@ class SRCache:
         except CacheWriteError:  # a full disk: the counters are lost, the entries are not
             pass
         finally:
-            self._entries.close()
-            self._meta.close()
+            self._close_handles()
+
+    def _close_handles(self) -> None:
+        self._reader.reset()
+        with self._writers_lock:
+            opened, self._writers = list(self._writers.values()), {}
+        for writer in opened:
+            writer.close()
 
     def __enter__(self) -> "SRCache":
         return self
@@ -275,7 +327,7 @@ class SRCache:
         self.close()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._reader.count()
 
     def __repr__(self) -> str:
         return f"SRCache({str(self.directory)!r}, size_limit={self.size_limit}, codec={self.codec!r})"

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
-from sr_augment.engines import BicubicEngine, DEFAULT_ENGINE, check_engine_spec
+from sr_augment.engines import BicubicEngine, DEFAULT_ENGINE, check_spec
+from sr_augment.engines.base import warn_deterministic_variants
 from sr_augment.images import resize
 from sr_augment.modes import check_mode, engine_input, mode_result
 
@@ -61,7 +62,8 @@ class AugmentCore:
             raise ValueError(f"p must be in [0, 1], got {p}")
         if int(scale) < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
-        self.engine_spec = check_engine_spec(engine)
+        self.engine_spec = check_spec(engine)  # a misspelt engine fails here, not in the service
+        warn_deterministic_variants(self.engine_spec, int(variants), stacklevel=4)  # from the spec: nothing loaded
         self.mode, self.scale, self.variants, self.p = mode, int(scale), int(variants), float(p)
         self.output_size = normalise_output_size(output_size)
         self.on_miss, self.seed = on_miss, seed

@@ -1,4 +1,4 @@
-"""The `sr-augment` command line: warm, info, clear, engines, eval-sr, experiment, train, demo."""
+"""The `sr-augment` command line: warm, info, clear, verify, engines, eval-sr, experiment, train, demo."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(stats))
         return 0
-    print(f"cache      {stats['directory']}")
+    print(f"cache      {stats['directory']}{' (read-only)' if stats['read_only'] else ''}")
     print(f"entries    {stats['entries']}")
     print(f"size       {_size(stats['bytes'])} of {_size(stats['size_limit'])} limit")
     print(f"hits       {stats['hits']}")
@@ -127,10 +127,40 @@ def cmd_clear(args) -> int:
         if input("Delete every cached SR image? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 0
-    with _open_cache(args) as cache:
-        removed = cache.clear()
-    print(f"removed {removed} entries from {cache.directory}")
+    from sr_augment.cache import default_cache_dir
+    from sr_augment.cache.clearing import clear_cache
+    from sr_augment.cache.writers import can_write
+
+    directory = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if not can_write(directory):
+        raise SystemExit(f"sr-augment: the cache {directory} is read-only for this user; nothing deleted")
+    removed = clear_cache(directory)  # works on a damaged database too: removes the cache's own files
+    print(f"removed {removed} entries from {directory}")
     return 0
+
+
+def cmd_verify(args) -> int:
+    from sr_augment.cache import default_cache_dir
+    from sr_augment.cache.verify import verify
+
+    directory = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.repair:
+        from sr_augment.cache.writers import can_write
+
+        if not can_write(directory):
+            raise SystemExit(f"sr-augment: the cache {directory} is read-only for this user; verify it without --repair")
+    report = verify(directory, repair=args.repair, progress=not (args.json or args.no_progress))
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        for problem in report.problems:
+            print(f"{problem['kind']}: {problem['where']}: {problem['reason']}", file=sys.stderr)
+        if report.database_damaged:
+            print(f"error: {report.database_damaged}", file=sys.stderr)
+        print(f"{report.rows} rows: {report.ok} ok, {report.damaged} damaged, {report.missing} missing, "
+              f"{report.untrusted} untrusted, {report.orphans} orphan value files"
+              + (" (repaired)" if report.repaired else "" if report.clean else "; run with --repair to remove them"))
+    return 0 if report.clean else 1
 
 
 def cmd_engines(args) -> int:
@@ -244,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=cmd_engines)
 
+    p = sub.add_parser("verify", help="check every cached entry; --repair removes damaged, untrusted and orphaned ones")
+    _add_cache_options(p)
+    p.add_argument("--repair", action="store_true", help="remove what is bad (rows by rowid, orphan value files)")
+    p.add_argument("--json", action="store_true", help="print one JSON report")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("eval-sr", help="SR quality against HR: Y-channel PSNR/SSIM per image and mean, bicubic as baseline")
     p.add_argument("hr", nargs="+", metavar="HR_DIR", help="folders or files of HR images")
     _add_engine_options(p)
@@ -297,8 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sr_augment.cache import CacheWriteError
+    from sr_augment.cache.rows import DatabaseDamaged
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (DatabaseDamaged, CacheWriteError) as exc:  # clear errors naming the folder and the way out
+        print(f"sr-augment: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

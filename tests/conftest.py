@@ -39,6 +39,13 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _private_service_dir(tmp_path_factory, monkeypatch):
+    """Each test's engine services keep their socket, key and pid files in a fresh private folder
+    (subprocesses inherit it), never in the user's real one."""
+    monkeypatch.setenv("SR_AUGMENT_SERVICE_DIR", str(tmp_path_factory.mktemp("svc") / "s"))
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"

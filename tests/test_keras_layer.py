@@ -125,15 +125,19 @@ def test_numpy_input_returns_a_tensor(cache_dir):
 # ---------------------------------------------------------------------------------------------------------
 # training flag, p, variants, seed
 # ---------------------------------------------------------------------------------------------------------
-def test_training_false_passes_input_through(cache_dir):
-    layer = SRAugment(engine="bicubic", scale=2, cache_dir=cache_dir)  # upscale: would change the shape
+def test_training_false_returns_the_input_or_in_upscale_mode_its_bicubic_upscale_without_the_cache(cache_dir):
+    """Inference gives what an image that is not augmented gets, with the training output's shape."""
     x = tf.constant(_images(2).astype("float32") + 0.25)
-    assert layer(x, training=False) is x
-    mapped = tf.data.Dataset.from_tensors(x).map(lambda b: layer(b, training=False))
-    assert tuple(mapped.element_spec.shape) == (2, 6, 5, 3)
-    np.testing.assert_array_equal(next(iter(mapped)).numpy(), x.numpy())
-    model = keras.Sequential([keras.Input((6, 5, 3)), layer])
-    np.testing.assert_array_equal(model.predict(x, verbose=0), x.numpy())  # predict: training=False
+    same = SRAugment(engine="bicubic", mode="resynthesize", scale=2, cache_dir=cache_dir)
+    assert same(x, training=False) is x
+    up = SRAugment(engine="bicubic", scale=2, cache_dir=cache_dir)
+    expected = np.stack([_pillow(img, (12, 10)) for img in np.round(x.numpy()).astype(np.uint8)]).astype("float32")
+    np.testing.assert_array_equal(up(x, training=False).numpy(), expected)
+    mapped = tf.data.Dataset.from_tensors(x).map(lambda b: up(b, training=False))
+    assert tuple(mapped.element_spec.shape) == (2, 12, 10, 3)
+    np.testing.assert_array_equal(next(iter(mapped)).numpy(), expected)
+    model = keras.Sequential([keras.Input((6, 5, 3)), up])
+    np.testing.assert_array_equal(model.predict(x, verbose=0), expected)  # predict: training=False
     assert len(SRCache(cache_dir)) == 0
 
 

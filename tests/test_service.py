@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+import sr_augment
 from faults import read_log
+from sr_augment.cli import main
 from sr_augment.images import bicubic_resize
 from sr_augment.service import RemoteEngine, ServiceError
+from sr_augment.service.identity import identity_config, identity_stamp, record_path
+from sr_augment.service.launcher import ServiceLauncher
 
 pytest.importorskip("diffusers")
 
@@ -93,6 +102,112 @@ def test_identity_is_safe_to_read_from_many_threads_at_once(tiny_ldm_dir, tmp_pa
     for t in threads:
         t.join(timeout=120)
     assert errors == [] and len(seen) == 4 and len(set(seen)) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the identity, remembered in the cache: a warm cache (CLI warm, a copy, another host) starts no service
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_service(monkeypatch):
+    """Every attempt to reach or start a service is recorded and refused."""
+    calls = []
+
+    def refuse(self):
+        calls.append(self.sid)
+        raise ServiceError("this test allows no engine service")
+    monkeypatch.setattr(ServiceLauncher, "connect", refuse)
+    return calls
+
+
+def _cli_warmed_cache(tmp_path, tiny_ldm_dir, rng):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    data.mkdir()
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(2)]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(data / f"{i}.png")
+    assert main(["warm", str(data), "--cache-dir", str(cache), "--engine", str(tiny_ldm_dir), "--steps", "1",
+                 "--no-progress"]) == 0
+    return cache, images
+
+
+def _augment_on_miss_error(cache, images, tiny_ldm_dir):
+    from sr_augment.torch_transforms import SRAugment
+
+    transform = SRAugment(engine=tiny_ldm_dir, steps=1, on_miss="error", cache_dir=cache)
+    return [np.asarray(transform(Image.fromarray(image))) for image in images]
+
+
+def test_after_a_cli_warm_an_adapter_with_on_miss_error_starts_no_service(tiny_ldm_dir, tmp_path, rng, no_service):
+    cache, images = _cli_warmed_cache(tmp_path, tiny_ldm_dir, rng)
+    outputs = _augment_on_miss_error(cache, images, tiny_ldm_dir)
+    assert no_service == [] and [o.shape for o in outputs] == [(32, 32, 3)] * 2
+
+
+def test_a_copied_warm_cache_on_another_host_starts_no_service(tiny_ldm_dir, tmp_path, rng, no_service, monkeypatch):
+    cache, images = _cli_warmed_cache(tmp_path, tiny_ldm_dir, rng)
+    copy = tmp_path / "copied-cache"
+    shutil.copytree(cache, copy)  # new mtimes, and with them a new container's host name
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-pod")
+    outputs = _augment_on_miss_error(copy, images, tiny_ldm_dir)
+    assert no_service == [] and [o.shape for o in outputs] == [(32, 32, 3)] * 2
+
+
+def test_a_new_library_version_asks_the_service_again(tiny_ldm_dir, tmp_path, rng, no_service, monkeypatch):
+    cache, images = _cli_warmed_cache(tmp_path, tiny_ldm_dir, rng)
+    monkeypatch.setattr(sr_augment, "__version__", "999.0")
+    with pytest.raises(ServiceError, match="allows no engine service"):
+        _augment_on_miss_error(cache, images[:1], tiny_ldm_dir)
+    assert len(no_service) == 1
+
+
+def test_a_bad_identity_record_is_ignored_with_a_warning_and_rewritten(slow_engine_config, tmp_path, short_linger):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    good = RemoteEngine(slow_engine_config, cache).fingerprint
+    record = next((cache / "identities").glob("*.json"))
+    bad_records = [b"\x80\x04K\x01.",  # a pickle: never unpickled
+                   json.dumps({"stamp": {}, "identity": {"name": "x", "scale": "4", "fingerprint": "f"}}).encode(),
+                   b"[" * 100_000]
+    for bad in bad_records:
+        record.write_bytes(bad)
+        with pytest.warns(UserWarning, match=f"ignoring the engine identity record {re.escape(str(record))}"):
+            assert RemoteEngine(slow_engine_config, cache).fingerprint == good
+        assert json.loads(record.read_text())["identity"]["fingerprint"] == good  # repaired
+
+
+def test_an_identities_symlink_out_of_the_cache_is_never_followed(slow_engine_config, tmp_path, short_linger):
+    outside, cache = tmp_path / "outside", tmp_path / "cache"
+    outside.mkdir()
+    cache.mkdir()
+    (cache / "identities").symlink_to(outside)
+    engine = RemoteEngine(slow_engine_config, cache)
+    real = engine.fingerprint
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    record = record_path(cache, engine.config)
+    stamp = identity_stamp(identity_config(engine.config))
+    (outside / record.name).write_text(json.dumps({"stamp": stamp, "identity": {"name": "x", "scale": 4,
+                                                                                "fingerprint": "planted"}}))
+    assert RemoteEngine(slow_engine_config, cache).fingerprint == real  # nothing read through it either
+
+
+def test_a_remembered_identity_that_is_not_the_engines_is_corrected_before_anything_is_generated(
+        slow_engine_config, tmp_path, short_linger, rng):
+    """A record made on a GPU machine ("auto" dtype: fp16) and used on a CPU one (fp32) must not label
+    new pixels with the old fingerprint."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    engine = RemoteEngine(slow_engine_config, cache)
+    record = record_path(cache, engine.config)
+    record.parent.mkdir()
+    stamp = identity_stamp(identity_config(engine.config))
+    record.write_text(json.dumps({"stamp": stamp, "identity": {"name": "x", "scale": 4, "fingerprint": "other"}}))
+    assert engine.fingerprint == "other"  # trusted without a service
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ServiceError, match="fingerprint 'other', now .*retry"):
+        engine.upscale([image], [0])
+    real = engine.fingerprint
+    assert real != "other" and json.loads(record.read_text())["identity"]["fingerprint"] == real
+    assert np.array_equal(engine.upscale([image], [0])[0], bicubic_resize(image, 4))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,10 +158,10 @@ def test_dataloader_workers_share_one_model_and_return_cached_images(start_metho
                                          multiprocessing_context=start_method)
     outputs = {int(i): x for batch, index in loader for x, i in zip(batch, index)}
     assert sorted(outputs) == list(range(8))
-    logs = list((cache_dir / "services").glob("*.log"))
+    logs = list(Path(os.environ["SR_AUGMENT_SERVICE_DIR"]).glob("*.log"))
     loads = [line for log in logs for line in log.read_text().splitlines() if "loaded" in line]
     assert len(loads) == 1, loads  # one service process, one model load, for both workers
-    identity = next((cache_dir / "services").glob("*.identity.json"))
+    identity = next((cache_dir / "identities").glob("*.json"))
     fingerprint = json.loads(identity.read_text())["identity"]["fingerprint"]
     engine = type("Remote", (), {"fingerprint": fingerprint, "scale": 4, "name": "tiny"})()
     with SRCache(cache_dir) as cache:
@@ -165,3 +169,136 @@ def test_dataloader_workers_share_one_model_and_return_cached_images(start_metho
             cached = [cache.get(image, engine, "upscale", v) for v in range(2)]
             got = outputs[index].permute(1, 2, 0).numpy()
             assert any(c is not None and np.array_equal(c, got) for c in cached), index
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch conventions: torch.compile, seed=, engine specs checked at construction
+# ---------------------------------------------------------------------------------------------------------
+def test_torch_compile_of_a_function_calling_the_transform_gives_the_eager_output(tmp_path, rng):
+    def make_step(folder):
+        transform = SRAugment(engine=CountingEngine(), mode="resynthesize", scale=2, variants=3, p=0.5,
+                              cache_dir=tmp_path / folder)
+        return lambda batch: transform(batch.float() / 255) * 2 - 1
+
+    batch = torch.from_numpy(np.stack([_hwc(rng, 8, 8) for _ in range(6)])).permute(0, 3, 1, 2)
+    torch._dynamo.reset()
+    compiled_step = torch.compile(make_step("compiled"), backend="eager")
+    results = []
+    for step in (compiled_step, compiled_step, make_step("eager")):  # misses (engine, store), hits, eager
+        torch.manual_seed(0)
+        results.append(step(batch))  # compiled: a graph break around the transform, no crash inside dynamo
+    assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[2])
+    assert not torch.equal(results[2], batch.float() / 255 * 2 - 1)  # p=0.5 replaced some images
+
+
+def _draws(transform, count: int = 32) -> dict:
+    return transform.make_params([torch.zeros(count, 3, 4, 4, dtype=torch.uint8)])
+
+
+def _seeded(seed, cache_dir):
+    return SRAugment(engine=CountingEngine(), variants=8, p=0.5, seed=seed, cache_dir=cache_dir)
+
+
+def test_transforms_with_the_same_seed_draw_the_same_and_different_seeds_differ(cache_dir, rng):
+    first, same, other = _seeded(5, cache_dir), _seeded(5, cache_dir), _seeded(6, cache_dir)
+    draws = [_draws(first) for _ in range(3)]
+    assert draws == [_draws(same) for _ in range(3)]
+    assert draws != [_draws(other) for _ in range(3)]
+    assert draws[0] != draws[1]  # one stream, advancing call by call
+    batch = torch.from_numpy(np.stack([_hwc(rng, 8, 8) for _ in range(12)])).permute(0, 3, 1, 2)
+    outputs = [SRAugment(engine=CountingEngine(), mode="resynthesize", scale=2, variants=4, p=0.5, seed=9,
+                         cache_dir=cache_dir)(batch) for _ in range(2)]
+    assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], batch)
+
+
+def test_global_manual_seed_does_not_change_the_draws_of_a_seeded_transform(cache_dir):
+    torch.manual_seed(0)
+    seeded_a, unseeded_a = _draws(_seeded(5, cache_dir)), _draws(_seeded(None, cache_dir))
+    torch.manual_seed(1)
+    seeded_b, unseeded_b = _draws(_seeded(5, cache_dir)), _draws(_seeded(None, cache_dir))
+    assert seeded_a == seeded_b
+    assert unseeded_a != unseeded_b  # seed=None: torch's global RNG, as before
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Each item: the variant the transform draws for it, in whichever worker loads it."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return _draws(self.transform, 1)["variant"][0]
+
+
+def test_seeded_transform_in_dataloader_workers_differs_per_worker_and_epoch_and_repeats_per_run(cache_dir):
+    transform = SRAugment(engine=CountingEngine(), variants=10**6, seed=5, cache_dir=cache_dir)
+    _draws(transform)  # the parent's generator exists before the fork: each worker must re-seed its own
+    loader = torch.utils.data.DataLoader(_Draws(transform), batch_size=None, num_workers=2)
+
+    def epoch():
+        values = list(loader)
+        return values[0::2], values[1::2]  # worker 0 loads items 0, 2, ...; worker 1 items 1, 3, ...
+
+    torch.manual_seed(0)
+    run = epoch()
+    next_epoch = epoch()
+    torch.manual_seed(0)
+    again = epoch()
+    assert run[0] != run[1]  # the two workers draw differently
+    assert run == again  # the loader's base seed repeats: the run repeats
+    assert next_epoch != run  # a new epoch, a new base seed: new draws
+
+
+def _adapter_class(adapter: str):
+    if adapter == "torch":
+        return SRAugment
+    pytest.importorskip("tensorflow")  # conftest imported torch first, so this process may import TF
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("needs the TensorFlow backend")
+    from sr_augment.keras_layers import SRAugment as KerasSRAugment
+
+    return KerasSRAugment
+
+
+@pytest.mark.parametrize("adapter", ["torch", "keras"])
+def test_a_misspelt_engine_fails_at_construction_naming_the_closest_name(adapter, cache_dir):
+    with pytest.raises(ValueError, match=r"did you mean 'sd-x4-upscaler'\?.*hub id 'owner/name'"):
+        _adapter_class(adapter)(engine="sd-x4-upscalr", cache_dir=cache_dir)
+    assert not cache_dir.exists()  # no service started, nothing written
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bicubc", "did you mean 'bicubic'"),
+    ("no_such_package.module:Engine", "module 'no_such_package.module' .* cannot be found"),
+    ("sr_augment.no_such_module:Engine", "cannot be found"),
+    ("./no/such/folder", "no such folder"),
+    ("a b", "unknown engine 'a b'"),
+])
+def test_bad_engine_specs_raise_value_error_saying_what_is_accepted(spec, message, cache_dir):
+    with pytest.raises(ValueError, match=message):
+        SRAugment(engine=spec, cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize("spec", ["bicubic", "sr4", "sd-x4-upscaler", "ldm-4x", "owner/name", "faults:SlowEngine",
+                                  "folder"])
+def test_every_form_of_engine_spec_is_accepted_without_starting_anything(spec, tmp_path, cache_dir):
+    if spec == "folder":
+        spec = str(tmp_path)
+    assert SRAugment(engine=spec, cache_dir=cache_dir).core.engine_spec == spec
+    assert not cache_dir.exists()
+
+
+def test_checking_an_engine_spec_imports_no_torch(tmp_path):
+    """A TensorFlow process constructs the Keras layer through the same check: it must not import torch."""
+    code = ("import sys\n"
+            "from sr_augment.augment import AugmentCore\n"
+            "AugmentCore(engine='sd-x4-upscaler')\n"
+            "try:\n    AugmentCore(engine='sd-x4-upscalr')\nexcept ValueError:\n    pass\n"
+            "else:\n    sys.exit('no ValueError')\n"
+            "sys.exit('torch imported' if 'torch' in sys.modules else 0)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -9,10 +9,15 @@ import PIL.Image
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from sr_augment.augment import AugmentCore
 from sr_augment.engines import DEFAULT_ENGINE
 from sr_augment.images import ImageShapeError, array_to_rgb, pil_to_rgb
+from sr_augment.torch_transforms import samples
+from sr_augment.torch_transforms.rng import TransformRNG
+
+_compiler_disable = getattr(getattr(torch, "compiler", None), "disable", None) or torch._dynamo.disable
 
 
 class SRAugment(v2.Transform):
@@ -27,20 +32,32 @@ class SRAugment(v2.Transform):
     inputs become RGB (alpha dropped). Shape: `upscale` multiplies H and W by `scale`,
     `resynthesize` keeps them, and `output_size` (int or (h, w)) resizes the result.
 
+    Samples (tuples, dicts, e.g. `(image, {"boxes": ..., "masks": ..., "labels": ...})`): as torchvision's
+    geometric transforms, only images are super-resolved (PIL, `tv_tensors.Image`, and a plain tensor
+    when v2 calls it the image: the first one, if the sample holds no Image, PIL image or video).
+    `BoundingBoxes`, `KeyPoints` and `Mask`s follow the images' new size exactly as `v2.Resize` to that
+    size moves them (same kernels); in `resynthesize` mode without `output_size` they pass through
+    untouched, as do labels and anything else. A `tv_tensors.Video` raises `TypeError`.
+    Under `torch.compile` the transform runs eagerly (a graph break), as Python code over numpy must.
+
     Args:
-        engine: "bicubic", "sd-x4-upscaler", "ldm-4x", a hub id, a local diffusers folder, or an
-            `Engine` object (runs inline in each process).
+        engine: "bicubic", "sr4", "sd-x4-upscaler", "ldm-4x", a hub id, a local diffusers folder,
+            "package.module:Class", or an `Engine` object (runs inline in each process). Checked here,
+            without starting anything: a misspelt name raises `ValueError` naming the closest one.
         mode: "upscale" (the input is LR) or "resynthesize" (down by `scale`, SR back to its size).
         scale: upscaling factor.
         variants: stochastic samples per image; each call picks one uniformly.
-        p: probability of applying, drawn from torch's RNG (`torch.manual_seed` reproduces a run).
-            An image not picked passes through in `resynthesize` mode and gets the bicubic result
-            in `upscale` mode, so every output has the same shape.
+        p: probability of applying. An image not picked passes through in `resynthesize` mode and
+            gets the bicubic result in `upscale` mode, so every output has the same shape.
         output_size: resize the result to this size (int: square).
         on_miss: "generate" (run the engine, store, return), "passthrough" (bicubic result, the
             miss is counted) or "error" (raise `CacheMiss` naming the key).
         cache_dir: cache folder (default: `$SR_AUGMENT_CACHE_DIR` or the user cache folder).
-        seed: unused by this transform (torch's RNG decides); kept for the shared signature.
+        seed: where `p` and the variant are drawn from. None: torch's global RNG (`torch.manual_seed`
+            reproduces a run). An int: a `torch.Generator` of this transform, which the global RNG does
+            not touch, seeded with `seed` in the main process and with (`seed`, the worker's torch seed)
+            in a `DataLoader` worker: workers and epochs differ, and a run repeats when the loader's
+            base seed does (see `sr_augment.torch_transforms.rng`).
         **engine_params: `steps`, `device`, `engine_dtype` (the engine's dtype: "auto", "fp16",
             ...) and engine settings such as `noise_level` (see `get_engine`).
 
@@ -61,27 +78,42 @@ class SRAugment(v2.Transform):
         super().__init__()
         self.core = AugmentCore(engine=engine, mode=mode, scale=scale, variants=variants, p=p, output_size=output_size,
                                 on_miss=on_miss, cache_dir=cache_dir, seed=seed, **engine_params)
+        self.rng = TransformRNG(seed)
+
+    @_compiler_disable
+    def forward(self, *inputs: Any) -> Any:
+        """v2's `forward`, kept out of `torch.compile` graphs: a clean graph break, since the work is
+        Python over numpy, the cache and the engine, none of which dynamo can trace."""
+        return super().forward(*inputs)
+
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        samples.refuse_videos(flat_inputs)
+
+    _check_inputs = check_inputs  # torchvision < 0.21
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        """The draws for one call, one per image (a batch tensor's first dimension, else 1), from
-        torch's RNG: {"augment": [bool], "variant": [int]}, as `AugmentCore.apply_many` takes them."""
-        count = 1
-        for item in flat_inputs:
-            if isinstance(item, torch.Tensor) and item.ndim == 4:
-                count = item.shape[0]
-                break
-        augment = (torch.rand(count) < self.core.p).tolist()
-        variant = torch.randint(self.core.variants, (count,)).tolist()
-        return {"augment": augment, "variant": variant}
+        """The draws for one call, one per image (a batch tensor's first dimension, else 1), from the
+        seeded generator or torch's global RNG: {"augment": [bool], "variant": [int]}, as
+        `AugmentCore.apply_many` takes them, and "image_size", the images' (h, w) that boxes, masks
+        and keypoints follow (None in a sample without an image: each follows its own size)."""
+        image = samples.first_image(flat_inputs)
+        count, generator = samples.image_count(image), self.rng.generator()
+        augment = (torch.rand(count, generator=generator) < self.core.p).tolist()
+        variant = torch.randint(self.core.variants, (count,), generator=generator).tolist()
+        return {"augment": augment, "variant": variant, "image_size": samples.image_size(image)}
 
     # torchvision < 0.21 calls the private names
     _get_params = make_params
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, samples.GEOMETRY):
+            size = params.get("image_size") or tuple(F.get_size(inpt))
+            return samples.follow_images(inpt, samples.output_size(size, self.core.mode, self.core.scale,
+                                                                   self.core.output_size))
+        if not samples.is_image(inpt):
+            return inpt
         if isinstance(inpt, PIL.Image.Image):
             return PIL.Image.fromarray(self._many([pil_to_rgb(inpt)], params)[0])
-        if not isinstance(inpt, torch.Tensor):
-            return inpt
         if inpt.ndim == 3:
             out = self._tensor_images(inpt[None], params)[0]
         elif inpt.ndim == 4:

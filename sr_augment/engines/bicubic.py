@@ -14,6 +14,7 @@ class BicubicEngine:
     """Deterministic bicubic upscaling; seeds are accepted and ignored (all variants are equal)."""
 
     name = "bicubic"
+    deterministic = True
 
     def __init__(self, scale: int = 4):
         if int(scale) < 1:

@@ -1,7 +1,7 @@
-"""`python -m sr_augment.service --root ... --config ...`: the service process the launcher starts.
+"""`python -m sr_augment.service --dir ... --sid ... --config ...`: the service process the launcher starts.
 
-The launcher recognises its services by "sr_augment.service" in their command line, so this entry
-point must stay here.
+The launcher recognises its services by "sr_augment.service", "--dir FOLDER" and "--sid SID" in their
+command line (/proc), so this entry point and those arguments must stay.
 """
 
 from sr_augment.service.server import serve_main

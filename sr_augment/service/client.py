@@ -7,18 +7,18 @@ It never imports torch; `launcher.ServiceLauncher` finds or starts the service.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 
-from sr_augment.engines import weights_stamp
 from sr_augment.service import common
-from sr_augment.service.common import CONNECT_TIMEOUT, REQUEST_TIMEOUT, ServiceError, service_id, service_paths
+from sr_augment.service.common import (CONNECT_TIMEOUT, REQUEST_TIMEOUT, START_TIMEOUT, ServiceError, engine_config,
+                                       service_id)
+from sr_augment.service.identity import load_identity, remember_identity
 from sr_augment.service.launcher import ServiceLauncher
 
 
@@ -27,32 +27,39 @@ class RemoteEngine:
 
     Args:
         config: {"spec", "scale", "steps", "device", "dtype", "params"}: what `get_engine` takes.
-        root: folder for the service's socket, lock and log (the cache folder).
+        root: the cache folder, where the engine's identity is remembered (None: not remembered). The
+            service's own files live in a private per-user folder (`common.service_dir`), never here.
         linger: seconds the service waits after its last client before exiting (default:
             $SR_AUGMENT_SERVICE_LINGER or 10).
         batch_size: the most requests the service runs as one batch.
         timeout: seconds to wait for one answer before raising `ServiceError`.
         connect_timeout: seconds to wait for a running service to accept a connection.
+        start_timeout: seconds to wait for a service to start (and, plus connect_timeout, for another
+            client holding the start lock).
     """
 
-    def __init__(self, config: dict, root: str | os.PathLike, *, linger: float | None = None,
-                 batch_size: int = 8, timeout: float = REQUEST_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT):
-        self.config = {"spec": str(config["spec"]), "scale": int(config.get("scale", 4)),
-                       "steps": config.get("steps"), "device": config.get("device", "auto"),
-                       "dtype": config.get("dtype", "auto"), "params": dict(config.get("params", {}))}
-        self.root = Path(root)
+    def __init__(self, config: dict, root: str | os.PathLike | None = None, *, linger: float | None = None,
+                 batch_size: int = 8, timeout: float = REQUEST_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT,
+                 start_timeout: float = START_TIMEOUT):
+        self.config = engine_config(config)
+        self.root = None if root is None else Path(root)
         linger = common.DEFAULT_LINGER if linger is None else linger  # read at call time: tests shorten it
         self.linger, self.batch_size, self.timeout = float(linger), int(batch_size), float(timeout)
-        self.connect_timeout = float(connect_timeout)
+        self.connect_timeout, self.start_timeout = float(connect_timeout), float(start_timeout)
         self.sid = service_id(self.config)
-        self.paths = service_paths(self.root, self.sid)
-        self._launcher = ServiceLauncher(self.config, self.root, self.paths, linger=self.linger,
-                                         batch_size=self.batch_size, connect_timeout=self.connect_timeout)
+        self._launcher = ServiceLauncher(self.config, self.sid, linger=self.linger, batch_size=self.batch_size,
+                                         connect_timeout=self.connect_timeout, start_timeout=self.start_timeout)
         self._conn = None
         self._pid = None
         self._lock = threading.Lock()
         self._ident_lock = threading.Lock()
         self._ident: dict | None = None
+        self._unverified = False
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """The service's socket, lock, key, log and pid files, in this user's private service folder."""
+        return self._launcher.paths
 
     # -- identity without starting the service ---------------------------------------------------------
     @property
@@ -68,30 +75,23 @@ class RemoteEngine:
         return self._identity()["fingerprint"]
 
     def _identity(self) -> dict:
-        """Name, scale and fingerprint, remembered on disk so a warm cache never starts the service.
-
-        The record is tied to this host (device and dtype "auto" resolve per machine) and, for a local
-        weights folder, to its files' names, sizes and mtimes: changed weights start the service again.
-        """
+        """Name, scale and fingerprint, remembered in the cache folder (`root`) so a warm cache, or a
+        copy of it, never starts the service (see `identity`)."""
         with self._ident_lock:  # tf.data calls from several threads at once
             if self._ident is None:
                 self._ident = self._load_identity()
             return self._ident
 
     def _load_identity(self) -> dict:
-        stamp = {"host": socket.gethostname(), "weights": weights_stamp(self.config["spec"])}
-        path = self.paths["socket"].with_suffix(".identity.json")
-        try:
-            record = json.loads(path.read_text())
-            if record.get("stamp") == stamp:
-                return record["identity"]
-        except (OSError, ValueError, KeyError):
-            pass
+        if self.root is not None:
+            remembered = load_identity(self.root, self.config)
+            if remembered is not None:
+                self._unverified = True  # checked against the service before it generates anything
+                return remembered
         info = self.info()
         identity = {"name": info["name"], "scale": int(info["scale"]), "fingerprint": info["fingerprint"]}
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"stamp": stamp, "identity": identity}))
-        os.replace(tmp, path)
+        if self.root is not None:
+            remember_identity(self.root, self.config, SimpleNamespace(**identity))
         return identity
 
     # -- calls -----------------------------------------------------------------------------------------
@@ -136,7 +136,26 @@ class RemoteEngine:
         return self._call(("info",))
 
     def upscale(self, images: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray]:
+        if self._unverified:
+            self._verify_identity()
         return self._call(("upscale", [np.ascontiguousarray(i) for i in images], [int(s) for s in seeds]))
+
+    def _verify_identity(self) -> None:
+        """A remembered identity can be another machine's ("auto" device and dtype resolve per machine):
+        before the first generation, compare it with the service's. On a difference, the record and
+        this engine take the service's identity, and this call fails: its cache keys were computed
+        with the old one, and storing new pixels under them would mislabel them."""
+        info = self.info()
+        actual = {"name": info["name"], "scale": int(info["scale"]), "fingerprint": info["fingerprint"]}
+        with self._ident_lock:
+            remembered, self._ident, self._unverified = self._ident, actual, False
+        if remembered != actual:
+            if self.root is not None:
+                remember_identity(self.root, self.config, SimpleNamespace(**actual))
+            raise ServiceError(f"the engine identity remembered in {self.root} is not the running engine's "
+                               f"(fingerprint {remembered['fingerprint']!r}, now {actual['fingerprint']!r}: "
+                               f"made on another machine or with other settings); it is updated, retry the "
+                               f"call (cached entries of the old identity no longer match)")
 
     def close(self) -> None:
         with self._lock:

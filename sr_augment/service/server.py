@@ -1,8 +1,11 @@
 """The service process: loads one engine, listens on the Unix socket, batches all clients' requests.
 
 This is the only part of the service that imports torch (through `get_engine`), and it runs only in
-the process that `python -m sr_augment.service` starts. It exits `linger` seconds after its last
-client disconnects.
+the process that `python -m sr_augment.service` starts. Every connection is checked before anything is
+read from it: the peer must run as this user (SO_PEERCRED) and answer the key's HMAC challenge. If its
+socket file disappears (the service folder was deleted), it re-creates folder, key, pid file and socket,
+so clients find it again instead of starting a second copy of the model. It exits `linger` seconds
+after its last client disconnects, or when another service has taken its socket's place.
 """
 
 from __future__ import annotations
@@ -11,23 +14,26 @@ import argparse
 import json
 import os
 import queue
+import socket
 import threading
 import time
-from multiprocessing.connection import Listener
+from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 from pathlib import Path
 
-from sr_augment.service.common import DEFAULT_LINGER, service_id, service_paths
+from sr_augment.service.common import (DEFAULT_LINGER, ServiceError, check_peer, check_private_dir, read_key,
+                                       service_id, service_paths)
 
 
 class _Server:
-    def __init__(self, config: dict, paths: dict[str, Path], linger: float, batch_size: int, gather_ms: float):
+    def __init__(self, config: dict, folder: Path, sid: str, linger: float, batch_size: int, gather_ms: float):
         from sr_augment.engines import get_engine
 
         params = dict(config.get("params", {}))
         self.engine = get_engine(config["spec"], scale=config["scale"], steps=config["steps"],
                                  device=config["device"], dtype=config["dtype"], **params)
         self.engine_loads = 1
-        self.paths, self.linger, self.batch_size, self.gather = paths, linger, batch_size, gather_ms / 1000.0
+        self.folder, self.sid = folder, sid
+        self.linger, self.batch_size, self.gather = linger, batch_size, gather_ms / 1000.0
         self.requests: queue.Queue = queue.Queue()
         self.clients = 0
         self.last_client_left = time.monotonic()
@@ -39,60 +45,107 @@ class _Server:
                 "pid": os.getpid(), "engine_loads": self.engine_loads, "batches": list(self.batches)}
 
     def serve(self, authkey: bytes) -> None:
-        # a deep backlog: many DataLoader workers connect at once, and handshakes run one at a time
-        listener = Listener(str(self.paths["socket"]), family="AF_UNIX", backlog=64, authkey=authkey)
-        own_socket = self.paths["socket"].stat().st_ino
-        self.paths["pid"].write_text(str(os.getpid()))
+        self.authkey = authkey
         threading.Thread(target=self._work, daemon=True).start()
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        listening = self._bind()
         while True:
             time.sleep(0.2)
             with self.lock:
                 idle = self.clients == 0 and time.monotonic() - self.last_client_left > self.linger
             if idle:
                 break
-        listener.close()
-        try:  # only our own socket: a successor may have bound a new one at the same path
-            if self.paths["socket"].stat().st_ino == own_socket:
-                self.paths["socket"].unlink()
-        except FileNotFoundError:
-            pass
+            state = self._socket_state(listening)
+            if state == "replaced":  # another service answers at our address now: leave it the place
+                break
+            if state == "missing":  # our folder was deleted: be reachable again, never duplicated
+                listening.close()
+                listening = self._bind()
+        listening.close()
+        if self._socket_state(listening) == "ours":  # only our own: a successor may have bound a new one
+            self.paths["socket"].unlink(missing_ok=True)
 
-    def _accept(self, listener: Listener) -> None:
-        while True:
-            try:
-                conn = listener.accept()
-            except Exception:  # a client that failed authentication, or the listener closing
-                continue
-            with self.lock:
-                self.clients += 1
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
-
-    def _client(self, conn) -> None:
+    def _bind(self) -> socket.socket:
+        """Listen at our socket path, re-creating the private folder, key and pid file if they are gone."""
+        self.paths = service_paths(check_private_dir(self.folder), self.sid)
         try:
-            while True:
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    return
-                kind = message[0]
-                if kind == "info":
-                    conn.send(("ok", self.info()))
-                elif kind == "upscale":
-                    job = _Job(message[1], message[2])
-                    for index in range(len(job.images)):
-                        self.requests.put((job, index))
-                    job.done.wait()
-                    errors = [r for r in job.results if isinstance(r, BaseException)]
-                    if errors:
-                        conn.send(("error", f"{type(errors[0]).__name__}: {errors[0]}"))
-                    else:
-                        conn.send(("ok", job.results))
+            if read_key(self.paths["key"]) != self.authkey:
+                raise ServiceError(f"the key {self.paths['key']} was replaced; this service leaves the place")
+        except FileNotFoundError:
+            tmp = self.paths["key"].with_suffix(f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.authkey)
+            os.link(tmp, self.paths["key"])  # never replaces a key: a reader sees none or all of it
+            tmp.unlink()
+        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listening.bind(str(self.paths["socket"]))
+        listening.listen(64)  # a deep backlog: many DataLoader workers connect at once
+        listening.settimeout(0.2)  # the accept loop notices a closed socket
+        self.socket_inode = os.lstat(self.paths["socket"]).st_ino
+        pid_tmp = self.paths["pid"].with_suffix(f".{os.getpid()}.tmp")
+        pid_tmp.write_text(str(os.getpid()))
+        os.replace(pid_tmp, self.paths["pid"])
+        threading.Thread(target=self._accept, args=(listening,), daemon=True).start()
+        return listening
+
+    def _socket_state(self, listening: socket.socket) -> str:
+        try:
+            return "ours" if os.lstat(self.paths["socket"]).st_ino == self.socket_inode else "replaced"
+        except FileNotFoundError:
+            return "missing"
+
+    def _accept(self, listening: socket.socket) -> None:
+        while listening.fileno() != -1:
+            try:
+                client, _ = listening.accept()
+            except OSError:  # the timeout, or the socket closing
+                continue
+            threading.Thread(target=self._client, args=(client,), daemon=True).start()
+
+    def _client(self, sock: socket.socket) -> None:
+        """Prove the peer (same user, then the key's challenge both ways) before reading anything."""
+        try:
+            check_peer(sock, "the service socket")
+            conn = Connection(sock.detach())
+        except (ServiceError, OSError) as exc:
+            print(f"refused a connection: {exc}", flush=True)
+            sock.close()
+            return
+        try:
+            deliver_challenge(conn, self.authkey)
+            answer_challenge(conn, self.authkey)
+        except (AuthenticationError, EOFError, OSError):
+            conn.close()
+            return
+        with self.lock:
+            self.clients += 1
+        try:
+            self._serve_client(conn)
         finally:
             conn.close()
             with self.lock:
                 self.clients -= 1
                 self.last_client_left = time.monotonic()
+
+    def _serve_client(self, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "info":
+                conn.send(("ok", self.info()))
+            elif kind == "upscale":
+                job = _Job(message[1], message[2])
+                for index in range(len(job.images)):
+                    self.requests.put((job, index))
+                job.done.wait()
+                errors = [r for r in job.results if isinstance(r, BaseException)]
+                if errors:
+                    conn.send(("error", f"{type(errors[0]).__name__}: {errors[0]}"))
+                else:
+                    conn.send(("ok", job.results))
 
     def _work(self) -> None:
         """Run whatever arrived together (up to batch_size requests, from any client) as one batch."""
@@ -131,14 +184,18 @@ class _Job:
 def serve_main(argv: list[str] | None = None) -> None:
     """The command line of `python -m sr_augment.service`: load the engine, then serve until idle."""
     parser = argparse.ArgumentParser(prog="python -m sr_augment.service")
-    parser.add_argument("--root", required=True)
+    parser.add_argument("--dir", required=True, help="the private folder of the service's files")
+    parser.add_argument("--sid", required=True, help="the service id (also how clients find it in /proc)")
     parser.add_argument("--config", required=True)
     parser.add_argument("--linger", type=float, default=DEFAULT_LINGER)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--gather-ms", type=float, default=20.0)
     args = parser.parse_args(argv)
     config = json.loads(args.config)
-    paths = service_paths(Path(args.root), service_id(config))
-    server = _Server(config, paths, args.linger, args.batch_size, args.gather_ms)
+    if service_id(config) != args.sid:
+        raise SystemExit(f"--sid {args.sid} is not the id of --config (expected {service_id(config)})")
+    folder = Path(args.dir)
+    authkey = read_key(service_paths(check_private_dir(folder), args.sid)["key"])
+    server = _Server(config, folder, args.sid, args.linger, args.batch_size, args.gather_ms)
     print(f"sr-augment service pid {os.getpid()}: loaded {server.engine!r}", flush=True)
-    server.serve(paths["key"].read_bytes())
+    server.serve(authkey)

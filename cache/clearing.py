@@ -1,0 +1,75 @@
+"""Emptying a cache, whatever state it is in: the one way out of a damaged database.
+
+Why files, not diskcache's `clear()`: a truncated or garbled database cannot be opened by diskcache,
+and a tampered one must not be (see `rows`). So `clear_cache` removes the cache's own files only: the
+two databases (with their -wal/-shm files) and the value files by name shape, never following a link
+and never touching anything else in the folder; the size limit, a setting, is kept when readable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from diskcache.core import DBNAME
+
+from sr_augment.cache import rows, writers
+from sr_augment.cache.counters import META_TIMEOUT
+
+FOLDERS = ("entries", "meta")
+"""The diskcache folders of a cache."""
+
+
+def _count(folder: Path) -> int:
+    try:
+        con = rows.connect_readonly(folder)
+        if con is None:
+            return 0
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])
+        finally:
+            con.close()
+    except Exception:  # a damaged database: nothing to count
+        return 0
+
+
+def size_limit_of(directory: Path):
+    """The size limit stored in a cache folder, or None (none stored, or unreadable)."""
+    try:
+        limit = rows.read_meta(Path(directory) / "meta").get("size_limit")
+    except rows.DatabaseDamaged:
+        return None
+    return limit if type(limit) is int and limit > 0 else None
+
+
+def remove_cache_files(directory: Path) -> int:
+    """Remove the cache's own files under `directory`; returns the entries its database held (0 if
+    it could not be read). Folders that are symbolic links are left alone (not followed)."""
+    directory = Path(directory)
+    removed = _count(directory / "entries")
+    for name in FOLDERS:
+        folder = directory / name
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for value_file in list(rows.iter_value_files(folder)):
+            rows.remove_value_file(folder, value_file)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(folder / f"{DBNAME}{suffix}")  # unlink never follows a link
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def clear_cache(directory: Path) -> int:
+    """Empty the cache at `directory` whatever its state, keeping its size limit; returns the entries
+    removed (0 when its database could not be read)."""
+    limit = size_limit_of(directory)
+    removed = remove_cache_files(directory)
+    if limit is not None:
+        meta = writers.open_writer(Path(directory) / "meta", timeout=META_TIMEOUT, eviction_policy="none")
+        try:
+            meta.set("size_limit", limit, retry=True)
+        finally:
+            meta.close()
+    return removed

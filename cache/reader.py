@@ -1,0 +1,78 @@
+"""Read-only SQL access to one diskcache folder: what every read of the cache goes through.
+
+Why not diskcache.Cache: it writes on open (so a read-only or full disk could not serve hits) and
+unpickles what it reads (see `rows`). Connections are per thread and per process (an SQLite connection
+must not cross a fork), opened lazily and again while nothing is stored yet.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+from sr_augment.cache import rows
+
+
+class Row(NamedTuple):
+    rowid: int
+    mode: int
+    filename: object
+    value: object
+
+
+class Reader:
+    def __init__(self, folder: Path, immutable: bool | None = None):
+        self.folder, self.immutable = Path(folder), immutable
+        self._local = threading.local()
+        self._opened: list[tuple[int, sqlite3.Connection]] = []
+        self._lock = threading.Lock()
+
+    def _con(self) -> sqlite3.Connection | None:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid() or local.con is None:
+            local.pid, local.con = os.getpid(), rows.connect_readonly(self.folder, self.immutable)
+            if local.con is not None:
+                with self._lock:
+                    self._opened.append((local.pid, local.con))
+        return local.con
+
+    def _query(self, sql: str, args=()) -> list:
+        con = self._con()
+        if con is None:
+            return []
+        try:
+            return con.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise rows.damaged(self.folder, str(exc)) from exc
+
+    def row(self, key: str) -> Row | None:
+        """The row of the text key `key` (a pickled key is never matched, so never unpickled)."""
+        found = self._query("SELECT rowid, mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,))
+        return Row(*found[0]) if found else None
+
+    def data(self, row: Row) -> bytes:
+        """The bytes a row stores; `UntrustedRow` for a refused shape, FileNotFoundError for a lost file."""
+        return rows.row_value(self.folder, row.mode, row.filename, row.value)
+
+    def count(self) -> int:
+        found = self._query("SELECT COUNT(*) FROM Cache")
+        return int(found[0][0]) if found else 0
+
+    def volume(self) -> int:
+        """Bytes on disk as diskcache counts them: database pages plus value-file sizes."""
+        pages = self._query("PRAGMA page_count")
+        page_size = self._query("PRAGMA page_size")
+        files = self._query("SELECT COALESCE(SUM(CASE WHEN typeof(size) = 'integer' THEN size END), 0) FROM Cache")
+        return (int(pages[0][0]) * int(page_size[0][0]) if pages else 0) + (int(files[0][0]) if files else 0)
+
+    def reset(self) -> None:
+        """Close this process's connections (the database was replaced, or the cache is closed)."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for pid, con in opened:
+            if pid == os.getpid():
+                con.close()
+        self._local = threading.local()

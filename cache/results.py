@@ -1,0 +1,40 @@
+"""The small values SRCache hands out: stats, the requests `warm` batches, and the miss error."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+class CacheMiss(LookupError):
+    """Raised (with `on_miss="error"`) when an image's SR result is not cached; names the key."""
+
+
+@dataclass
+class CacheStats:
+    directory: str
+    entries: int
+    bytes: int
+    size_limit: int
+    hits: int
+    misses: int
+    generated: int
+    damaged: int
+    evictions: int
+    engines: dict = field(default_factory=dict)
+    read_only: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EntryRequest:
+    """One (image, variant) to look up or generate: the normalised pixels, the key their result is
+    stored under, and the seed the engine generates it with (derived from the key, so every process and
+    machine generates the same result). Made by `SRCache.plan`, consumed by `SRCache.generate`."""
+
+    image: np.ndarray
+    key: str
+    seed: int

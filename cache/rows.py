@@ -1,0 +1,225 @@
+"""Reading diskcache's files as untrusted data: rows by SQL, value files by name shape, never a pickle.
+
+Why not diskcache's own reader: anyone who can write a shared cache folder can plant rows, and
+diskcache (1) unpickles rows stored in pickle mode and keys stored with `raw=0`, (2) joins a row's
+`filename` to the folder without checking it (a row naming `../../x` made a read delete an outside
+file), (3) rewrites its Settings table and pragmas on every open (so a read-only or copied cache
+cannot be opened) and applies Settings values as `PRAGMA` text. Our records are bytes we wrote
+ourselves, so the only row shapes a cache may hold are: a text key (`raw=1`) and a bytes value,
+inline (`MODE_RAW`) or in a value file (`MODE_BINARY`) named the way `diskcache.Disk.filename` names
+them (`xx/yy/<28 hex>.val`) inside the cache's own folder. Everything else is refused by shape,
+before any byte of it is interpreted. Writes still go through diskcache (its transactions and
+eviction are the well-kept part); these functions are the read side, the checks, and removal by rowid.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sqlite3
+import stat
+from pathlib import Path
+
+from diskcache.core import DBNAME, DEFAULT_SETTINGS, EVICTION_POLICY, METADATA, MODE_BINARY, MODE_RAW
+
+VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
+"""The only value-file names diskcache's `Disk.filename` makes (two levels of hex folders)."""
+_SETTING_STRINGS = {"eviction_policy": frozenset(EVICTION_POLICY),
+                    "sqlite_journal_mode": frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})}
+"""The only text values diskcache writes to its Settings table; every other setting is a number."""
+
+
+class UntrustedRow(ValueError):
+    """A row or value file that sr-augment never writes (pickle mode, a path out of the cache, a
+    symlink, a non-text key): refused without being interpreted."""
+
+
+class DatabaseDamaged(RuntimeError):
+    """The cache's SQLite database cannot be read (truncated, garbled, not a database) or holds
+    settings diskcache never writes; the message names the folder and the command that recovers."""
+
+
+def cache_root(folder: Path) -> Path:
+    """The cache folder a diskcache folder (`<cache>/entries`, `<cache>/meta`) belongs to."""
+    return Path(folder).parent
+
+
+def damaged(folder: Path, problem: str) -> DatabaseDamaged:
+    root = cache_root(folder)
+    return DatabaseDamaged(f"the sr-augment cache {root} is damaged: {Path(folder) / DBNAME}: {problem}. "
+                           f"Run `sr-augment verify --cache-dir {root} --repair`, or `sr-augment clear --cache-dir "
+                           f"{root} --yes` to start it empty.")
+
+
+def value_path(directory: Path, filename: str) -> Path:
+    """The value file a row names, or `UntrustedRow` if the name is not one diskcache makes: no `..`,
+    no absolute path, no other shape, so a planted row can never point outside the cache."""
+    if not isinstance(filename, str) or not VALUE_FILE.fullmatch(filename):
+        raise UntrustedRow(f"row names value file {filename!r}, which is not a cache value file name; refused")
+    path = Path(directory) / filename
+    if path.parent.resolve() != Path(directory).resolve() / filename[:5]:  # a planted folder symlink
+        raise UntrustedRow(f"value file {path} lies under a symbolic link out of the cache; refused")
+    return path
+
+
+def read_value_file(path: Path) -> bytes:
+    """The bytes of a value file, refusing symlinks and anything but a regular file (no following a
+    planted link out of the cache). FileNotFoundError when it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise UntrustedRow(f"value file {path} is a symbolic link; refused") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UntrustedRow(f"value file {path} is not a regular file; refused")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def remove_value_file(directory: Path, filename) -> bool:
+    """Remove one value file by name shape (never a path a row made up, never through a link) and its
+    emptied hex folders. False when the name is refused or the file is already gone."""
+    try:
+        path = value_path(directory, filename)
+        os.unlink(path)  # unlink removes a link itself, never its target
+    except (UntrustedRow, OSError):
+        return False
+    for folder in (path.parent, path.parent.parent):
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            break
+    return True
+
+
+def iter_value_files(directory: Path):
+    """Relative names (`xx/yy/<hex>.val`) of the value files under `directory`, by name shape, without
+    following links."""
+    directory = Path(directory)
+    for first in _scan_dirs(directory, 2):
+        for second in _scan_dirs(directory / first, 2):
+            with os.scandir(directory / first / second) as entries:
+                for entry in entries:
+                    name = f"{first}/{second}/{entry.name}"
+                    if VALUE_FILE.fullmatch(name) and entry.is_file(follow_symlinks=False):
+                        yield name
+
+
+def _scan_dirs(folder: Path, width: int) -> list[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if len(e.name) == width and e.is_dir(follow_symlinks=False)
+                          and re.fullmatch(r"[0-9a-f]+", e.name))
+    except FileNotFoundError:
+        return []
+
+
+def row_value(directory: Path, mode: int, filename, value) -> bytes:
+    """The stored bytes of one row: inline bytes or its value file. Pickle, text and every other mode
+    are refused by number, before anything is read."""
+    if mode == MODE_RAW:
+        if not isinstance(value, (bytes, memoryview)):
+            raise UntrustedRow(f"inline row holds {type(value).__name__}, not bytes; refused")
+        return bytes(value)
+    if mode == MODE_BINARY:
+        return read_value_file(value_path(directory, filename))
+    raise UntrustedRow(f"row stored in diskcache mode {mode} (pickle or text), which sr-augment never writes; refused")
+
+
+def connect_readonly(folder: Path, immutable: bool | None = None) -> sqlite3.Connection | None:
+    """A connection that can never write: `mode=ro`, or `immutable=1` (which creates no -wal/-shm
+    file either) for a cache opened read-only or one SQLite could not even create its shared-memory
+    file in (a read-only mount, a folder of another user; None: decided by access). None when nothing
+    is stored yet (no database, an empty file, no Cache table); `DatabaseDamaged` when unreadable."""
+    db = Path(folder) / DBNAME
+    try:
+        if db.stat().st_size == 0:
+            return None
+    except FileNotFoundError:
+        return None
+    uri = db.resolve().as_uri()
+    if immutable is None:
+        effective = os.access in os.supports_effective_ids
+        immutable = not all(os.access(p, os.W_OK, effective_ids=effective) for p in (folder, db))
+    con = sqlite3.connect(f"{uri}?immutable=1" if immutable else f"{uri}?mode=ro", uri=True,
+                          isolation_level=None, check_same_thread=False)
+    try:
+        con.execute("SELECT key FROM Cache LIMIT 1").fetchall()
+    except sqlite3.OperationalError as exc:
+        con.close()
+        if "no such table" in str(exc):
+            return None
+        raise damaged(folder, str(exc)) from exc
+    except sqlite3.DatabaseError as exc:
+        con.close()
+        raise damaged(folder, str(exc)) from exc
+    return con
+
+
+def check_settings(folder: Path) -> None:
+    """Refuse (`DatabaseDamaged`) a database whose Settings table holds anything diskcache does not
+    write itself: diskcache runs `sqlite_*` values as PRAGMA text on open, so a planted value is SQL."""
+    con = connect_readonly(folder)
+    if con is None:
+        return
+    try:
+        settings = con.execute("SELECT key, value FROM Settings").fetchall()
+    except sqlite3.DatabaseError:
+        settings = []  # no Settings table: diskcache creates it
+    finally:
+        con.close()
+    for key, value in settings:
+        if key in _SETTING_STRINGS:
+            ok = isinstance(value, str) and value.lower() in _SETTING_STRINGS[key]
+        else:
+            ok = key in DEFAULT_SETTINGS or key in METADATA
+            ok = ok and type(value) in (int, float)
+        if not ok:
+            raise damaged(folder, f"its Settings table holds {key!r} = {value!r}, which diskcache never writes "
+                                  f"(diskcache would run it as SQL); refused to open it for writing")
+
+
+def read_meta(folder: Path, immutable: bool | None = None) -> dict:
+    """The text-keyed numbers and strings of a metadata folder (counters, size limit, engines as
+    JSON text); every other row is ignored, never interpreted."""
+    con = connect_readonly(folder, immutable)
+    if con is None:
+        return {}
+    try:
+        rows = con.execute("SELECT key, value FROM Cache WHERE raw = 1 AND mode = ?", (MODE_RAW,)).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise damaged(folder, str(exc)) from exc
+    finally:
+        con.close()
+    return {k: v for k, v in rows if isinstance(k, str) and type(v) in (int, float, str)}
+
+
+def delete_rows(folder: Path, rows, timeout: float = 60.0) -> int:
+    """Delete rows `(rowid, filename, value)` with SQL in one transaction (never through diskcache,
+    which would unpickle), each only if still exactly as read (a row replaced since stays), then
+    their value files by name shape. Returns the number of rows deleted."""
+    con = sqlite3.connect(str(Path(folder) / DBNAME), timeout=timeout, isolation_level=None)
+    gone = []
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        for rowid, filename, value in rows:
+            cursor = con.execute("DELETE FROM Cache WHERE rowid = ? AND filename IS ? AND value IS ?",
+                                 (rowid, filename, value))
+            if cursor.rowcount:
+                gone.append(filename)
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+    for filename in gone:
+        if filename is not None:
+            remove_value_file(folder, filename)
+    return len(gone)

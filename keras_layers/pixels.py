@@ -1,0 +1,75 @@
+"""Pixel values of the Keras layer: input checks, and `value_range` to uint8 and back.
+
+The engines and the cache work on uint8 RGB. Keras' image layers take any dtype and say which values
+the input spans with `value_range` (default `(0, 255)`); a float image in [0, 1] after
+`Rescaling(1 / 255)` must be told apart from a dark [0, 255] image, so values far outside
+`value_range` are an error, never silently clipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sr_augment.images import ImageShapeError
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
+# Float rounding (e.g. 1.0000001 after a division) is accepted and clipped; anything further out is an error.
+RANGE_TOLERANCE = 1e-3
+
+
+def check_value_range(value_range) -> tuple[float, float]:
+    """`(low, high)` with low < high, as Keras' image layers take it."""
+    if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
+        raise ValueError(f"value_range must be a tuple of two numbers (low, high), got {value_range!r}")
+    low, high = (float(v) for v in value_range)
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"value_range must be two finite numbers with low < high, got {value_range!r}")
+    return (int(low) if low.is_integer() else low, int(high) if high.is_integer() else high)
+
+
+def check_input(dtype: str, rank, channels, shape) -> None:
+    if dtype not in ("uint8", *FLOAT_DTYPES):
+        raise TypeError(f"SRAugment expects uint8 or float (float16/32/64) images, got {dtype}")
+    if rank not in (3, 4):
+        raise ImageShapeError(f"SRAugment expects a 3D (height, width, 3) or 4D (batch, height, width, 3) input, "
+                              f"got shape {shape}" + ("" if rank is not None else " (unknown rank: set the shape)"))
+    if channels is not None and channels != 3:
+        raise ImageShapeError(f"SRAugment expects RGB images with 3 channels (channels last), got shape {shape}")
+
+
+def _is_uint8_range(value_range) -> bool:
+    return tuple(value_range) == (0, 255)
+
+
+def to_uint8(batch: np.ndarray, value_range) -> np.ndarray:
+    """The engine's uint8 [0, 255] from `batch` in `value_range` (NaN, infinity or values outside
+    `value_range` beyond `RANGE_TOLERANCE` of its width are an error)."""
+    if batch.dtype == np.uint8 and _is_uint8_range(value_range):
+        return np.ascontiguousarray(batch)
+    low, high = value_range
+    if batch.size:
+        if batch.dtype != np.uint8 and not np.all(np.isfinite(batch)):
+            raise ValueError("SRAugment: float image contains NaN or infinity")
+        lo, hi = float(batch.min()), float(batch.max())
+        slack = RANGE_TOLERANCE * (high - low)
+        if lo < low - slack or hi > high + slack:
+            hint = ("; for images in [0, 1] (e.g. after Rescaling(1/255)) pass value_range=(0, 1)"
+                    if _is_uint8_range(value_range) else "")
+            raise ValueError(f"SRAugment: input values in [{lo:.4g}, {hi:.4g}] lie outside value_range=[{low}, {high}]"
+                             f"{hint}")
+    values = batch.astype(np.float64)
+    if not _is_uint8_range(value_range):
+        values = (values - low) * (255.0 / (high - low))
+    return np.round(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+
+
+def from_uint8(images: np.ndarray, value_range, dtype) -> np.ndarray:
+    """uint8 [0, 255] results back to `value_range`, in `dtype` (exact for (0, 255))."""
+    dtype = np.dtype(dtype)
+    if _is_uint8_range(value_range):
+        return images.astype(dtype, copy=False)
+    low, high = value_range
+    values = images.astype(np.float64) * ((high - low) / 255.0) + low
+    if dtype == np.uint8:
+        values = np.round(np.clip(values, 0, 255))
+    return values.astype(dtype)
