@@ -30,8 +30,9 @@ def _engine_params(pairs: list[str]) -> dict:
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--engine", default=DEFAULT_ENGINE,
-                       help="sr4, bicubic, sd-x4-upscaler, ldm-4x, a hub id (owner/name), a local diffusers folder, "
-                            "or package.module:Class (your own Engine); `sr-augment engines` lists them (default: %(default)s)")
+                       help="sr4, bicubic, dat-light, osediff, pisa-sr, sd-x4-upscaler, ldm-4x, an SR checkpoint file "
+                            "(.pth/.pt/.ckpt/.safetensors), a hub id (owner/name), a local diffusers folder, or "
+                            "package.module:Class (your own Engine); `sr-augment engines` lists them (default: %(default)s)")
     group.add_argument("--scale", type=int, default=4, help="upscaling factor (default: %(default)s)")
     group.add_argument("--steps", type=int, default=None, help="denoising steps (default: the engine's)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
