@@ -44,12 +44,15 @@ def size_limit_of(directory: Path):
 
 def remove_cache_files(directory: Path) -> int:
     """Remove the cache's own files under `directory`; returns the entries its database held (0 if
-    it could not be read). Folders that are symbolic links are left alone (not followed)."""
+    it could not be read). A folder that is a symbolic link is removed as a link (never followed)."""
     directory = Path(directory)
     removed = _count(directory / "entries")
     for name in FOLDERS:
         folder = directory / name
-        if folder.is_symlink() or not folder.is_dir():
+        if folder.is_symlink():
+            os.unlink(folder)  # the link itself, not what it points to
+            continue
+        if not folder.is_dir():
             continue
         for value_file in list(rows.iter_value_files(folder)):
             rows.remove_value_file(folder, value_file)

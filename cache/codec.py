@@ -1,10 +1,14 @@
 """Stored records: a checksummed header + an encoded image, so damage is detected, never returned.
 
 Layout: b"SRA1" | crc32 (4 bytes, of everything after it) | header length (2) | JSON header | payload.
-The default codec is WebP lossless: measured in bench/bench_core.py (bench/NOTES.md) it decodes
-faster than PNG and stores smaller entries; its slower encode is paid once, next to seconds of
-diffusion. Images wider or taller than WebP's 16383 px limit, larger than Pillow's decompression-bomb
-limit, or a Pillow without WebP, use PNG.
+The default, "auto", stores small results (at most `AUTO_RAW_PIXELS`, 256x256) raw and larger ones
+as WebP lossless. Measured (bench/NOTES.md sections 1 and 3): WebP decodes faster than PNG and stores
+smaller entries, but at 128x128 its decode (0.48 ms) is most of a cache hit and ~12% of a whole
+torchvision pipeline, while raw costs nothing to decode (a copy) for 2.3x the disk (48 KiB); no
+compressed form (zlib, lz4, zstd, with or without a PNG-style delta filter) was both small and fast.
+WebP's slower encode is paid once, next to seconds of diffusion. Images wider or taller than WebP's
+16383 px limit, larger than Pillow's decompression-bomb limit, or a Pillow without WebP, use PNG. The
+codec is named in each record's header, so records of every codec read in any cache.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ from PIL import Image, PngImagePlugin, WebPImagePlugin, features
 
 MAGIC = b"SRA1"
 CODECS = ("webp", "png", "raw")
-DEFAULT_CODEC = "webp"
+"""The codecs a record may name in its header."""
+CHOICES = ("auto",) + CODECS
+"""What a cache may be asked to store with: a codec, or "auto" (raw when small, else WebP)."""
+DEFAULT_CODEC = "auto"
+AUTO_RAW_PIXELS = 256 * 256
+"""The largest result (height x width) "auto" stores raw: 192 KiB at most."""
 _WEBP_MAX_SIDE = 16383
 _HAS_WEBP = features.check("webp")
 # Our own checksummed records must never trip Pillow's decompression-bomb limit: a legitimately huge
@@ -42,9 +51,14 @@ def _webp_can_hold(image: np.ndarray) -> bool:
     return _HAS_WEBP and max(height, width) <= _WEBP_MAX_SIDE and height * width <= pixel_limit
 
 
-def encode(image: np.ndarray, codec: str = DEFAULT_CODEC) -> bytes:
-    if codec not in CODECS:
-        raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
+def encode(image: np.ndarray, codec: str = DEFAULT_CODEC, meta: dict | None = None) -> bytes:
+    """A record of `image`; `meta` (JSON: engine, fingerprint, mode, ... see `cache.entrymeta`) rides in
+    the header, under the checksum. Readers ignore header fields they do not know, so records with and
+    without it read alike (the layout, magic SRA1, is unchanged)."""
+    if codec not in CHOICES:
+        raise ValueError(f"codec must be one of {', '.join(CHOICES)}; got {codec!r}")
+    if codec == "auto":
+        codec = "raw" if image.shape[0] * image.shape[1] <= AUTO_RAW_PIXELS else "webp"
     if codec == "webp" and not _webp_can_hold(image):
         codec = "png"
     if codec == "raw":
@@ -56,9 +70,10 @@ def encode(image: np.ndarray, codec: str = DEFAULT_CODEC) -> bytes:
         else:
             Image.fromarray(image).save(buffer, format="WEBP", lossless=True, quality=0, method=0)
         payload = buffer.getvalue()
-    header = json.dumps({"codec": codec, "shape": list(image.shape)}).encode()
-    body = struct.pack("<H", len(header)) + header + payload
-    return MAGIC + struct.pack("<I", zlib.crc32(body)) + body
+    header = {"codec": codec, "shape": list(image.shape)}
+    if meta:
+        header["meta"] = meta
+    return join(json.dumps(header).encode(), payload)
 
 
 def check(record: bytes) -> memoryview:
@@ -72,18 +87,27 @@ def check(record: bytes) -> memoryview:
     return body
 
 
-def decode(record: bytes) -> np.ndarray:
-    """The image in a record; raises `DamagedEntry` on any corruption."""
+def decode(record: bytes, expected_shape: tuple | None = None) -> np.ndarray:
+    """The image in a record; raises `DamagedEntry` on any corruption. With `expected_shape` (what the
+    lookup's mode and scale make), a record of another shape is refused before anything is decoded,
+    and an image whose own header disagrees with the record's is never decoded either: a small planted
+    record cannot make a read allocate gigabytes."""
     try:
         body = check(record)
         (header_len,) = struct.unpack_from("<H", body, 0)
         header = json.loads(bytes(body[2:2 + header_len]))
         payload = body[2 + header_len:]
         shape = tuple(header["shape"])
+        if len(shape) != 3 or shape[2] != 3:  # every codec holds RGB only (a raw RGBA must not pass)
+            raise DamagedEntry(f"stored shape {shape} is not an RGB image")
+        if expected_shape is not None and shape != tuple(expected_shape):
+            raise DamagedEntry(f"stored shape {shape} is not the {tuple(expected_shape)} this lookup needs")
         if header["codec"] == "raw":
             image = np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy()
         else:
             with _READERS[header["codec"]](io.BytesIO(payload)) as img:
+                if img.size != (shape[1], shape[0]):  # Pillow read only the image's header so far
+                    raise DamagedEntry(f"encoded image is {img.size[0]}x{img.size[1]}, the record says {shape[1]}x{shape[0]}")
                 image = np.array(img.convert("RGB"), dtype=np.uint8)
         if image.shape != shape:
             raise DamagedEntry(f"decoded shape {image.shape} != stored shape {shape}")
@@ -92,3 +116,24 @@ def decode(record: bytes) -> np.ndarray:
         raise
     except Exception as exc:  # struct, json, Pillow and numpy each raise their own types
         raise DamagedEntry(f"undecodable record ({type(exc).__name__}: {exc})") from None
+
+
+def join(header: bytes, payload) -> bytes:
+    """A record from its JSON header bytes and payload (the layout above, checksum added)."""
+    body = struct.pack("<H", len(header)) + bytes(header) + bytes(payload)
+    return MAGIC + struct.pack("<I", zlib.crc32(body)) + body
+
+
+def split(record: bytes) -> tuple[dict, bytes, memoryview]:
+    """(header, header bytes, payload) of a record whose checksum is verified (no decode); `DamagedEntry`
+    for a bad checksum or header. Export and import use it to move a record without re-encoding it."""
+    body = check(record)
+    try:
+        (header_len,) = struct.unpack_from("<H", body, 0)
+        header_bytes = bytes(body[2:2 + header_len])
+        header = json.loads(header_bytes)
+    except (struct.error, ValueError) as exc:
+        raise DamagedEntry(f"unreadable record header ({exc})") from None
+    if not isinstance(header, dict) or header.get("codec") not in CODECS or not isinstance(header.get("shape"), list):
+        raise DamagedEntry("record header is not {codec, shape}")
+    return header, header_bytes, body[2 + header_len:]

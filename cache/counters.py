@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import multiprocessing.util
 import os
 import sqlite3
@@ -175,7 +176,10 @@ def _text(meta: diskcache.Cache, key: str):
 
 
 def _int(value) -> int:
-    return int(value) if type(value) in (int, float) else 0
+    """A counter read from the (untrusted) metadata: a non-negative finite number, else 0."""
+    if type(value) is float and not math.isfinite(value):
+        return 0
+    return max(0, int(value)) if type(value) in (int, float) else 0
 
 
 def _engine_record(text, name: str) -> dict:
@@ -184,7 +188,7 @@ def _engine_record(text, name: str) -> dict:
         seen = json.loads(text)
         if isinstance(seen, dict) and isinstance(seen.get("name"), str) and type(seen.get("generated")) is int:
             return {"name": seen["name"], "generated": seen["generated"]}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: deeply nested planted JSON
         pass
     return {"name": name, "generated": 0}
 

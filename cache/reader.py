@@ -16,6 +16,10 @@ from typing import NamedTuple
 from sr_augment.cache import rows
 
 
+_BATCH = 500
+"""Keys per `IN (...)` query: under SQLite's bound-parameter limit (999 before 3.32)."""
+
+
 class Row(NamedTuple):
     rowid: int
     mode: int
@@ -52,6 +56,19 @@ class Reader:
         """The row of the text key `key` (a pickled key is never matched, so never unpickled)."""
         found = self._query("SELECT rowid, mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,))
         return Row(*found[0]) if found else None
+
+    def rows(self, keys) -> dict[str, Row]:
+        """The rows of the text keys `keys` that are stored, by key: one query per `_BATCH` keys, so a
+        batch lookup costs one SQLite round trip, not one per image."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, Row] = {}
+        for start in range(0, len(keys), _BATCH):
+            chunk = keys[start:start + _BATCH]
+            marks = ", ".join("?" * len(chunk))
+            for key, *row in self._query(f"SELECT key, rowid, mode, filename, value FROM Cache WHERE key IN ({marks}) "
+                                         f"AND raw = 1", chunk):
+                found[key] = Row(*row)
+        return found
 
     def data(self, row: Row) -> bytes:
         """The bytes a row stores; `UntrustedRow` for a refused shape, FileNotFoundError for a lost file."""

@@ -38,3 +38,6 @@ class EntryRequest:
     image: np.ndarray
     key: str
     seed: int
+    result_shape: tuple | None = None
+    """The shape its result must have (mode and scale decide it): a stored record of another shape is
+    refused before it is decoded, so a planted record cannot make a read allocate gigabytes."""

@@ -26,8 +26,9 @@ from diskcache.core import DBNAME, DEFAULT_SETTINGS, EVICTION_POLICY, METADATA, 
 VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
 """The only value-file names diskcache's `Disk.filename` makes (two levels of hex folders)."""
 _SETTING_STRINGS = {"eviction_policy": frozenset(EVICTION_POLICY),
-                    "sqlite_journal_mode": frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})}
-"""The only text values diskcache writes to its Settings table; every other setting is a number."""
+                    "sqlite_journal_mode": frozenset({"wal"})}
+"""The only text values sr-augment's diskcache folders hold in their Settings table (SRCache always uses
+WAL: another journal mode planted there makes every write stall on the lock); every other setting is a number."""
 
 
 class UntrustedRow(ValueError):
@@ -55,28 +56,56 @@ def damaged(folder: Path, problem: str) -> DatabaseDamaged:
 def value_path(directory: Path, filename: str) -> Path:
     """The value file a row names, or `UntrustedRow` if the name is not one diskcache makes: no `..`,
     no absolute path, no other shape, so a planted row can never point outside the cache."""
+    return Path(_value_file(directory, filename))
+
+
+def _value_file(directory, filename) -> str:
+    """`value_path` as a str (no pathlib objects: this runs on every hit of a value file)."""
     if not isinstance(filename, str) or not VALUE_FILE.fullmatch(filename):
         raise UntrustedRow(f"row names value file {filename!r}, which is not a cache value file name; refused")
-    path = Path(directory) / filename
-    if path.parent.resolve() != Path(directory).resolve() / filename[:5]:  # a planted folder symlink
-        raise UntrustedRow(f"value file {path} lies under a symbolic link out of the cache; refused")
-    return path
+    directory = os.fspath(directory)
+    for folder in (os.path.join(directory, filename[:2]), os.path.join(directory, filename[:5])):
+        try:  # two lstat calls, not resolve() (~0.1 ms a hit)
+            is_link = stat.S_ISLNK(os.lstat(folder).st_mode)
+        except FileNotFoundError:
+            break  # reading it raises FileNotFoundError (a lost value file)
+        if is_link:  # a planted folder symlink, wherever it points
+            raise UntrustedRow(f"value file {os.path.join(directory, filename)} lies under a symbolic link "
+                               f"({folder}); refused")
+    return os.path.join(directory, filename)
 
 
-def read_value_file(path: Path) -> bytes:
+MAX_VALUE_BYTES = 1 << 30
+"""No record is larger (a 16383 px square result as PNG is well under it); a bigger value file is
+planted (a sparse file takes no disk but every reader would allocate its size)."""
+
+
+def read_value_file(path: Path, max_bytes: int = MAX_VALUE_BYTES) -> bytes:
     """The bytes of a value file, refusing symlinks and anything but a regular file (no following a
-    planted link out of the cache). FileNotFoundError when it is gone."""
+    planted link out of the cache; O_NONBLOCK so a planted FIFO cannot block the open) and files
+    larger than `max_bytes`. FileNotFoundError when it is gone."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             raise UntrustedRow(f"value file {path} is a symbolic link; refused") from None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise UntrustedRow(f"value file {path} is not a regular file; refused")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read()
+        if info.st_size > max_bytes:
+            raise UntrustedRow(f"value file {path} is {info.st_size} bytes, larger than any record ({max_bytes}); refused")
+        data = os.read(fd, info.st_size + 1)  # one read, no file object (a cut file fails its checksum)
+        if len(data) > info.st_size:  # it grew since fstat: read the rest
+            parts = [data]
+            while chunk := os.read(fd, 1 << 20):
+                parts.append(chunk)
+                if sum(map(len, parts)) > max_bytes:
+                    raise UntrustedRow(f"value file {path} grew past {max_bytes} bytes while read; refused")
+            data = b"".join(parts)
+        return data
     finally:
         os.close(fd)
 
@@ -127,7 +156,7 @@ def row_value(directory: Path, mode: int, filename, value) -> bytes:
             raise UntrustedRow(f"inline row holds {type(value).__name__}, not bytes; refused")
         return bytes(value)
     if mode == MODE_BINARY:
-        return read_value_file(value_path(directory, filename))
+        return read_value_file(_value_file(directory, filename))
     raise UntrustedRow(f"row stored in diskcache mode {mode} (pickle or text), which sr-augment never writes; refused")
 
 
@@ -137,6 +166,7 @@ def connect_readonly(folder: Path, immutable: bool | None = None) -> sqlite3.Con
     file in (a read-only mount, a folder of another user; None: decided by access). None when nothing
     is stored yet (no database, an empty file, no Cache table); `DatabaseDamaged` when unreadable."""
     db = Path(folder) / DBNAME
+    refuse_links(folder)
     try:
         if db.stat().st_size == 0:
             return None
@@ -159,6 +189,16 @@ def connect_readonly(folder: Path, immutable: bool | None = None) -> sqlite3.Con
         con.close()
         raise damaged(folder, str(exc)) from exc
     return con
+
+
+def refuse_links(folder: Path) -> None:
+    """`DatabaseDamaged` when a diskcache folder or its database files are symbolic links: SQLite and
+    diskcache follow them, so a planted link would make a writer create or change files outside the cache."""
+    folder = Path(folder)
+    for path in (folder, folder / DBNAME, folder / f"{DBNAME}-wal", folder / f"{DBNAME}-shm"):
+        if path.is_symlink():
+            raise damaged(folder, f"{path} is a symbolic link; a cache's own folders and database files never are, "
+                                  f"and links are not followed")
 
 
 def check_settings(folder: Path) -> None:

@@ -35,7 +35,7 @@ import diskcache
 import numpy as np
 
 from sr_augment.cache import codec as _codec
-from sr_augment.cache import clearing, rows, writers
+from sr_augment.cache import clearing, entrymeta, rows, writers
 from sr_augment.cache.counters import META_TIMEOUT, Counters
 from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheReadOnly, CacheWriteError, write_error
 from sr_augment.cache.reader import Reader, Row
@@ -46,6 +46,8 @@ from sr_augment.images import ImageInput, to_rgb
 from sr_augment.modes import check_mode, engine_input, mode_result
 
 log = logging.getLogger("sr_augment.cache")
+_READ_ROW = object()
+"""`_fetch`'s default: read the key's row (a batch lookup passes the row it read, or None)."""
 DEFAULT_SIZE_LIMIT = 20 * 2**30
 """20 GiB: about 85,000 512x512 SR images (WebP lossless, ~240 KiB each). Pass `size_limit` to change it."""
 
@@ -58,8 +60,9 @@ class SRCache:
         size_limit: bytes kept before the oldest-stored entries are evicted (counted in `stats()`).
             Remembered in the cache folder: None uses the limit last set there, else
             `DEFAULT_SIZE_LIMIT`, so a limit set by `warm --size-limit` also holds during training.
-        codec: "webp" (lossless, the default: smallest and fastest to decode), "png" (lossless) or
-            "raw" (fastest hit, about 3x the disk).
+        codec: how results are stored: "auto" (the default: raw up to 256x256 pixels, where a hit
+            would otherwise spend most of its time decoding, WebP lossless above), "webp" (smallest),
+            "png" or "raw" (fastest hit, 2.3-3.2x the disk of WebP). Records of every codec read alike.
         read_only: True opens the cache read-only (hits only; a miss to generate raises
             `CacheReadOnly`); None (the default) does so when this process cannot write the folder.
 
@@ -76,8 +79,8 @@ class SRCache:
 
     def __init__(self, directory: str | os.PathLike | None = None, size_limit: int | None = None,
                  codec: str = _codec.DEFAULT_CODEC, read_only: bool | None = None):
-        if codec not in _codec.CODECS:
-            raise ValueError(f"codec must be one of {', '.join(_codec.CODECS)}; got {codec!r}")
+        if codec not in _codec.CHOICES:
+            raise ValueError(f"codec must be one of {', '.join(_codec.CHOICES)}; got {codec!r}")
         if size_limit is not None and int(size_limit) <= 0:
             raise ValueError(f"size_limit must be a positive number of bytes, got {size_limit}")
         self.directory = Path(directory) if directory is not None else default_cache_dir()
@@ -130,29 +133,50 @@ class SRCache:
         if int(variant) < 0:
             raise ValueError(f"variant must be >= 0, got {variant}")
         base = base_key(pixel_digest(image), engine.fingerprint, mode, engine.scale)
-        return EntryRequest(image, entry_key(base, variant), variant_seed(base, variant))
+        height, width = image.shape[:2]
+        factor = int(engine.scale) if mode == "upscale" else 1
+        return EntryRequest(image, entry_key(base, variant), variant_seed(base, variant),
+                            (height * factor, width * factor, 3))
 
     # -- reads -----------------------------------------------------------------------------------------
     def get(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> np.ndarray | None:
         """The cached result, or None on a miss (a damaged entry is deleted and counted as a miss)."""
-        return self._lookup(self._request(to_rgb(image), engine, mode, variant))
+        return self._lookup_many([self._request(to_rgb(image), engine, mode, variant)])[0]
+
+    def get_many(self, images: Sequence[ImageInput], engine, mode: str = "upscale",
+                 variants: Sequence[int] | None = None) -> list[np.ndarray | None]:
+        """`get` for many (image, variant) pairs with one SQLite query: a result or None per pair."""
+        variants = [0] * len(images) if variants is None else list(variants)
+        if len(variants) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(variants)} variants")
+        return self._lookup_many([self._request(to_rgb(img), engine, mode, v) for img, v in zip(images, variants)])
 
     def _lookup(self, request: EntryRequest) -> np.ndarray | None:
-        found = self._fetch(request.key)
-        if found is not None:
-            try:
-                image = _codec.decode(found[1])
-                self._counters.count("hits")
-                return image
-            except _codec.DamagedEntry as exc:
-                self._discard(request.key, found[0], exc)
-        self._counters.count("misses")
-        return None
+        return self._lookup_many([request])[0]
 
-    def _fetch(self, key: str) -> tuple[Row, bytes] | None:
+    def _lookup_many(self, requests: Sequence[EntryRequest]) -> list[np.ndarray | None]:
+        stored = self._reader.rows([r.key for r in requests])
+        results: list[np.ndarray | None] = []
+        for request in requests:
+            image = None
+            found = self._fetch(request.key, stored.get(request.key))
+            if found is not None:
+                try:
+                    image = _codec.decode(found[1], request.result_shape)
+                except _codec.DamagedEntry as exc:
+                    self._discard(request.key, found[0], exc)
+            if image is None:
+                stored.pop(request.key, None)  # a discarded row: the same key again in this batch misses too
+            self._counters.count("misses" if image is None else "hits")
+            results.append(image)
+        return results
+
+    def _fetch(self, key: str, row=_READ_ROW) -> tuple[Row, bytes] | None:
         """(row, record bytes) stored under `key`, or None. A row refused by shape (pickle, a path out of
-        the cache, a link) or whose value file is gone is discarded and reads as absent."""
-        row = self._reader.row(key)
+        the cache, a link) or whose value file is gone is discarded and reads as absent. `row`: the row
+        already read for `key` (None: none is stored); by default it is read here."""
+        if row is _READ_ROW:
+            row = self._reader.row(key)
         if row is None:
             return None
         try:
@@ -182,10 +206,10 @@ class SRCache:
     def put(self, image: ImageInput, engine, result: np.ndarray, mode: str = "upscale", variant: int = 0) -> str:
         """Store a result computed elsewhere; returns its key."""
         request = self._request(to_rgb(image), engine, mode, variant)
-        self._store(request, engine, result)
+        self._store(request, engine, result, mode)
         return request.key
 
-    def _store(self, request: EntryRequest, engine, result: np.ndarray) -> tuple[np.ndarray, bool]:
+    def _store(self, request: EntryRequest, engine, result: np.ndarray, mode: str) -> tuple[np.ndarray, bool]:
         """Store `result` under the request's key: (the pixels stored there, whether we stored them).
         The first writer wins: when another writer stored the key first, its pixels are returned
         (the same seed can still give pixels 1 apart, e.g. convolutions differ by batch size). A
@@ -193,27 +217,31 @@ class SRCache:
         if self.read_only:
             raise self._read_only_error()
         result = np.ascontiguousarray(result, dtype=np.uint8)
-        record = _codec.encode(result, self.codec)
+        if request.result_shape is not None and result.shape != request.result_shape:
+            raise _codec.DamagedEntry(f"engine {getattr(engine, 'name', engine)!r} returned an image of shape "
+                                      f"{result.shape}; mode {mode!r} at scale {engine.scale} needs {request.result_shape}")
+        meta = entrymeta.make(engine, mode, request)
+        record = _codec.encode(result, self.codec, meta)
         _codec.decode(record)  # verify before publishing: a bad encode must never become an entry
         self._counters.count_generated(engine)
         for _ in range(WRITE_ATTEMPTS):
-            if self._add(request.key, record):
+            if self._add(request.key, record, entrymeta.tag(meta)):
                 self._counters.count("inserted")
                 return result, True
             found = self._fetch(request.key)  # a lost value file is discarded here
             if found is not None:
                 try:
-                    return _codec.decode(found[1]), False
+                    return _codec.decode(found[1], request.result_shape), False
                 except _codec.DamagedEntry as exc:
                     self._discard(request.key, found[0], exc)
         return result, False
 
-    def _add(self, key: str, record: bytes) -> bool:
-        """Publish a record under `key` unless one is there already."""
+    def _add(self, key: str, record: bytes, tag: str | None = None) -> bool:
+        """Publish a record under `key` unless one is there already (`tag`: `entrymeta.tag`)."""
         disk = self._entries.disk
         for _ in range(WRITE_ATTEMPTS):
             try:
-                return self._entries.add(key, record, retry=False)
+                return self._entries.add(key, record, retry=False, tag=tag)
             except diskcache.Timeout:
                 disk.discard_unpublished()
             except (OSError, sqlite3.OperationalError) as exc:
@@ -223,6 +251,20 @@ class SRCache:
                 disk.discard_unpublished()
                 raise rows.damaged(self.directory / "entries", str(exc)) from exc
         raise write_error(self.directory, TimeoutError(f"the database stayed locked through {WRITE_ATTEMPTS} attempts"))
+
+    def add_record(self, key: str, record: bytes) -> bool:
+        """Publish a record made elsewhere (import, merge) under `key` unless the key is stored: the key's
+        shape is checked and the record fully decoded first. True when this call stored it."""
+        if self.read_only:
+            raise self._read_only_error()
+        if not isinstance(key, str) or not entrymeta.KEY.fullmatch(key):
+            raise ValueError(f"{key!r} is not a cache entry key")
+        _codec.decode(record)  # DamagedEntry: never published
+        tag = entrymeta.tag(entrymeta.of_header(_codec.split(record)[0]))
+        if self._add(key, record, tag):
+            self._counters.count("inserted")
+            return True
+        return False
 
     def get_or_create(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> np.ndarray:
         """The cached result, generating and storing it on a miss."""
@@ -235,7 +277,7 @@ class SRCache:
         if len(variants) != len(images):
             raise ValueError(f"got {len(images)} images but {len(variants)} variants")
         requests = [self._request(to_rgb(img), engine, mode, v) for img, v in zip(images, variants)]
-        results = [self._lookup(r) for r in requests]
+        results = self._lookup_many(requests)
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             for i, out in zip(missing, self.generate(engine, [requests[i] for i in missing], mode)):
@@ -272,7 +314,7 @@ class SRCache:
         outputs = engine.upscale(inputs, [r.seed for r in requests])
         results, stored = [], 0
         for request, out in zip(requests, outputs):
-            result, ours = self._store(request, engine, mode_result(out, request.image, mode))
+            result, ours = self._store(request, engine, mode_result(out, request.image, mode), mode)
             results.append(result)
             stored += ours
         return results, stored

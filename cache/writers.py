@@ -54,6 +54,7 @@ def open_writer(folder: Path, **settings) -> diskcache.Cache:
     for a damaged or tampered database and `CacheWriteError` when the folder cannot be written."""
     folder = Path(folder)
     try:
+        rows.refuse_links(folder)  # before anything is created: a planted link must not be followed
         _create_with_umask(folder)
         rows.check_settings(folder)
         return diskcache.Cache(str(folder), disk=SafeDisk, **settings)

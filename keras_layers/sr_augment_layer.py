@@ -196,6 +196,26 @@ class SRAugment(keras.layers.Layer):
         config["bounding_box_format"] = self.bounding_box_format
         return {**super().get_config(), **config}
 
+    def warm(self, data, *, batch_size: int = 8, progress: bool = True):
+        """Generate and cache every variant of every image in `data` that is not cached yet, with exactly
+        the keys this layer will look up (same `value_range` conversion, engine, mode, scale, variants);
+        returns the `WarmReport` of `sr-augment warm`.
+
+        `data` is what the pipeline feeds this layer: a `tf.data.Dataset` whose elements are images,
+        `(images, labels, ...)` or `{"images": ...}` (batched or not), or numpy arrays (NHWC, HWC, or
+        `(x, y)`), i.e. the dataset before the `map` that applies the layer. Misses go to the engine
+        `batch_size` at a time and are stored batch by batch; a rerun generates nothing; nothing is
+        drawn from the layer's SeedGenerator. Example:
+
+            ds = tf.data.Dataset.from_tensor_slices((x, y)).map(resize).batch(32)   # before the layer
+            augment = SRAugment(engine="sr4", mode="resynthesize", variants=4)
+            augment.warm(ds)
+            ds = ds.map(lambda images, labels: (augment(images), labels))
+        """
+        from sr_augment.keras_layers.warming import warm_layer
+
+        return warm_layer(self, data, batch_size=batch_size, progress=progress)
+
     # -- the work --------------------------------------------------------------------------------------
     def _call_images(self, inputs, training):
         if not training and self.core.mode == "resynthesize" and self.core.output_size is None:

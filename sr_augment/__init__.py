@@ -12,5 +12,13 @@ from sr_augment.images import ImageDecodeError, ImageShapeError, load_image, to_
 
 __version__ = "0.1.0"
 
-__all__ = ["DEFAULT_ENGINE", "Engine", "EngineUnavailable", "ImageDecodeError", "ImageShapeError", "__version__",
+__all__ = ["CacheMissRateWarning", "DEFAULT_ENGINE", "Engine", "EngineUnavailable", "ImageDecodeError", "ImageShapeError", "__version__",
            "get_engine", "load_image", "to_rgb"]
+
+
+def __getattr__(name: str):
+    if name == "CacheMissRateWarning":  # imported on first use: it brings the cache (diskcache, SQLite)
+        from sr_augment.augment import CacheMissRateWarning
+
+        return CacheMissRateWarning
+    raise AttributeError(f"module 'sr_augment' has no attribute {name!r}")

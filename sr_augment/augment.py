@@ -2,7 +2,10 @@
 
 The adapters only convert their framework's image types to uint8 HWC RGB numpy and back, and draw
 `p` and the variant index from their framework's RNG. Everything else happens here, framework-free:
-cache lookup, the `on_miss` policy, and the final `output_size` resize.
+cache lookup, the `on_miss` policy, and the final `output_size` resize. Two more things live here because
+both adapters need them: `collect()`, which lets `SRAugment.warm` run an adapter's own conversion code
+and see the exact uint8 images the lookups would key, and the per-process lookup count behind
+`CacheMissRateWarning` (a pipeline that keeps missing a warmed cache).
 
 Engines: "bicubic" (and any `Engine` object passed in) runs inline; every other spec runs in the shared
 engine service (`sr_augment.service`), so this process never imports torch for it and N data-loading
@@ -11,8 +14,10 @@ workers share one model. Cache and engine are created lazily, per process, and d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,6 +30,31 @@ from sr_augment.modes import check_mode, engine_input, mode_result
 
 ON_MISS = ("generate", "passthrough", "error")
 _STATE_LOCK = threading.Lock()
+_COLLECTING = threading.local()  # {id(core): [images]} while `AugmentCore.collect` runs in this thread
+MISS_WARNING_LOOKUPS = 200
+"""Lookups of one process after which (and every as many more) its hit rate is checked."""
+MISS_WARNING_HIT_RATE = 0.05
+"""A hit rate under this, on a cache that holds entries of the engine, raises `CacheMissRateWarning`."""
+
+
+class CacheMissRateWarning(UserWarning):
+    """A process keeps missing a cache that holds this engine's entries: the pixels SRAugment receives
+    are not the ones that were warmed (a random transform before it, or another resize than the warm's).
+    Emitted once per process and adapter."""
+
+
+class _CountingEngine:
+    """The engine as `get_or_create_many` sees it, counting the requests sent to it: the misses."""
+
+    def __init__(self, engine):
+        self._engine, self.requests = engine, 0
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def upscale(self, images, seeds):
+        self.requests += len(images)
+        return self._engine.upscale(images, seeds)
 
 
 def normalise_output_size(output_size) -> tuple[int, int] | None:
@@ -123,10 +153,18 @@ class AugmentCore:
 
     def apply(self, image: np.ndarray, variant: int) -> np.ndarray:
         """The SR result of one uint8 HWC RGB image for `variant`, per the `on_miss` policy."""
-        cache, engine = self.cache, self.engine
+        sink = self._sink()
+        if sink is not None:
+            sink.append(image)
+            return self._stand_in(image)
         if self.on_miss == "generate":
-            return self.resize_output(cache.get_or_create(image, engine, self.mode, variant))
-        result = cache.get(image, engine, self.mode, variant)
+            return self.apply_many([image], {"augment": [True], "variant": [variant]})[0]
+        return self._apply_looked_up(image, variant, self.cache.get(image, self.engine, self.mode, variant))
+
+    def _apply_looked_up(self, image: np.ndarray, variant: int, result: np.ndarray | None) -> np.ndarray:
+        """What the `on_miss` policy makes of one lookup's `result` (None: a miss)."""
+        cache, engine = self.cache, self.engine
+        self._count_lookups(1, int(result is None))
         if result is None:
             if self.on_miss == "passthrough":
                 result = self.bicubic(image)
@@ -134,7 +172,8 @@ class AugmentCore:
                 raise CacheMiss(
                     f"no cached SR image for key {cache.key(image, engine, self.mode, variant)} (image "
                     f"{image.shape[1]}x{image.shape[0]}, mode {self.mode}, variant {variant}) in {cache.directory}; "
-                    f"warm the cache first (`sr-augment warm ...`) or use on_miss='generate' or 'passthrough'"
+                    f"warm the cache first (`sr-augment warm ...`, or through the pipeline: `SRAugment(...).warm(dataset)`) "
+                    f"or use on_miss='generate' or 'passthrough'"
                 )
         return self.resize_output(result)
 
@@ -146,16 +185,23 @@ class AugmentCore:
         upscale mode (every output has one shape); in resynthesize mode None, meaning "the input
         itself", or the input resized when `output_size` is set."""
         augment, variants = check_params(params, len(images))
+        sink = self._sink()
+        if sink is not None:  # `collect`: record what would be looked up, return stand-ins of the right shape
+            sink.extend(images)
+            return [self._stand_in(image) for image in images]
         results: list = [None] * len(images)
         picked = [i for i in range(len(images)) if augment[i]]
         if picked and self.on_miss == "generate":
-            made = self.cache.get_or_create_many([images[i] for i in picked], self.engine, self.mode,
+            engine = _CountingEngine(self.engine)
+            made = self.cache.get_or_create_many([images[i] for i in picked], engine, self.mode,
                                                  [variants[i] for i in picked])
+            self._count_lookups(len(picked), engine.requests)
             for i, result in zip(picked, made):
                 results[i] = self.resize_output(result)
-        else:
-            for i in picked:
-                results[i] = self.apply(images[i], variants[i])
+        elif picked:  # one SQLite query for the batch
+            found = self.cache.get_many([images[i] for i in picked], self.engine, self.mode, [variants[i] for i in picked])
+            for i, result in zip(picked, found):
+                results[i] = self._apply_looked_up(images[i], variants[i], result)
         for i in range(len(images)):
             if not augment[i]:
                 if self.mode == "upscale":
@@ -163,6 +209,72 @@ class AugmentCore:
                 elif self.output_size is not None and images[i].shape[:2] != self.output_size:
                     results[i] = self.resize_output(images[i])
         return results
+
+    # -- warm: see the images an adapter would look up ---------------------------------------------------
+    @contextlib.contextmanager
+    def collect(self):
+        """While active (in this thread only: a training pipeline's threads are untouched), `apply` and
+        `apply_many` look nothing up: they record the uint8 images they receive in the list this yields
+        and return stand-ins of the result's shape. `SRAugment.warm` runs an adapter's own conversion
+        code under it, so it warms exactly the keys the adapter will look up."""
+        sinks = _COLLECTING.__dict__.setdefault("sinks", {})
+        seen: list[np.ndarray] = []
+        previous = sinks.get(id(self))
+        sinks[id(self)] = seen
+        try:
+            yield seen
+        finally:
+            if previous is None:
+                sinks.pop(id(self), None)
+            else:
+                sinks[id(self)] = previous
+
+    def _sink(self) -> list | None:
+        sinks = getattr(_COLLECTING, "sinks", None)
+        return sinks.get(id(self)) if sinks else None
+
+    def _stand_in(self, image: np.ndarray) -> np.ndarray | None:
+        if self.mode == "resynthesize" and self.output_size is None:
+            return None  # the input itself
+        return np.zeros(self.result_shape(*image.shape[:2]), np.uint8)
+
+    # -- the miss-rate warning -------------------------------------------------------------------------
+    def _count_lookups(self, lookups: int, misses: int) -> None:
+        state = self._local()
+        with state["lock"]:
+            state["lookups"] = state.get("lookups", 0) + lookups
+            state["misses"] = state.get("misses", 0) + misses
+            due = not state.get("miss_warned") and state["lookups"] >= state.get("next_check", MISS_WARNING_LOOKUPS)
+            if due:
+                state["next_check"] = state["lookups"] + MISS_WARNING_LOOKUPS
+            lookups, misses = state["lookups"], state["misses"]
+        if due and lookups - misses < MISS_WARNING_HIT_RATE * lookups:
+            self._warn_miss_rate(state, lookups, misses)
+
+    def _warn_miss_rate(self, state: dict, lookups: int, misses: int) -> None:
+        """Warn once when the cache holds entries of this engine that this process did not make (so
+        it was warmed, or earlier processes stored them) and still nearly every lookup misses."""
+        if "held" not in state:  # computed once per process: the engine's entries made elsewhere
+            try:
+                stats = self.cache.stats()
+                made = stats.engines.get(self.engine.fingerprint, {}).get("generated", 0)
+            except Exception:  # the warning is advice: never let it break training
+                made = 0
+            own = misses if self.on_miss == "generate" else 0
+            state["held"] = max(0, made - own)
+        if not state["held"] or state.get("miss_warned"):
+            return
+        state["miss_warned"] = True
+        warnings.warn(
+            f"SRAugment: {misses} of the {lookups} cache lookups of this process missed, although the cache "
+            f"{self.cache.directory} holds about {state['held']} entries of engine {self.engine.name!r} made "
+            f"before: the pixels SRAugment receives are not the ones that were warmed. Likely cause: a random "
+            f"transform before SRAugment (RandomResizedCrop, RandomCrop, a flip, colour jitter), or another "
+            f"resize than the warm used (tf.image.resize, Keras Resizing, OpenCV or tensor resizing vs "
+            f"`sr-augment warm --resize`). Fix: put SRAugment right after decoding and deterministic resizing "
+            f"(random transforms after it), and warm through the pipeline itself: "
+            f"SRAugment(...).warm(dataset_before_sraugment).",
+            CacheMissRateWarning, stacklevel=2)
 
     def bicubic(self, image: np.ndarray) -> np.ndarray:
         """The bicubic stand-in for a miss: same mode, same shape as the SR result."""

@@ -1,4 +1,5 @@
-"""The `sr-augment` command line: warm, info, clear, verify, engines, eval-sr, experiment, train, demo."""
+"""The `sr-augment` command line: warm, clear, verify, engines, eval-sr, experiment, train, demo; info, export,
+import and merge live in `cli_cache`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sr_augment.engines import DEFAULT_ENGINE, EngineUnavailable, get_engine
+from sr_augment import warm_options
 
 
 def _parse_value(text: str):
@@ -62,21 +64,36 @@ def _build_engine(args, batch_size: int | None = None):
 
 
 def cmd_warm(args) -> int:
+    from sr_augment.accelerate_warm import accelerate_job
     from sr_augment.cache import CacheWriteError
     from sr_augment.warm import warm
+    from sr_augment.warm_options import dry_run, preprocess
 
-    engine = _build_engine(args, args.batch_size)
+    if args.dry_run:  # plans against the local cache; nothing runs or is written
+        return dry_run(args, _build_engine)
+    if args.ray is not None or args.out:  # a Ray cluster writing shards (sr_augment.ray_warm)
+        from sr_augment.ray_warm import cmd_ray_warm
+        return cmd_ray_warm(args)
+    job = accelerate_job()  # None unless `accelerate launch` started several processes: each then warms a share
+    engine = job.build_engine(_build_engine, args) if job else _build_engine(args, args.batch_size)
     with _open_cache(args) as cache:
         before = cache.stats().evictions
         try:
-            report = warm(args.paths, engine, cache, mode=args.mode, variants=args.variants,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+            report = (job.warm if job else warm)(args.paths, engine, cache, mode=args.mode, variants=args.variants,
+                                                 batch_size=args.batch_size, progress=not args.no_progress,
+                                                 preprocess=preprocess(args))
         except FileNotFoundError as exc:
             raise SystemExit(f"sr-augment: {exc}") from None
         try:
             evicted = cache.stats().evictions - before
         except CacheWriteError:  # the disk is full: the counters cannot be updated, the report stands
             evicted = 0
+    if report.interrupted:
+        code = 143 if report.stopped_by == "SIGTERM" else 130
+    else:
+        code = 1 if report.failed or report.error else 0
+    if job and not job.is_main:
+        return code  # the main process reports the whole job
     for failure in report.failures:  # decode errors already start with the path
         error = failure["error"]
         print(f"failed: {error if error.startswith(failure['path']) else failure['path'] + ': ' + error}", file=sys.stderr)
@@ -93,32 +110,7 @@ def cmd_warm(args) -> int:
     else:
         print(f"{report.images} images: {report.generated} generated, {report.cached} already cached, "
               f"{report.failed} failed in {report.seconds:.1f} s")
-    if report.interrupted:
-        return 143 if report.stopped_by == "SIGTERM" else 130
-    return 1 if report.failed or report.error else 0
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def cmd_info(args) -> int:
-    with _open_cache(args) as cache:
-        stats = cache.stats().as_dict()
-    if args.json:
-        print(json.dumps(stats))
-        return 0
-    print(f"cache      {stats['directory']}{' (read-only)' if stats['read_only'] else ''}")
-    print(f"entries    {stats['entries']}")
-    print(f"size       {_size(stats['bytes'])} of {_size(stats['size_limit'])} limit")
-    print(f"hits       {stats['hits']}")
-    print(f"misses     {stats['misses']}")
-    print(f"generated  {stats['generated']}")
-    print(f"damaged    {stats['damaged']} (detected and removed)")
-    print(f"evictions  {stats['evictions']}")
-    for fingerprint, seen in stats["engines"].items():
-        print(f"engine     {seen['name']}: {seen['generated']} generated  {fingerprint}")
-    return 0
+    return code
 
 
 def cmd_clear(args) -> int:
@@ -259,12 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-limit", type=int, default=None, help="cache size limit in bytes, remembered by the cache folder (default: the folder's, else 20 GiB)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object last")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    warm_options.add_arguments(p)  # --resize, --center-crop, --dry-run
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="generate on a Ray cluster (ADDRESS; 'auto': the one running here; none: start one) into --out")
+    p.add_argument("--out", default=None, metavar="URI", help="with --ray: folder or URI (s3://...) for the shards")
+    p.add_argument("--actors", type=int, default=2, help="with --ray: engine actors, one GPU each where there are GPUs (default: %(default)s)")
     p.set_defaults(func=cmd_warm)
 
-    p = sub.add_parser("info", help="cache entries, size, hit/miss counters, engines seen")
-    _add_cache_options(p)
-    p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
-    p.set_defaults(func=cmd_info)
+    from sr_augment import cli_cache
+
+    cli_cache.add_commands(sub)  # info, export, import, merge
 
     p = sub.add_parser("clear", help="delete every cached entry and reset the counters")
     _add_cache_options(p)

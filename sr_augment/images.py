@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
+_TURNED = frozenset(range(2, 9))
+"""EXIF orientations `ImageOps.exif_transpose` applies (1 and anything else: none)."""
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
@@ -60,7 +62,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """Convert a PIL image of any mode to uint8 HWC RGB (see the module docstring for the rules)."""
-    img = ImageOps.exif_transpose(img)
+    img.load()  # some formats (PNG) read their EXIF with the pixels
+    if img.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:  # else skip exif_transpose's full copy
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
         arr = np.clip(arr, 0, 65535).astype(np.float64) if img.mode == "I" else arr

@@ -1,8 +1,14 @@
 """Pre-warm the cache offline: generate every (image, variant) that is not cached yet.
 
-Work is batched across images (the engine sees `batch_size` requests at a time), each finished batch is
-stored at once (a crash, even SIGKILL, loses at most the batch in flight, and a rerun resumes from the
-cache), and one bad file is reported with its path and reason without stopping the others.
+One loop, `warm_items`, warms any iterable of (source name, loader) items: the files of `sr-augment
+warm` (`warm`, a thin wrapper), the samples of a training pipeline (`SRAugment.warm` of both adapters),
+or a share of the files per process (distributed warm). A loader returns the pixels of its source
+(one uint8 HWC RGB image, or a list of them: a batch), already as the adapter will key them.
+
+Work is batched across sources (the engine sees `batch_size` requests at a time), each finished batch
+is stored at once (a crash, even SIGKILL, loses at most the batch in flight, and a rerun resumes from
+the cache), and one bad source is reported with its name and reason without stopping the others.
+`dry_run` plans the same work and reports what would be generated, running and writing nothing.
 
 Stopping: SIGINT (Ctrl-C) or SIGTERM (a scheduler preempting the job) lets the batch in flight finish
 and be stored, then the run ends with `report.stopped_by` set; a second Ctrl-C stops at once. A cache
@@ -17,27 +23,34 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from sr_augment.cache.disk import CacheWriteError
 from sr_augment.cache.store import EntryRequest
 from sr_augment.engines.base import warn_deterministic_variants
-from sr_augment.images import ImageDecodeError, iter_image_files, load_image
+from sr_augment.images import ImageDecodeError, iter_image_files, load_image, to_rgb
+
+Loader = Callable[[], "np.ndarray | Sequence[np.ndarray]"]
+LOAD_ERRORS = (ImageDecodeError, OSError)
+"""What a loader may raise for a bad source (reported, the run goes on); anything else is a bug or a
+caller's mistake (e.g. `ImageShapeError`) and propagates."""
 
 
 @dataclass
 class WarmReport:
     images: int = 0
-    """Image files found."""
+    """Images found (files, or images a pipeline produced; a source that failed counts as one)."""
     generated: int = 0
-    """Entries (image x variant) this run generated and stored (a lost or damaged entry is regenerated)."""
+    """Entries (image x variant) this run generated and stored (a lost or damaged entry is regenerated);
+    with `dry_run`, the entries it would generate."""
     cached: int = 0
     """Entries already in the cache (or duplicates of an entry generated earlier in this run, or stored by
     another writer first)."""
     failed: int = 0
-    """Files that could not be read or generated."""
+    """Sources (files, samples) that could not be read or generated."""
     failures: list = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
@@ -83,29 +96,65 @@ class _StopOnSignal:
         return None if self.received is None else signal.Signals(self.received).name
 
 
+def path_items(files: Iterable, preprocess: Callable[[np.ndarray], np.ndarray] | None = None):
+    """(path, loader) items of image files: the loader decodes the file (`load_image`) and applies
+    `preprocess` (e.g. `sr_augment.tv_geometry.Preprocess`: a deterministic resize and centre crop)."""
+    for path in files:
+        path = Path(path)
+        if preprocess is None:
+            yield path, (lambda p=path: load_image(p))
+        else:
+            yield path, (lambda p=path: preprocess(load_image(p)))
+
+
 def warm(paths: Iterable, engine, cache, *, mode: str = "upscale", variants: int = 1, batch_size: int = 8,
-         progress: bool = True) -> WarmReport:
-    """Make sure every image under `paths` has `variants` cached results for this engine and mode."""
+         progress: bool = True, preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+         dry_run: bool = False) -> WarmReport:
+    """Make sure every image under `paths` has `variants` cached results for this engine and mode
+    (each decoded, then passed through `preprocess` when given, before keying)."""
+    files = iter_image_files(paths)
+    if not dry_run and variants >= 1:
+        warn_deterministic_variants(engine, variants)  # here, so the warning points at warm()'s caller
+    return warm_items(path_items(files, preprocess), engine, cache, mode=mode, variants=variants,
+                      batch_size=batch_size, progress=progress, total=len(files), dry_run=dry_run,
+                      warn_deterministic=False)
+
+
+def _as_images(loaded) -> list[np.ndarray]:
+    if isinstance(loaded, np.ndarray) and loaded.ndim != 4:
+        return [to_rgb(loaded)]
+    return [to_rgb(image) for image in loaded]
+
+
+def warm_items(items: Iterable[tuple[object, Loader]], engine, cache, *, mode: str = "upscale", variants: int = 1,
+               batch_size: int = 8, progress: bool = True, total: int | None = None,
+               dry_run: bool = False, warn_deterministic: bool = True) -> WarmReport:
+    """Warm the images of (source name, loader) items; `total` (images, when known) sizes the progress
+    bar. With `dry_run` nothing is generated, written or remembered: `generated` counts what would be
+    (open the cache with `read_only=True` so that not even a damaged entry is removed).
+    `warn_deterministic=False` where the caller has warned about identical variants already (an adapter)."""
     if variants < 1 or batch_size < 1:
         raise ValueError(f"variants and batch_size must be >= 1, got {variants} and {batch_size}")
-    warn_deterministic_variants(engine, variants)  # identical variants: say so once, before the work
+    if warn_deterministic and not dry_run:
+        warn_deterministic_variants(engine, variants)  # identical variants: say so once, before the work
     start = time.perf_counter()
-    files = iter_image_files(paths)
-    report = WarmReport(images=len(files))
-    _remember_engine_identity(cache, engine)
-    pending: list[tuple[Path, EntryRequest]] = []
-    pending_keys: set[str] = set()
-    failed_paths: set[Path] = set()
-    bar = tqdm(total=len(files) * variants, unit="entry", desc=f"warm {engine.name}", disable=not progress,
-               dynamic_ncols=True)
+    report = WarmReport()
+    if not dry_run:
+        _remember_engine_identity(cache, engine)
+    pending: list[tuple[object, EntryRequest]] = []
+    pending_keys: set[str] = set()  # in a dry run: every key it would generate
+    failed_sources: set = set()
+    bar = tqdm(total=None if total is None else total * variants, unit="entry",
+               desc=f"warm {getattr(engine, 'name', 'engine')}" + (" (dry run)" if dry_run else ""),
+               disable=not progress, dynamic_ncols=True)
 
-    def fail(path: Path, error: str) -> None:
-        if path not in failed_paths:
-            failed_paths.add(path)
-            report.failures.append({"path": str(path), "error": error})
+    def fail(source, error: str) -> None:
+        if source not in failed_sources:
+            failed_sources.add(source)
+            report.failures.append({"path": str(source), "error": error})
             report.failed += 1
 
-    def run(batch: Sequence[tuple[Path, EntryRequest]]) -> None:
+    def run(batch: Sequence[tuple[object, EntryRequest]]) -> None:
         try:
             _, stored = cache.generate_counted(engine, [request for _, request in batch], mode)
             report.generated += stored  # what it stored, not what it computed
@@ -126,23 +175,29 @@ def warm(paths: Iterable, engine, cache, *, mode: str = "upscale", variants: int
     stop = _StopOnSignal(lambda text: os.write(2, f"\n{text}\n".encode()))  # no locks in a handler
     try:
         with stop:
-            for path in files:
+            for source, load in items:
                 if stop.received is not None:
                     break
                 try:
-                    image = load_image(path)
-                except (ImageDecodeError, OSError) as exc:
-                    fail(path, str(exc))
+                    images = _as_images(load())
+                except LOAD_ERRORS as exc:
+                    report.images += 1
+                    fail(source, str(exc))
                     bar.update(variants)
                     continue
+                report.images += len(images)
                 todo = []
-                for request in cache.plan([image], engine, mode, variants):
+                for request in cache.plan(images, engine, mode, variants):
                     if request.key in pending_keys:
                         continue
                     pending_keys.add(request.key)
-                    todo.append((path, request))
-                report.cached += variants - len(todo)
-                bar.update(variants - len(todo))
+                    todo.append((source, request))
+                report.cached += len(images) * variants - len(todo)
+                if dry_run:
+                    report.generated += len(todo)
+                    bar.update(len(images) * variants)
+                    continue
+                bar.update(len(images) * variants - len(todo))
                 pending.extend(todo)
                 while len(pending) >= batch_size and stop.received is None:
                     batch, pending = pending[:batch_size], pending[batch_size:]
@@ -159,10 +214,11 @@ def warm(paths: Iterable, engine, cache, *, mode: str = "upscale", variants: int
         bar.close()
         if stop.received is not None:
             report.interrupted, report.stopped_by = True, stop.name
-        try:
-            cache.flush()
-        except CacheWriteError:
-            pass  # counters are best effort; the entries themselves are stored or absent, never partial
+        if not dry_run:
+            try:
+                cache.flush()
+            except CacheWriteError:
+                pass  # counters are best effort; the entries themselves are stored or absent, never partial
         report.seconds = round(time.perf_counter() - start, 3)
     return report
 

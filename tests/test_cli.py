@@ -173,3 +173,86 @@ def test_a_reached_size_limit_evicts_warns_and_info_reports_it_and_the_limit_is_
         assert cache.size_limit == 2_000_000
         cache.clear()
         assert cache.size_limit == 2_000_000 == SRCache(cache_dir).size_limit
+
+
+# ---------------------------------------------------------------------------------------------------------
+# warm --resize / --center-crop (torchvision v2 on PIL images) and --dry-run
+# ---------------------------------------------------------------------------------------------------------
+def test_the_cli_resize_and_center_crop_give_torchvisions_pil_pixels_exactly(rng):
+    pytest.importorskip("torchvision")
+    from torchvision.transforms import v2
+
+    from sr_augment.tv_geometry import Preprocess
+
+    for _ in range(25):
+        height, width = (int(n) for n in rng.integers(5, 120, 2))
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        side, other, crop, crop_w = (int(n) for n in rng.integers(3, 130, 4))
+        for resize, center in [((side,), (crop,)), ((side, other), (crop, crop_w)), (None, (crop, crop_w)), ((side,), None)]:
+            steps = ([v2.Resize(list(resize))] if resize else []) + ([v2.CenterCrop(list(center))] if center else [])
+            expected = np.asarray(v2.Compose(steps)(Image.fromarray(image)))
+            got = Preprocess(resize, center)(image)
+            assert got.shape == expected.shape and np.array_equal(got, expected), (image.shape, resize, center)
+
+
+def test_keys_warmed_with_resize_and_center_crop_are_hits_for_the_torchvision_pipeline(capsys, cache_dir, tmp_path, rng):
+    pytest.importorskip("torchvision")
+    from torchvision.transforms import v2
+
+    from sr_augment.cache import CacheMiss
+    from sr_augment.torch_transforms import SRAugment
+
+    sizes = [(70, 90), (90, 65), (64, 64), (101, 77), (63, 200), (67, 67)]  # odd margins: round half to even
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    code, report, _ = _warm(capsys, tmp_path, "--cache-dir", cache_dir, "--engine", "bicubic", "--mode", "resynthesize",
+                            "--resize", "64", "--center-crop", "64")
+    assert code == 0 and report["generated"] == len(sizes)
+    strict = SRAugment(engine="bicubic", mode="resynthesize", on_miss="error", cache_dir=cache_dir)
+    pipeline = v2.Compose([v2.Resize(64), v2.CenterCrop(64), strict])
+    for i in range(len(sizes)):
+        with open(tmp_path / f"{i}.png", "rb") as f:  # as datasets.ImageFolder's loader reads a file
+            assert pipeline(Image.open(f).convert("RGB")).size == (64, 64)
+    with pytest.raises(CacheMiss):  # another resize: other pixels, other keys
+        v2.Compose([v2.Resize(64, interpolation=v2.InterpolationMode.BICUBIC), v2.CenterCrop(64), strict])(
+            Image.open(tmp_path / "0.png").convert("RGB"))
+
+
+def test_a_bad_size_is_a_clear_error(cache_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["warm", str(tmp_path), "--resize", "64x", "--cache-dir", str(cache_dir)])
+    assert "a size must be N or HxW" in capsys.readouterr().err
+
+
+def test_a_dry_run_reports_what_would_be_generated_and_writes_nothing(capsys, cache_dir, tmp_path, rng):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    Image.fromarray(np.asarray(Image.open(photos / "0.png"))).save(photos / "copy-of-0.png")  # same pixels
+    (photos / "broken.png").write_bytes(b"nope")
+    args = ["--cache-dir", cache_dir, "--engine", "bicubic", "--dry-run"]
+    code, report, _ = _warm(capsys, photos, *args)
+    assert code == 1 and report["dry_run"] is True
+    assert (report["images"], report["generated"], report["cached"], report["failed"]) == (6, 4, 1, 1)
+    assert not cache_dir.exists()  # nothing written, not even the folder
+
+    _warm(capsys, photos / "0.png", photos / "1.png", "--cache-dir", cache_dir, "--engine", "bicubic")
+    files_before = sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in cache_dir.rglob("*") if p.is_file())
+    code, report, _ = _warm(capsys, photos / "0.png", photos / "1.png", photos / "2.png", *args)
+    assert code == 0 and (report["generated"], report["cached"]) == (1, 2)
+    assert sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in cache_dir.rglob("*") if p.is_file()) == files_before
+
+
+def test_a_dry_run_with_a_diffusion_engine_loads_no_model(capsys, cache_dir, tmp_path, tiny_ldm_dir, rng, monkeypatch):
+    from diffusers import DiffusionPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", refuse)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    code, report, _ = _warm(capsys, tmp_path, "--cache-dir", cache_dir, "--engine", tiny_ldm_dir, "--variants", "2",
+                            "--dry-run")
+    assert code == 0 and report["generated"] == 6 and not cache_dir.exists()

@@ -48,6 +48,8 @@ def image_count(image: Any) -> int:
 def image_size(image: Any) -> tuple[int, int] | None:
     if image is None or (isinstance(image, torch.Tensor) and image.ndim < 2):
         return None
+    if isinstance(image, PIL.Image.Image):  # what F.get_size gives, without its dispatch (~0.02 ms)
+        return image.height, image.width
     height, width = F.get_size(image)
     return height, width
 

@@ -50,7 +50,8 @@ def load_identity(cache_dir, config: dict) -> dict | None:
     try:
         if not stat.S_ISDIR(os.lstat(path.parent).st_mode):  # a symlink out of the cache: never follow it
             return None
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        # O_NONBLOCK: a planted FIFO must not block the open; fstat then refuses anything but a file
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except OSError:  # absent, unreadable, or a symlink (ELOOP): not ours to follow
         return None
     try:
@@ -62,8 +63,9 @@ def load_identity(cache_dir, config: dict) -> dict | None:
             raise ValueError(f"larger than {_MAX_BYTES} bytes")
         record = json.loads(data)
         identity = _validated(record)
-    except (OSError, ValueError) as exc:
-        warnings.warn(f"ignoring the engine identity record {path}: {exc}; it will be rewritten", stacklevel=3)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: deeply nested planted JSON
+        warnings.warn(f"ignoring the engine identity record {path}: {type(exc).__name__}: {exc}; it will be rewritten",
+                      stacklevel=3)
         return None
     return identity if record["stamp"] == identity_stamp(identity_config(config)) else None
 

@@ -188,6 +188,10 @@ class ServiceLauncher:
         except (EOFError, OSError, AuthenticationError):  # died while connecting, or a stale key
             conn.close()
             return None
+        except AssertionError:  # multiprocessing asserts on a peer that does not speak the handshake
+            conn.close()
+            raise ServiceError(f"the engine service socket {self.paths['socket']} answered without the "
+                               f"sr-augment handshake; stop whatever listens there and remove the socket") from None
 
     def _service_pid(self) -> int | None:
         try:

@@ -1,0 +1,244 @@
+"""Moving entries between caches and shards: export, import, merge, and export as PNG files.
+
+Why one module: all four walk entries of an untrusted source (a cache folder read by SQL and value-file
+name shape, never a pickle: `rows`; or shards: `shard_reader`), verify each record, and report what
+was skipped or refused by name without stopping on it. Each reports bytes moved and MB/s, with a
+tqdm progress bar. Import and merge skip keys the target already holds; export skips keys already
+committed under its output (a rerun after more `warm` adds only the new entries).
+"""
+
+from __future__ import annotations
+
+import csv
+import posixpath
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from sr_augment.cache import codec, entrymeta, rows
+from sr_augment.cache.shard_reader import Refused, rebuild, samples
+from sr_augment.cache.shards import DEFAULT_SHARD_SIZE, ShardWriter, filesystem, read_manifest, stem_of, written_keys
+
+_SHOWN = 50
+"""Problems listed by name in a report (the counts cover all)."""
+
+
+@dataclass
+class TransferReport:
+    entries: int = 0  # entries or samples read from the sources
+    copied: int = 0  # written to the shards, the cache or the folder
+    present: int = 0  # skipped: already in the target
+    refused: int = 0  # damaged, tampered or not ours: not copied
+    bytes: int = 0  # bytes read from the sources
+    seconds: float = 0.0
+    shards: list = field(default_factory=list)
+    problems: list = field(default_factory=list)  # {"source", "member" or "entry", "reason"}
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def note(self, problem: dict) -> None:
+        if len(self.problems) < _SHOWN:
+            self.problems.append(problem)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "mb_per_s": round(self.mb_per_s, 2)}
+
+
+def count_entries(directory) -> int:
+    con = rows.connect_readonly(Path(directory) / "entries")
+    if con is None:
+        return 0
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])
+    finally:
+        con.close()
+
+
+def iter_records(directory, report: TransferReport) -> Iterator[tuple[str, bytes]]:
+    """(key, record) of every entry of the cache at `directory` whose checksum holds; others are noted
+    in `report` and skipped (rows sr-augment never writes, lost value files, damaged records)."""
+    entries = Path(directory) / "entries"
+    con = rows.connect_readonly(entries)
+    if con is None:
+        return
+    try:
+        cursor = con.execute("SELECT rowid, key, raw, mode, filename, value FROM Cache ORDER BY rowid")
+        for rowid, key, raw, mode, filename, value in cursor:
+            report.entries += 1
+            where = key if isinstance(key, str) else f"row {rowid}"
+            try:
+                if raw != 1 or not isinstance(key, str) or not entrymeta.KEY.fullmatch(key):
+                    raise rows.UntrustedRow("not a key sr-augment writes")
+                record = rows.row_value(entries, mode, filename, value)
+                codec.split(record)
+            except (rows.UntrustedRow, FileNotFoundError, codec.DamagedEntry) as exc:
+                report.refused += 1
+                report.note({"source": str(directory), "entry": where, "reason": f"{type(exc).__name__}: {exc}"})
+                continue
+            report.bytes += len(record)
+            yield key, record
+    except sqlite3.DatabaseError as exc:
+        raise rows.damaged(entries, str(exc)) from exc
+    finally:
+        con.close()
+
+
+def _bar(total: int, desc: str, progress: bool, unit: str = "B"):
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not progress, dynamic_ncols=True)
+
+
+def _require_cache(directory) -> Path:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no cache at {directory}")
+    return directory
+
+
+def export_cache(cache_dir, out: str, *, shard_size: int = DEFAULT_SHARD_SIZE, prefix: str | None = None,
+                 progress: bool = True, storage_options: dict | None = None) -> TransferReport:
+    """Write every entry of the cache at `cache_dir` not yet under `out` as shards (`shards`)."""
+    cache_dir = _require_cache(cache_dir)
+    report, start = TransferReport(), time.perf_counter()
+    done = written_keys(out, storage_options)
+    writer = ShardWriter(out, prefix=prefix, shard_size=shard_size, storage_options=storage_options)
+    with _bar(count_entries(cache_dir), "export", progress, unit="entry") as bar:
+        for key, record in iter_records(cache_dir, report):
+            bar.update(1)
+            if key in done:
+                report.present += 1
+                continue
+            writer.add(key, record)
+            report.copied += 1
+    report.shards = writer.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _shard_paths(fs, root: str) -> list[str]:
+    if fs.isdir(root):
+        return sorted(fs.glob(f"{root.rstrip('/')}/*.tar"))
+    if any(c in root for c in "*?["):
+        return sorted(fs.glob(root))
+    if not fs.exists(root):
+        raise FileNotFoundError(f"no shards at {root}")
+    return [root]
+
+
+def import_shards(uris, cache, *, progress: bool = True, storage_options: dict | None = None) -> TransferReport:
+    """Import shards (folders, tar files or globs, local or fsspec URLs) into `cache` (an `SRCache`)."""
+    report, start = TransferReport(), time.perf_counter()
+    located = []
+    for uri in uris:
+        fs, root = filesystem(uri, storage_options)
+        paths = _shard_paths(fs, root)
+        if not paths:
+            raise FileNotFoundError(f"no .tar shards at {uri}")
+        located += [(fs, path) for path in paths]
+    manifests: dict[str, dict] = {}
+    with _bar(sum(fs.size(path) for fs, path in located), "import", progress) as bar:
+        for fs, path in located:
+            folder, shard = posixpath.split(path)
+            if folder not in manifests:
+                manifests[folder], problems = read_manifest(folder, fs=fs)
+                for problem in problems:
+                    report.note({"source": folder, "member": "", "reason": problem})
+            manifest = manifests[folder].get(shard)
+            problems: list = []
+            with fs.open(path, "rb") as fh:
+                for sample in samples(fh, shard, problems):
+                    report.entries += 1
+                    report.bytes += sample.size
+                    bar.update(sample.size)
+                    if sample.key in cache:
+                        report.present += 1
+                        continue
+                    try:
+                        if manifest is not None and sample.key not in manifest:
+                            raise Refused(", ".join(sample.members.values()), "not in the shard's manifest (added after export)")
+                        record = rebuild(sample, None if manifest is None else manifest[sample.key])
+                    except Refused as exc:
+                        report.refused += 1
+                        report.note({"source": path, "member": exc.member, "reason": exc.reason})
+                        continue
+                    try:
+                        stored = cache.add_record(sample.key, record)  # decodes the record first
+                    except codec.DamagedEntry as exc:
+                        image = next(n for e, n in sample.members.items() if e != "json")
+                        report.refused += 1
+                        report.note({"source": path, "member": image, "reason": f"does not decode ({exc})"})
+                        continue
+                    report.copied += stored
+                    report.present += not stored
+            for problem in problems:
+                report.note({"source": path, "member": problem["member"], "reason": problem["reason"]})
+            report.refused += len(problems)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def merge_caches(sources, into, *, progress: bool = True) -> TransferReport:
+    """Copy every verified entry of the caches at `sources` that `into` (an `SRCache`) lacks."""
+    report, start = TransferReport(), time.perf_counter()
+    sources = [_require_cache(s) for s in sources]
+    for source in sources:
+        if source.resolve() == Path(into.directory).resolve():
+            raise ValueError(f"{source} is the cache being merged into")
+    with _bar(sum(count_entries(s) for s in sources), "merge", progress, unit="entry") as bar:
+        for source in sources:
+            for key, record in iter_records(source, report):
+                bar.update(1)
+                if key in into:
+                    report.present += 1
+                    continue
+                try:
+                    stored = into.add_record(key, record)
+                except codec.DamagedEntry as exc:
+                    report.refused += 1
+                    report.note({"source": str(source), "entry": key, "reason": f"does not decode ({exc})"})
+                    continue
+                report.copied += stored
+                report.present += not stored
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+IMAGE_COLUMNS = ("key", "file", "engine", "mode", "scale", "variant", "seed", "source_size", "size", "fingerprint")
+
+
+def export_images(cache_dir, out_dir, *, progress: bool = True) -> TransferReport:
+    """Every entry as `<out_dir>/<key with _>.png` and `<out_dir>/index.csv` (IMAGE_COLUMNS): a way to look
+    at the results. Source file paths are never stored (a key is pixels), so `source_size` (HxW) is
+    what is known of the source, and only for entries stored with their meta."""
+    cache_dir = _require_cache(cache_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report, start = TransferReport(), time.perf_counter()
+    with open(out_dir / "index.csv", "w", newline="") as fh, _bar(count_entries(cache_dir), "images", progress, "entry") as bar:
+        table = csv.DictWriter(fh, IMAGE_COLUMNS)
+        table.writeheader()
+        for key, record in iter_records(cache_dir, report):
+            bar.update(1)
+            try:
+                pixels = codec.decode(record)
+            except codec.DamagedEntry as exc:
+                report.refused += 1
+                report.note({"source": str(cache_dir), "entry": key, "reason": str(exc)})
+                continue
+            name = f"{stem_of(key)}.png"
+            Image.fromarray(pixels).save(out_dir / name, format="PNG", compress_level=1)
+            meta = entrymeta.of_header(codec.split(record)[0])
+            source = meta.get("source")
+            table.writerow({"key": key, "file": name, "engine": meta.get("engine", ""), "mode": meta.get("mode", ""),
+                            "scale": meta.get("scale", ""), "variant": entrymeta.variant_of(key), "seed": meta.get("seed", ""),
+                            "source_size": f"{source[0]}x{source[1]}" if source else "",
+                            "size": f"{pixels.shape[0]}x{pixels.shape[1]}", "fingerprint": meta.get("fingerprint", "")})
+            report.copied += 1
+    report.seconds = time.perf_counter() - start
+    return report

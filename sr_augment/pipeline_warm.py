@@ -1,0 +1,76 @@
+"""`SRAugment.warm`: warm the cache through the training pipeline itself, with exactly the adapter's keys.
+
+The key is the pixels SRAugment receives after the adapter's own conversion (PIL, tensors, `value_range`
+...). Rather than re-implement that conversion, each adapter runs its real conversion code on every
+image under `AugmentCore.collect()`, which records the uint8 images the lookups would key instead of
+looking them up; those go through `warm.warm_items` (batched misses, resume, progress bar, the
+`WarmReport` of the CLI), with the adapter's own cache, engine, mode, scale and variants.
+
+How to warm a pipeline: give `warm` what the pipeline feeds SRAugment, that is the dataset with the
+part of the transform that comes before SRAugment (decoding and deterministic resizing), e.g.
+
+    before = v2.Compose([v2.Resize(256), v2.CenterCrop(256)])
+    sr = SRAugment(engine="sr4", mode="resynthesize", variants=4)
+    sr.warm(datasets.ImageFolder("data/train", transform=before))
+    train = datasets.ImageFolder("data/train", transform=v2.Compose([before, sr, v2.RandomHorizontalFlip(), ...]))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+from sr_augment.warm import WarmReport, warm_items
+
+
+def warm_through(core, sources: Iterable[tuple[Any, Callable[[], list]]], *, total: int | None,
+                 batch_size: int, progress: bool) -> WarmReport:
+    """Warm every variant of the images the (name, loader) `sources` give, for `core`'s settings."""
+    return warm_items(sources, core.engine, core.cache, mode=core.mode, variants=core.variants,
+                      batch_size=batch_size, progress=progress, total=total,
+                      warn_deterministic=False)  # the adapter's constructor has said so
+
+
+def collected(core, convert: Callable[[], Any]) -> list:
+    """The uint8 images `core` receives while `convert()` runs the adapter's conversion code."""
+    with core.collect() as seen:
+        convert()
+    return list(seen)
+
+
+def indexed(data) -> tuple[Iterator[tuple[str, Any]], int | None]:
+    """(name, sample) pairs of a map-style dataset (by index, so `len` sizes the progress bar) or of any
+    iterable (a DataLoader, a generator, a list), and the number of samples when it is known."""
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (str, bytes, dict)):
+        name = type(data).__name__
+        size = len(data)
+        paths = _sample_paths(data)
+        return ((paths[i] if paths else f"{name}[{i}]", _Item(data, i)) for i in range(size)), size
+    size = len(data) if hasattr(data, "__len__") else None
+    return ((f"sample {i}", _Value(sample)) for i, sample in enumerate(data)), size
+
+
+def _sample_paths(data) -> list | None:
+    """`ImageFolder`-style datasets name their files (`samples`: [(path, target)]): failures name them."""
+    samples = getattr(data, "samples", None)
+    if isinstance(samples, list) and len(samples) == len(data) and all(
+            isinstance(s, (tuple, list)) and s and isinstance(s[0], str) for s in samples[:1]):
+        return [s[0] for s in samples]
+    return None
+
+
+class _Item:
+    """A sample read when its loader runs (so one bad file is reported, not raised)."""
+
+    def __init__(self, data, index: int):
+        self.data, self.index = data, index
+
+    def get(self):
+        return self.data[self.index]
+
+
+class _Value:
+    def __init__(self, value):
+        self.value = value
+
+    def get(self):
+        return self.value
