@@ -20,19 +20,6 @@ FOLDERS = ("entries", "meta")
 """The diskcache folders of a cache."""
 
 
-def _count(folder: Path) -> int:
-    try:
-        con = rows.connect_readonly(folder)
-        if con is None:
-            return 0
-        try:
-            return int(con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])
-        finally:
-            con.close()
-    except Exception:  # a damaged database: nothing to count
-        return 0
-
-
 def size_limit_of(directory: Path):
     """The size limit stored in a cache folder, or None (none stored, or unreadable)."""
     try:
@@ -46,7 +33,7 @@ def remove_cache_files(directory: Path) -> int:
     """Remove the cache's own files under `directory`; returns the entries its database held (0 if
     it could not be read). A folder that is a symbolic link is removed as a link (never followed)."""
     directory = Path(directory)
-    removed = _count(directory / "entries")
+    removed = rows.count_rows(directory / "entries")
     for name in FOLDERS:
         folder = directory / name
         if folder.is_symlink():

@@ -263,3 +263,18 @@ def delete_rows(folder: Path, rows, timeout: float = 60.0) -> int:
         if filename is not None:
             remove_value_file(folder, filename)
     return len(gone)
+
+
+def count_rows(folder: Path) -> int:
+    """How many rows a diskcache folder's database holds; 0 when none is stored or it cannot be read
+    (counting is for reports and progress bars, never a reason to fail)."""
+    try:
+        con = connect_readonly(folder)
+        if con is None:
+            return 0
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])
+        finally:
+            con.close()
+    except (DatabaseDamaged, sqlite3.DatabaseError):
+        return 0

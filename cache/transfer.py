@@ -52,13 +52,7 @@ class TransferReport:
 
 
 def count_entries(directory) -> int:
-    con = rows.connect_readonly(Path(directory) / "entries")
-    if con is None:
-        return 0
-    try:
-        return int(con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])
-    finally:
-        con.close()
+    return rows.count_rows(Path(directory) / "entries")
 
 
 def iter_records(directory, report: TransferReport) -> Iterator[tuple[str, bytes]]:

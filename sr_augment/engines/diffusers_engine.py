@@ -21,8 +21,7 @@ from PIL import Image
 from sr_augment.engines.backoff import BatchBackoff
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.catalog import HUB_ALIASES
-from sr_augment.engines.tiling import upscale_tiled
-from sr_augment.images import resize
+from sr_augment.engines.tiling import upscale_to_scale
 from sr_augment.sampling import eta_step_kwargs
 from sr_augment.torch_device import resolve_device, resolve_dtype
 
@@ -289,13 +288,9 @@ class DiffusersEngine:
     # -- the Engine contract ---------------------------------------------------------------------------
     def upscale(self, images: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray]:
         check_batch(images, seeds)
-        results = upscale_tiled(images, seeds, self._run_fitting, scale=self.native_scale, tile=self.tile,
-                                overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size,
-                                min_side=self.min_side)
-        if self.scale != self.native_scale:
-            results = [resize(out, (image.shape[0] * self.scale, image.shape[1] * self.scale))
-                       for out, image in zip(results, images)]
-        return results
+        return upscale_to_scale(images, seeds, self._run_fitting, native_scale=self.native_scale, scale=self.scale,
+                                tile=self.tile, overlap=self.overlap, multiple=self.multiple,
+                                batch_size=self.batch_size, min_side=self.min_side)
 
     # -- pipeline calls ----------------------------------------------------------------------------------
     def _run_fitting(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:

@@ -287,7 +287,7 @@ class OneStepEngine:
         out_size = (batch[0].shape[0] * self.scale, batch[0].shape[1] * self.scale)
         work = self.work_size(*out_size)
         m = self.models
-        unet, vae, dtype = m["unet"], m["vae"], getattr(torch, self.dtype)
+        vae, dtype = m["vae"], getattr(torch, self.dtype)
         enlarged = np.stack([resize(image, work) for image in batch])  # bicubic, as the authors' PIL resize
         pixels = torch.from_numpy(enlarged).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         with torch.inference_mode():

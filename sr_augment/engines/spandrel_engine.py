@@ -25,8 +25,7 @@ from sr_augment.engines.backoff import BatchBackoff
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.catalog import (DAT_LIGHT, DAT_LIGHT_SCALES, SPANDREL_INSTALL, SPANDREL_SUFFIXES,
                                         dat_light_weights)
-from sr_augment.engines.tiling import pad_to_multiple, upscale_tiled
-from sr_augment.images import resize
+from sr_augment.engines.tiling import pad_to_multiple, upscale_to_scale
 from sr_augment.torch_device import resolve_device, resolve_dtype
 
 DEFAULT_TILE = 256
@@ -184,13 +183,9 @@ class SpandrelEngine:
         if not images:
             return []
         tile = self.tile or max(max(image.shape[:2]) for image in images)
-        results = upscale_tiled(images, seeds, self._run_fitting, scale=self.native_scale, tile=tile,
-                                overlap=min(self.overlap, tile - 1), multiple=self.multiple,
+        return upscale_to_scale(images, seeds, self._run_fitting, native_scale=self.native_scale, scale=self.scale,
+                                tile=tile, overlap=min(self.overlap, tile - 1), multiple=self.multiple,
                                 batch_size=self.batch_size, min_side=self.min_side)
-        if self.scale != self.native_scale:
-            results = [resize(out, (image.shape[0] * self.scale, image.shape[1] * self.scale))
-                       for out, image in zip(results, images)]
-        return results
 
     # -- model calls -------------------------------------------------------------------------------------
     def _run_fitting(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:

@@ -128,3 +128,16 @@ def upscale_tiled(images, seeds, run_batch, *, scale: int, tile: int, overlap: i
             for (index, tile_box, _, _), out in zip(chunk, outputs):
                 stitchers[index].add(tile_box, out)
     return [stitcher.result() for stitcher in stitchers]
+
+
+def upscale_to_scale(images, seeds, run, *, native_scale: int, scale: int, tile: int, overlap: int, multiple: int,
+                     batch_size: int, min_side: int = 0) -> list[np.ndarray]:
+    """`upscale_tiled` at the model's own factor, then the output resized (bicubic) to the requested
+    `scale` where the two differ: what every model-backed engine does, so `scale=4` always means 4x."""
+    from sr_augment.images import resize
+
+    results = upscale_tiled(images, seeds, run, scale=native_scale, tile=tile, overlap=overlap, multiple=multiple,
+                            batch_size=batch_size, min_side=min_side)
+    if scale != native_scale:
+        results = [resize(out, (image.shape[0] * scale, image.shape[1] * scale)) for out, image in zip(results, images)]
+    return results
