@@ -8,25 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from sr_augment.engines import DEFAULT_ENGINE, EngineUnavailable, get_engine
 from sr_augment import warm_options
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _engine_params(pairs: list[str]) -> dict:
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"sr-augment: --set expects KEY=VALUE, got {pair!r}")
-        params[key.replace("-", "_")] = _parse_value(value)
-    return params
+from sr_augment.engines import DEFAULT_ENGINE, EngineUnavailable, get_engine
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +37,7 @@ def _open_cache(args):
 
 
 def _build_engine(args, batch_size: int | None = None):
-    params = _engine_params(args.params)
+    params = warm_options.engine_params(args.params)
     if batch_size is not None and args.engine != "bicubic":
         params.setdefault("batch_size", batch_size)
     try:

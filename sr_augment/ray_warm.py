@@ -320,7 +320,7 @@ def cmd_ray_warm(args) -> int:
     import json
     import sys
 
-    from sr_augment.cli import _engine_params
+    from sr_augment.warm_options import engine_params
     from sr_augment.engines import check_spec
     from sr_augment.warm_options import preprocess
 
@@ -335,7 +335,7 @@ def cmd_ray_warm(args) -> int:
         check_spec(args.engine)  # a misspelt engine fails here, not in every actor
     except (RayUnavailable, ValueError, TypeError) as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
-    params = _engine_params(args.params)
+    params = engine_params(args.params)
     if args.engine != "bicubic":
         params.setdefault("batch_size", args.batch_size)
     params.update(steps=args.steps, device=args.device, dtype=args.dtype)

@@ -65,3 +65,18 @@ def dry_run(args, build_engine) -> int:
         print(f"dry run: {report.images} images: {report.generated} entries would be generated, {report.cached} "
               f"already cached, {report.failed} failed (nothing generated or written)")
     return 1 if report.failed else 0
+
+
+def engine_params(pairs: list[str]) -> dict:
+    """`--set KEY=VALUE` pairs as engine parameters (values parsed as JSON where they are JSON, else
+    text), shared by the local, accelerate and Ray warms."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"sr-augment: --set expects KEY=VALUE, got {pair!r}")
+        try:
+            params[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.replace("-", "_")] = value
+    return params

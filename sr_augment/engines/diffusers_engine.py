@@ -20,7 +20,7 @@ from PIL import Image
 
 from sr_augment.engines.backoff import BatchBackoff
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
-from sr_augment.engines.catalog import HUB_ALIASES
+from sr_augment.engines.specs import HUB_ALIASES
 from sr_augment.engines.tiling import upscale_to_scale
 from sr_augment.sampling import eta_step_kwargs
 from sr_augment.torch_device import resolve_device, resolve_dtype
