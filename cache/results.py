@@ -41,3 +41,18 @@ class EntryRequest:
     result_shape: tuple | None = None
     """The shape its result must have (mode and scale decide it): a stored record of another shape is
     refused before it is decoded, so a planted record cannot make a read allocate gigabytes."""
+
+
+def entry_request(image: np.ndarray, engine, mode: str, variant: int) -> EntryRequest:
+    """The request of one normalised image: its key and seed (from the pixels, the engine's fingerprint
+    and scale, the mode and the variant) and the shape its result must have."""
+    from sr_augment.cache.keys import base_key, entry_key, pixel_digest, variant_seed
+    from sr_augment.modes import check_mode
+
+    check_mode(mode)
+    if int(variant) < 0:
+        raise ValueError(f"variant must be >= 0, got {variant}")
+    base = base_key(pixel_digest(image), engine.fingerprint, mode, engine.scale)
+    height, width = image.shape[:2]
+    factor = int(engine.scale) if mode == "upscale" else 1
+    return EntryRequest(image, entry_key(base, variant), variant_seed(base, variant), (height * factor, width * factor, 3))

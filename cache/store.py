@@ -37,13 +37,12 @@ import numpy as np
 from sr_augment.cache import codec as _codec
 from sr_augment.cache import clearing, entrymeta, rows, writers
 from sr_augment.cache.counters import META_TIMEOUT, Counters
-from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheReadOnly, CacheWriteError, write_error
+from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheReadOnly, CacheWriteError
 from sr_augment.cache.reader import Reader, Row
-from sr_augment.cache.results import CacheMiss, CacheStats, EntryRequest  # noqa: F401  (their home before)
+from sr_augment.cache.results import CacheMiss, CacheStats, EntryRequest, entry_request  # noqa: F401  (their home before)
 from sr_augment.cache.filesystem import default_cache_dir, warn_if_network_filesystem
-from sr_augment.cache.keys import base_key, entry_key, pixel_digest, variant_seed
 from sr_augment.images import ImageInput, to_rgb
-from sr_augment.modes import check_mode, engine_input, mode_result
+from sr_augment.modes import engine_input, mode_result
 
 log = logging.getLogger("sr_augment.cache")
 _READ_ROW = object()
@@ -129,14 +128,7 @@ class SRCache:
         return self._request(to_rgb(image), engine, mode, variant).key
 
     def _request(self, image: np.ndarray, engine, mode: str, variant: int) -> EntryRequest:
-        check_mode(mode)
-        if int(variant) < 0:
-            raise ValueError(f"variant must be >= 0, got {variant}")
-        base = base_key(pixel_digest(image), engine.fingerprint, mode, engine.scale)
-        height, width = image.shape[:2]
-        factor = int(engine.scale) if mode == "upscale" else 1
-        return EntryRequest(image, entry_key(base, variant), variant_seed(base, variant),
-                            (height * factor, width * factor, 3))
+        return entry_request(image, engine, mode, variant)
 
     # -- reads -----------------------------------------------------------------------------------------
     def get(self, image: ImageInput, engine, mode: str = "upscale", variant: int = 0) -> np.ndarray | None:
@@ -238,19 +230,7 @@ class SRCache:
 
     def _add(self, key: str, record: bytes, tag: str | None = None) -> bool:
         """Publish a record under `key` unless one is there already (`tag`: `entrymeta.tag`)."""
-        disk = self._entries.disk
-        for _ in range(WRITE_ATTEMPTS):
-            try:
-                return self._entries.add(key, record, retry=False, tag=tag)
-            except diskcache.Timeout:
-                disk.discard_unpublished()
-            except (OSError, sqlite3.OperationalError) as exc:
-                disk.discard_unpublished()
-                raise write_error(self.directory, exc) from exc
-            except sqlite3.DatabaseError as exc:  # malformed: no retry helps
-                disk.discard_unpublished()
-                raise rows.damaged(self.directory / "entries", str(exc)) from exc
-        raise write_error(self.directory, TimeoutError(f"the database stayed locked through {WRITE_ATTEMPTS} attempts"))
+        return writers.add_unless_present(self._entries, self.directory, key, record, tag)
 
     def add_record(self, key: str, record: bytes) -> bool:
         """Publish a record made elsewhere (import, merge) under `key` unless the key is stored: the key's

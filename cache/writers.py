@@ -18,7 +18,7 @@ import diskcache
 from diskcache.core import DBNAME
 
 from sr_augment.cache import rows
-from sr_augment.cache.disk import SafeDisk, write_error
+from sr_augment.cache.disk import WRITE_ATTEMPTS, SafeDisk, write_error
 
 
 
@@ -66,3 +66,22 @@ def open_writer(folder: Path, **settings) -> diskcache.Cache:
         raise rows.damaged(folder, str(exc)) from exc
     except OSError as exc:
         raise write_error(rows.cache_root(folder), exc) from exc
+
+
+def add_unless_present(entries: diskcache.Cache, directory: Path, key: str, record: bytes, tag: str | None = None) -> bool:
+    """Publish `record` under `key` unless the key is stored (True when this call stored it). A locked
+    database is retried `WRITE_ATTEMPTS` times (diskcache's retry=True would loop forever), then, like a
+    full disk, raised as `CacheWriteError` naming the folder; a value file whose insert failed is removed."""
+    disk = entries.disk
+    for _ in range(WRITE_ATTEMPTS):
+        try:
+            return entries.add(key, record, retry=False, tag=tag)
+        except diskcache.Timeout:
+            disk.discard_unpublished()
+        except (OSError, sqlite3.OperationalError) as exc:
+            disk.discard_unpublished()
+            raise write_error(directory, exc) from exc
+        except sqlite3.DatabaseError as exc:  # malformed: no retry helps
+            disk.discard_unpublished()
+            raise rows.damaged(Path(directory) / "entries", str(exc)) from exc
+    raise write_error(directory, TimeoutError(f"the database stayed locked through {WRITE_ATTEMPTS} attempts"))

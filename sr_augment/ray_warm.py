@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
+from sr_augment.cache.results import entry_request  # the same keys as SRCache, so shard keys are cache keys
 from sr_augment.images import IMAGE_SUFFIXES, ImageDecodeError, iter_image_files, load_image, pil_to_rgb
 
 RAY_MISSING = ("`--ray` needs Ray Data, which is not installed: pip install 'sr-augment[ray]' "
@@ -103,20 +104,6 @@ def read_image(path: str):
         raise ImageDecodeError(f"{path}: no such file") from None
     except Exception as exc:  # Pillow and every fsspec backend raise their own types
         raise ImageDecodeError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-
-
-def entry_request(image, engine, mode: str, variant: int):
-    """The `EntryRequest` (pixels, key, seed) SRCache would make for this image: the same functions, so
-    shard keys are cache keys."""
-    from sr_augment.cache.keys import base_key, entry_key, pixel_digest, variant_seed
-    from sr_augment.cache.results import EntryRequest
-    from sr_augment.modes import check_mode
-
-    check_mode(mode)
-    if int(variant) < 0:
-        raise ValueError(f"variant must be >= 0, got {variant}")
-    base = base_key(pixel_digest(image), engine.fingerprint, mode, engine.scale)
-    return EntryRequest(image, entry_key(base, variant), variant_seed(base, variant))
 
 
 RESULT_COLUMNS = ("key", "path", "variant", "record", "status", "error")
