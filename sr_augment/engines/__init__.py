@@ -125,7 +125,7 @@ def check_spec(spec):
         Traceback (most recent call last):
         ValueError: unknown engine 'sd-x4-upscalr' (did you mean 'sd-x4-upscaler'?). An engine is one of ...
     """
-    from sr_augment.engines.diffusers_engine import BUILTIN, HUB_ALIASES
+    from sr_augment.engines.pipeline_weights import BUILTIN, HUB_ALIASES
 
     spec = check_engine_spec(spec)
     if not isinstance(spec, str):
@@ -176,7 +176,7 @@ def weights_stamp(spec: str, params: dict | None = None) -> list:
     the files its weights fingerprint hashes, so a changed folder changes the stamp. Not mtimes: a
     copied folder or cache must keep its stamp. Empty for hub names and ids. Cheap, and imports no
     torch: the engine service's clients use it to tell whether a remembered identity is still current."""
-    from sr_augment.engines.diffusers_engine import BUILTIN, builtin_weights, pipeline_files
+    from sr_augment.engines.pipeline_weights import BUILTIN, builtin_weights, pipeline_files
 
     stamp = spandrel_weights_stamp(spec)  # a checkpoint file or dat-light
     if stamp is None:  # osediff / pisa-sr: their LoRA file and base folder, from `params` or the environment

@@ -140,7 +140,7 @@ def onestep_weights_stamp(spec: str, params: dict | None = None) -> list | None:
     spec (params base=/lora= or the environment); None when `spec` is not one. Imports no torch."""
     if spec not in ONESTEP_SPECS:
         return None
-    from sr_augment.engines.diffusers_engine import pipeline_files
+    from sr_augment.engines.pipeline_weights import pipeline_files
     from sr_augment.engines.onestep_engine import settings_from_env
 
     base, lora = settings_from_env(spec, (params or {}).get("base"), (params or {}).get("lora"))

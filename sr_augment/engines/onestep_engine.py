@@ -98,7 +98,7 @@ def _offline_message(kind: str, repo: str, reason: str) -> str:
 
 def resolve_base(kind: str, base: str, revision: str | None = None) -> tuple[Path, str]:
     """(local folder, weights identity) of the SD 2.1-base the engine runs on, without loading it."""
-    from sr_augment.engines.diffusers_engine import hash_folder
+    from sr_augment.engines.pipeline_weights import hash_folder
 
     local = Path(base).expanduser()
     if local.is_dir():
