@@ -61,10 +61,16 @@ def _meta_of_row(con: sqlite3.Connection, entries: Path, rowid: int) -> dict:
         return {}
 
 
+def printable(text) -> str:
+    """Text read from a (possibly shared) cache folder, control characters escaped, so a planted name
+    cannot move the cursor, retitle the terminal or forge lines of a report."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def format_table(groups: list[dict]) -> str:
     """A plain-text table of `by_engine`'s groups (fingerprints as their 16-hex digest)."""
     header = ("engine", "mode", "scale", "entries", "size", "fingerprint")
-    lines = [("".join(c if c.isprintable() else "?" for c in str(g["engine"])), str(g["mode"]), "" if g["scale"] is None else f"x{g['scale']}", str(g["entries"]),
+    lines = [(printable(g["engine"]), printable(g["mode"]), "" if g["scale"] is None else f"x{g['scale']}", str(g["entries"]),
               f"{g['bytes'] / 2**20:.1f} MiB", entrymeta.fingerprint_digest(g["fingerprint"]) if g["fingerprint"] else "")
              for g in groups]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]

@@ -26,7 +26,7 @@ def cmd_info(args) -> int:
     """Statistics and entries per engine and mode; a missing folder is "no cache at DIR", exit 1,
     and is not created."""
     from sr_augment.cache import SRCache
-    from sr_augment.cache.inventory import by_engine, format_table
+    from sr_augment.cache.inventory import by_engine, format_table, printable
 
     directory = _cache_dir(args)
     if not directory.is_dir():
@@ -49,17 +49,11 @@ def cmd_info(args) -> int:
     print(f"damaged    {stats['damaged']} (detected and removed)")
     print(f"evictions  {stats['evictions']}")
     for fingerprint, seen in stats["engines"].items():  # text from the cache folder: printable only
-        print(f"engine     {_printable(seen['name'])}: {seen['generated']} generated  {_printable(fingerprint)}")
+        print(f"engine     {printable(seen['name'])}: {seen['generated']} generated  {printable(fingerprint)}")
     if stats["by_engine"]:
         print("\nentries per engine and mode:")
         print(format_table(stats["by_engine"]))
     return 0
-
-
-def _printable(text: str) -> str:
-    """Text read from a (possibly shared) cache folder, with control characters escaped, so a planted
-    name cannot move the cursor, retitle the terminal or forge lines of the report."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _print_report(report, args, verb: str) -> int:

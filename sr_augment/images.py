@@ -46,18 +46,28 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         if path.stat().st_size == 0:
             raise ImageDecodeError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as img:
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot decode image ({exc})") from None
+    return decode_image(path, path)
+
+
+def decode_image(source, name) -> np.ndarray:
+    """Decode `source` (a path or a binary file object) into uint8 HWC RGB with the rules above, raising
+    `ImageDecodeError` naming `name` (the file or URI) and the reason: one decoder for local files and
+    for bytes fetched from any filesystem."""
+    try:
+        with Image.open(source) as img:
             img.load()
             return pil_to_rgb(img)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{path}: not an image Pillow can identify") from None
+        raise ImageDecodeError(f"{name}: not an image Pillow can identify") from None
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"{path}: refused as a possible decompression bomb ({exc}); if you trust the "
+        raise ImageDecodeError(f"{name}: refused as a possible decompression bomb ({exc}); if you trust the "
                                f"file, raise PIL.Image.MAX_IMAGE_PIXELS (now {Image.MAX_IMAGE_PIXELS})") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"{path}: cannot decode image ({exc})") from None
+        raise ImageDecodeError(f"{name}: cannot decode image ({exc})") from None
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:

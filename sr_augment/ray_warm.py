@@ -19,13 +19,14 @@ import io
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
 from sr_augment.cache.results import entry_request  # the same keys as SRCache, so shard keys are cache keys
-from sr_augment.images import IMAGE_SUFFIXES, ImageDecodeError, iter_image_files, load_image, pil_to_rgb
+from sr_augment.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, iter_image_files, load_image
+from sr_augment.warm import WarmReport
 
 RAY_MISSING = ("`--ray` needs Ray Data, which is not installed: pip install 'sr-augment[ray]' "
                "(or pip install 'ray[data]>=2.9')")
@@ -36,24 +37,12 @@ class RayUnavailable(ImportError):
 
 
 @dataclass
-class RayWarmReport:
-    images: int = 0
-    """Image files found."""
-    generated: int = 0
-    """Entries (image x variant) this run generated and wrote to shards."""
-    cached: int = 0
-    """Entries already in the output's manifests (or duplicates of an entry written earlier in this run)."""
-    failed: int = 0
-    """Files that could not be read or generated."""
-    failures: list = field(default_factory=list)
+class RayWarmReport(WarmReport):
+    """A `WarmReport` of a Ray run: `generated` counts entries written to shards, `cached` those already
+    in the output's manifests (or duplicates of an entry written earlier in this run); plus the shard
+    files this run wrote and the number of actors."""
     shards: list = field(default_factory=list)
-    """The shard files this run wrote."""
-    seconds: float = 0.0
-    interrupted: bool = False
     actors: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _is_uri(path: str) -> bool:
@@ -88,22 +77,17 @@ def read_image(path: str):
     if not _is_uri(path):
         return load_image(path.removeprefix("file://"))
     import fsspec
-    from PIL import Image
 
     try:
         with fsspec.open(path, "rb") as fh:
             data = fh.read()
-        if not data:
-            raise ImageDecodeError(f"{path}: empty file (0 bytes)")
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return pil_to_rgb(img)
-    except ImageDecodeError:
-        raise
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: no such file") from None
-    except Exception as exc:  # Pillow and every fsspec backend raise their own types
+    except Exception as exc:  # every fsspec backend raises its own types
         raise ImageDecodeError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    if not data:
+        raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+    return decode_image(io.BytesIO(data), path)  # the same decoder and errors as a local file
 
 
 RESULT_COLUMNS = ("key", "path", "variant", "record", "status", "error")

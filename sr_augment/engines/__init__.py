@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sr_augment.engines.base import Engine, EngineUnavailable, check_engine_spec, make_fingerprint
 from sr_augment.engines.bicubic import BicubicEngine
-from sr_augment.engines.catalog import (DAT_LIGHT, ONESTEP_SPECS, SPANDREL_SUFFIXES, is_spandrel_file, onestep_weights_stamp,
-                                        spandrel_weights_stamp)
+from sr_augment.engines.catalog import onestep_weights_stamp, spandrel_weights_stamp
+from sr_augment.engines.specs import DAT_LIGHT, ONESTEP_SPECS, SPANDREL_SUFFIXES, is_spandrel_file
 
 DEFAULT_ENGINE = "sr4"
 """The engine used when none is named: the built-in diffusion model, which works offline on CPU."""

