@@ -145,6 +145,9 @@ def test_a_healthy_warmed_pipeline_and_a_cold_cache_do_not_warn(cache_dir, tmp_p
         warnings.simplefilter("error", CacheMissRateWarning)
         _run(healthy, images, epochs=25)  # 250 hits
         _run(cold, images, epochs=25)  # 250 misses, but nothing was ever warmed: nothing to point at
+    healthy_stats, cold_stats = (pipeline.transforms[1].core.cache.stats() for pipeline in (healthy, cold))
+    assert healthy_stats.hits == 250 and healthy_stats.misses == 0  # silent because it really hit
+    assert cold_stats.misses == 250 and cold_stats.hits == 0  # silent although it really missed
 
 
 # ---------------------------------------------------------------------------------------------------------
