@@ -17,7 +17,29 @@ from sr_augment.images import ImageShapeError, array_to_rgb, pil_to_rgb
 from sr_augment.torch_transforms import samples
 from sr_augment.torch_transforms.rng import TransformRNG
 
+IMAGE_DTYPES = (torch.uint8, torch.uint16, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""Image tensor dtypes, as torchvision v2 reads them: uint8 in [0, 255], uint16 in [0, 65535], float in [0, 1]."""
+
 _compiler_disable = getattr(getattr(torch, "compiler", None), "disable", None) or torch._dynamo.disable
+
+
+def check_dtype(dtype: torch.dtype) -> None:
+    """Refuse a tensor dtype that is not an image dtype of torchvision v2 (a `TypeError` naming it and the way out)."""
+    if dtype not in IMAGE_DTYPES:
+        raise TypeError(f"SRAugment input tensor: unsupported dtype {dtype}; image tensors are uint8 in [0, 255], "
+                        f"uint16 in [0, 65535] or float (float16, bfloat16, float32, float64) in [0, 1]: convert "
+                        f"first, e.g. v2.ToDtype(torch.uint8, scale=True) or v2.ToDtype(torch.float32, scale=True)")
+
+
+def from_uint8(stacked: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 engine results (NCHW numpy) in `dtype`'s range: x257 for uint16 (255 -> 65535, exact), / 255 for
+    floats (computed in float32, or float64 for float64, then cast)."""
+    if dtype == torch.uint8:
+        return torch.from_numpy(stacked)
+    if dtype == torch.uint16:
+        return torch.from_numpy(stacked.astype(np.uint16) * np.uint16(257))
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.from_numpy(stacked).to(wide).div_(255.0).to(dtype)
 
 
 class SRAugment(v2.Transform):
@@ -27,9 +49,14 @@ class SRAugment(v2.Transform):
     the cache and the engine connection are opened lazily in each worker, and every non-bicubic engine
     runs in ONE shared service process per machine, so N workers load the model once.
 
-    Input / output: a PIL image, a uint8 or float tensor (CHW, or a batch NCHW; float values in
-    [0, 1]), or a `tv_tensors.Image`; the result is of the same kind and dtype. 1- and 4-channel
-    inputs become RGB (alpha dropped). Shape: `upscale` multiplies H and W by `scale`,
+    Input / output: a PIL image, a tensor (CHW, or a batch NCHW) of an image dtype as torchvision v2
+    reads them (uint8 in [0, 255], uint16 in [0, 65535], float16 / bfloat16 / float32 / float64 in
+    [0, 1]), or a `tv_tensors.Image`; the result is of the same kind, dtype and range. The engine and
+    the cache see uint8 (uint16: value / 257 rounded; float: value x 255 rounded); results come back x
+    257 (uint16) or / 255 (float). Other dtypes raise `TypeError`. An image that is not augmented in
+    `resynthesize` mode comes back with its own values exactly (no 8-bit rounding); when no image of
+    the call is augmented, the input itself is returned. 1- and 4-channel inputs become RGB (gray
+    repeated, alpha dropped). Shape: `upscale` multiplies H and W by `scale`,
     `resynthesize` keeps them, and `output_size` (int or (h, w)) resizes the result.
 
     Samples (tuples, dicts, e.g. `(image, {"boxes": ..., "masks": ..., "labels": ...})`): as torchvision's
@@ -141,20 +168,27 @@ class SRAugment(v2.Transform):
     def _tensor_images(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         if batch.shape[1] not in (1, 3, 4):
             raise ImageShapeError(f"SRAugment: expected 1, 3 or 4 channels (CHW), got shape {tuple(batch.shape[1:])}")
+        check_dtype(batch.dtype)
         if batch.shape[0] == 0:  # an empty batch: empty in the output's size
             size = tuple(batch.shape[2:])
             size = samples.output_size(size, self.core.mode, self.core.scale, self.core.output_size) or size
             return batch.new_empty((0, 3, *size))
-        arrays = batch.detach().cpu().permute(0, 2, 3, 1).numpy()
-        if batch.is_floating_point():
-            arrays = arrays.astype(np.float32, copy=False)
+        source = batch.detach().cpu()
+        # the engine side's numpy: uint8 and uint16 as they are, every float through float32 (numpy has no bfloat16)
+        arrays = (source.float() if source.is_floating_point() else source).permute(0, 2, 3, 1).numpy()
         images = [array_to_rgb(a, "SRAugment input tensor") for a in arrays]
-        results = self._many(images, params)
-        stacked = np.empty((len(results), 3, *results[0].shape[:2]), np.uint8)
+        results = self.core.apply_many(images, params)
+        if batch.shape[1] == 3 and all(result is None for result in results):
+            return batch  # nothing augmented (resynthesize mode): the input itself, exactly
+        size = next((result.shape[:2] for result in results if result is not None), tuple(batch.shape[2:]))
+        stacked = np.zeros((len(results), 3, *size), np.uint8)
         for i, result in enumerate(results):  # one copy per image, straight into the NCHW batch
-            stacked[i] = result.transpose(2, 0, 1)
-        out = torch.from_numpy(stacked)
-        out = out.to(batch.dtype).div_(255.0) if batch.is_floating_point() else out.to(batch.dtype)
+            if result is not None:
+                stacked[i] = result.transpose(2, 0, 1)
+        out = from_uint8(stacked, batch.dtype)
+        for i, result in enumerate(results):
+            if result is None:  # not augmented: its own values, exactly (RGB: gray repeated, alpha dropped)
+                out[i] = source[i].expand(3, -1, -1) if source.shape[1] == 1 else source[i, :3]
         return out.to(batch.device)
 
     def _many(self, images: list[np.ndarray], params: dict[str, Any]) -> list[np.ndarray]:
