@@ -7,8 +7,16 @@ Framework adapters live in `sr_augment.keras_layers` and `sr_augment.torch_trans
 package imports neither torch nor TensorFlow.
 """
 
-from sr_augment.engines import DEFAULT_ENGINE, Engine, EngineUnavailable, get_engine
-from sr_augment.images import ImageDecodeError, ImageShapeError, load_image, to_rgb
+import os as _os
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"] and _sys.path[:1] == [_os.getcwd()]:
+    # `python -m sr_augment ...` (what `accelerate launch -m sr_augment` runs) put the working folder
+    # first on sys.path: a module planted there would run as this user. Drop it before importing more.
+    del _sys.path[0]
+
+from sr_augment.engines import DEFAULT_ENGINE, Engine, EngineUnavailable, get_engine  # noqa: E402
+from sr_augment.images import ImageDecodeError, ImageShapeError, load_image, to_rgb  # noqa: E402
 
 __version__ = "0.1.0"
 

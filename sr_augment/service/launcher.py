@@ -69,6 +69,43 @@ def running_services(folder: Path, sid: str) -> list[int]:
     return found
 
 
+CALLER_CWD = "SR_AUGMENT_SERVICE_CALLER_CWD"
+"""The environment variable that tells the service the caller's working folder (see `service_environment`)."""
+
+
+def python_command() -> list[str]:
+    """This interpreter, told not to put the working folder (or a script's folder) on `sys.path`:
+    `-P` (Python 3.11+); on 3.10 the service's working folder, its private 0700 folder, is what lands
+    there. Not `-I`: it would drop PYTHONPATH and the user site, where users keep their engines."""
+    return [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else [])]
+
+
+def service_environment(path: list[str] | None = None) -> dict[str, str]:
+    """The environment of a service started from this process.
+
+    `python -m` puts the working folder first on `sys.path`, so a module planted in a team-writable
+    working folder (`argparse.py`) would run as this user; the service therefore starts in its private
+    folder, and its PYTHONPATH is made of absolute folders only: this process's PYTHONPATH entries
+    (an empty or relative entry means the working folder: dropped), then this process's own `sys.path`
+    (default `sys.path`) minus '' , relative entries and the working folder, so a `module:Class`
+    engine this process can import is found there too. The caller's working folder goes in
+    $SR_AUGMENT_SERVICE_CALLER_CWD: the service changes into it after start-up, so relative paths in
+    engine settings mean what they mean here; it is never on the service's `sys.path`."""
+    cwd = os.getcwd()
+    real_cwd = os.path.realpath(cwd)
+    explicit = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(e)]
+    inherited = [e for e in (sys.path if path is None else path)
+                 if isinstance(e, str) and os.path.isabs(e) and os.path.realpath(e) != real_cwd]
+    entries: list[str] = []
+    for entry in explicit + inherited:
+        if os.pathsep not in entry and entry not in entries:
+            entries.append(entry)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(entries)
+    env[CALLER_CWD] = cwd
+    return env
+
+
 @contextmanager
 def start_lock(path: Path, timeout: float):
     """Hold the start lock at `path`, waiting at most `timeout` s; the holder writes its pid in it, so a
@@ -242,11 +279,13 @@ class ServiceLauncher:
             except FileNotFoundError:
                 write_private(paths["key"], secrets.token_bytes(32))
             log = os.open(paths["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
+            folder = paths["socket"].parent
             process = subprocess.Popen(
-                [sys.executable, "-m", "sr_augment.service", "--dir", str(paths["socket"].parent), "--sid", self.sid,
+                [*python_command(), "-m", "sr_augment.service", "--dir", str(folder), "--sid", self.sid,
                  "--config", json.dumps(self.config), "--linger", str(self.linger), "--batch-size",
                  str(self.batch_size)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                cwd=folder, env=service_environment(),
             )
             os.close(log)
             deadline = time.monotonic() + self.start_timeout

@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
@@ -181,6 +182,19 @@ class _Job:
             self.done.set()
 
 
+def _enter_callers_folder() -> None:
+    """Drop every relative `sys.path` entry (one would follow the working folder), then change into the
+    caller's working folder (from the launcher's environment), so a relative path in the engine
+    settings means what it means to the caller; nothing is ever imported from that folder."""
+    sys.path[:] = [entry for entry in sys.path if entry and os.path.isabs(entry)]
+    cwd = os.environ.get("SR_AUGMENT_SERVICE_CALLER_CWD")
+    if cwd:
+        try:
+            os.chdir(cwd)
+        except OSError as exc:  # gone or unreadable: relative engine paths then fail, naming the path
+            print(f"sr-augment service: cannot enter the caller's folder {cwd!r} ({exc})", flush=True)
+
+
 def serve_main(argv: list[str] | None = None) -> None:
     """The command line of `python -m sr_augment.service`: load the engine, then serve until idle."""
     parser = argparse.ArgumentParser(prog="python -m sr_augment.service")
@@ -195,6 +209,7 @@ def serve_main(argv: list[str] | None = None) -> None:
     if service_id(config) != args.sid:
         raise SystemExit(f"--sid {args.sid} is not the id of --config (expected {service_id(config)})")
     folder = Path(args.dir)
+    _enter_callers_folder()
     authkey = read_key(service_paths(check_private_dir(folder), args.sid)["key"])
     server = _Server(config, folder, args.sid, args.linger, args.batch_size, args.gather_ms)
     print(f"sr-augment service pid {os.getpid()}: loaded {server.engine!r}", flush=True)
