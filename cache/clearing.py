@@ -9,6 +9,7 @@ and never touching anything else in the folder; the size limit, a setting, is ke
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from diskcache.core import DBNAME
@@ -18,6 +19,49 @@ from sr_augment.cache.counters import META_TIMEOUT
 
 FOLDERS = ("entries", "meta")
 """The diskcache folders of a cache."""
+
+
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+
+
+def planted_links(folder: Path) -> list[str]:
+    """Relative names of the symbolic links in a diskcache folder's value tree where diskcache would make
+    a value folder (`xx`, `xx/yy`) or a value file (`xx/yy/<hex>.val`): diskcache never makes a link, and a
+    writer following one would write outside the cache. Found without following any link."""
+    folder, found = Path(folder), []
+
+    def scan(relative: str, depth: int) -> None:
+        try:
+            with os.scandir(folder / relative if relative else folder) as entries:
+                children = sorted(entries, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in children:
+            name = f"{relative}/{entry.name}" if relative else entry.name
+            if depth < 2 and _HEX2.fullmatch(entry.name):
+                if entry.is_symlink():
+                    found.append(name)
+                elif entry.is_dir(follow_symlinks=False):
+                    scan(name, depth + 1)
+            elif depth == 2 and rows.VALUE_FILE.fullmatch(name) and entry.is_symlink():
+                found.append(name)
+
+    scan("", 0)
+    return found
+
+
+def remove_planted_links(folder: Path, names) -> int:
+    """Remove the links `planted_links` found (each link itself, never its target); returns how many."""
+    removed = 0
+    for name in names:
+        path = Path(folder) / name
+        if path.is_symlink():
+            try:
+                os.unlink(path)  # unlink never follows a link; its folders were checked not to be links
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def size_limit_of(directory: Path):
@@ -41,6 +85,7 @@ def remove_cache_files(directory: Path) -> int:
             continue
         if not folder.is_dir():
             continue
+        remove_planted_links(folder, planted_links(folder))
         for value_file in list(rows.iter_value_files(folder)):
             rows.remove_value_file(folder, value_file)
         for suffix in ("", "-wal", "-shm", "-journal"):

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
+import stat
 import threading
 from pathlib import Path
 
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW
 
-from sr_augment.cache.rows import UntrustedRow, read_value_file, remove_value_file, value_path
+from sr_augment.cache.rows import VALUE_FILE, UntrustedRow, read_value_file, remove_value_file, value_path
+
+log = logging.getLogger("sr_augment.cache")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+_OPEN_TRIES = 10
+"""Tries of one value-file write whose folder another process removed meanwhile (diskcache tries 10 times too)."""
 
 
 class CacheWriteError(OSError):
@@ -41,9 +50,16 @@ def write_error(directory: Path, exc: BaseException) -> CacheWriteError:
 
 
 class CleanDisk(diskcache.Disk):
-    """diskcache's Disk, but no value file outlives a failed write: one whose write fails (disk full)
-    is removed at once, and `discard_unpublished` removes the last one written when the SQLite insert
-    that was to publish it failed (diskcache leaves both behind)."""
+    """diskcache's Disk, but value files are written without following any link, and no value file
+    outlives a failed write: one whose write fails (disk full) is removed at once, and
+    `discard_unpublished` removes the last one written when the SQLite insert that was to publish it
+    failed (diskcache leaves both behind).
+
+    Why not diskcache's own `_write`: it runs `os.makedirs` and `open(full_path, "xb")`, which follow a
+    symbolic link planted in place of a value folder (`xx/` or `xx/yy/`) and write outside the cache.
+    Here each folder is made with `mkdir` and opened with O_NOFOLLOW | O_DIRECTORY relative to the one
+    above it (a link planted in its place, inside the cache, is removed and a real folder made: the
+    link, never its target), and the file is created with O_CREAT | O_EXCL | O_NOFOLLOW in that folder."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,24 +70,82 @@ class CleanDisk(diskcache.Disk):
         return super().store(*args, **kwargs)
 
     def _write(self, full_path, iterator, mode, encoding=None):
-        try:
-            size = super()._write(full_path, iterator, mode, encoding)
-        except BaseException:
+        directory = os.fspath(self._directory)
+        filename = os.path.relpath(full_path, directory).replace(os.sep, "/")
+        if not VALUE_FILE.fullmatch(filename):
+            raise UntrustedRow(f"value file {full_path} is not named the way diskcache names them; refused")
+        for attempt in range(1, _OPEN_TRIES + 1):
             try:
-                os.remove(full_path)
-            except OSError:
-                pass
-            raise
-        self._written.path = full_path
+                return self._write_in(directory, filename, iterator, encoding)
+            except FileNotFoundError:  # a folder emptied and removed by another process meanwhile
+                if attempt == _OPEN_TRIES:
+                    raise
+
+    def _write_in(self, directory: str, filename: str, iterator, encoding) -> int:
+        fds = [os.open(directory, _DIR_FLAGS)]
+        try:
+            for name in (filename[:2], filename[3:5]):
+                fds.append(_real_folder(fds[-1], name, os.path.join(directory, filename[:len(fds) * 3 - 1])))
+            folder, name = fds[-1], filename[6:]
+            try:
+                fd = os.open(name, _FILE_FLAGS, 0o666, dir_fd=folder)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UntrustedRow(f"value file {os.path.join(directory, filename)} is a symbolic link "
+                                       f"planted in the cache; not written through") from None
+                raise
+            try:
+                size = 0
+                with os.fdopen(fd, "wb") as writer:
+                    for chunk in iterator:
+                        chunk = chunk.encode(encoding or "UTF-8") if isinstance(chunk, str) else chunk
+                        size += len(chunk)
+                        writer.write(chunk)
+            except BaseException:
+                try:
+                    os.unlink(name, dir_fd=folder)
+                except OSError:
+                    pass
+                raise
+        finally:
+            for fd_ in fds:
+                os.close(fd_)
+        self._written.path = filename
         return size
 
     def discard_unpublished(self) -> None:
-        path, self._written.path = getattr(self._written, "path", None), None
-        if path is not None:
+        filename, self._written.path = getattr(self._written, "path", None), None
+        if filename is not None:
+            remove_value_file(Path(self._directory), filename)
+
+
+def _real_folder(parent: int, name: str, where: str) -> int:
+    """A descriptor of the real folder `name` in the folder `parent`, made if missing; a symbolic link
+    planted in its place is removed (the link, never what it points to) and a real folder made."""
+    for _ in range(3):
+        try:
+            os.mkdir(name, 0o777, dir_fd=parent)
+        except FileExistsError:
+            pass
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
             try:
-                os.remove(path)
-            except OSError:
+                planted = os.lstat(name, dir_fd=parent)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISLNK(planted.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, f"{where} is not a folder (a cache's value folders "
+                                                        f"always are); remove it or clear the cache") from None
+            log.warning("sr-augment cache: %s is a symbolic link planted in place of a value folder; "
+                        "removed (not followed) and replaced by a real folder", where)
+            try:
+                os.unlink(name, dir_fd=parent)  # unlink never follows a link
+            except FileNotFoundError:
                 pass
+    raise OSError(errno.ELOOP, f"{where} keeps being replaced by a symbolic link; not written through")
 
 
 class SafeDisk(CleanDisk):

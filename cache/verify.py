@@ -66,12 +66,17 @@ def verify(directory, repair: bool = False, progress: bool = True) -> VerifyRepo
             clearing.remove_cache_files(directory)
             report.repaired = True
         return report
+    links = clearing.planted_links(entries)
+    for name in links:
+        report._note("untrusted", entries / name, "a symbolic link where the cache keeps its own value folders and "
+                                                   "files (a write through it would land outside the cache)")
     now = time.time()
     orphans = [name for name in rows.iter_value_files(entries)
                if name not in named and now - (entries / name).lstat().st_mtime > ORPHAN_AGE]
     for name in orphans:
         report._note("orphans", entries / name, "no row names this value file")
-    if repair and (bad or orphans):
+    if repair and (bad or orphans or links):
+        clearing.remove_planted_links(entries, links)
         removed = rows.delete_rows(entries, bad) + sum(rows.remove_value_file(entries, name) for name in orphans)
         _count_removed(directory, removed)
         report.repaired = True
