@@ -3,6 +3,11 @@
 Why not diskcache.Cache: it writes on open (so a read-only or full disk could not serve hits) and
 unpickles what it reads (see `rows`). Connections are per thread and per process (an SQLite connection
 must not cross a fork), opened lazily and again while nothing is stored yet.
+
+On a full disk a connection is the immutable fallback (`rows.open_readonly`): it serves what the database
+held when it was opened but sees no later write, and could meet a page a checkpoint is rewriting. So it
+is reopened (`mode=ro` first) every `FALLBACK_SECONDS`, and a query that fails on it is retried once on
+a fresh connection before anything is reported.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +24,8 @@ from sr_augment.cache import rows
 
 _BATCH = 500
 """Keys per `IN (...)` query: under SQLite's bound-parameter limit (999 before 3.32)."""
+FALLBACK_SECONDS = 5.0
+"""How long a full disk's immutable fallback connection is used before a normal one is tried again."""
 
 
 class Row(NamedTuple):
@@ -36,21 +44,45 @@ class Reader:
 
     def _con(self) -> sqlite3.Connection | None:
         local = self._local
-        if getattr(local, "pid", None) != os.getpid() or local.con is None:
-            local.pid, local.con = os.getpid(), rows.connect_readonly(self.folder, self.immutable)
-            if local.con is not None:
+        if getattr(local, "pid", None) != os.getpid() or local.con is None or (
+                local.fallback_until is not None and time.monotonic() > local.fallback_until):
+            self._drop_local()
+            con, fallback = rows.open_readonly(self.folder, self.immutable)
+            local.pid, local.con = os.getpid(), con
+            local.fallback_until = time.monotonic() + FALLBACK_SECONDS if fallback else None
+            if con is not None:
                 with self._lock:
-                    self._opened.append((local.pid, local.con))
+                    self._opened.append((local.pid, con))
         return local.con
 
+    def _drop_local(self) -> None:
+        """Close this thread's connection (a full disk's fallback being replaced)."""
+        local = self._local
+        con = getattr(local, "con", None)
+        if con is not None and getattr(local, "pid", None) == os.getpid():
+            with self._lock:
+                self._opened = [(pid, c) for pid, c in self._opened if c is not con]
+            con.close()
+        local.con, local.fallback_until = None, None
+
+    @property
+    def fallback(self) -> bool:
+        """Whether this thread reads through a full disk's immutable fallback connection."""
+        return getattr(self._local, "fallback_until", None) is not None
+
     def _query(self, sql: str, args=()) -> list:
-        con = self._con()
-        if con is None:
-            return []
-        try:
-            return con.execute(sql, args).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise rows.damaged(self.folder, str(exc)) from exc
+        for attempt in (0, 1):
+            con = self._con()
+            if con is None:
+                return []
+            try:
+                return con.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                if attempt == 0 and self.fallback:  # a stale immutable view: reopen once, then judge
+                    self._drop_local()
+                    continue
+                raise rows.query_error(self.folder, exc) from exc
+        return []  # not reached
 
     def row(self, key: str) -> Row | None:
         """The row of the text key `key` (a pickled key is never matched, so never unpickled)."""

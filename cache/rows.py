@@ -17,11 +17,14 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 import sqlite3
 import stat
 from pathlib import Path
 
 from diskcache.core import DBNAME, DEFAULT_SETTINGS, EVICTION_POLICY, METADATA, MODE_BINARY, MODE_RAW
+
+from sr_augment.cache.filesystem import CacheUnavailable, is_environment_error, unavailable  # noqa: F401  (rows.*)
 
 VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
 """The only value-file names diskcache's `Disk.filename` makes (two levels of hex folders)."""
@@ -46,11 +49,20 @@ def cache_root(folder: Path) -> Path:
     return Path(folder).parent
 
 
+def quoted(path) -> str:
+    """A path as one shell word, so advice can be pasted as it is printed (a folder with a space)."""
+    return shlex.quote(str(path))
+
+
+def repair_command(root: Path) -> str:
+    return f"sr-augment verify --cache-dir {quoted(root)} --repair"
+
+
 def damaged(folder: Path, problem: str) -> DatabaseDamaged:
     root = cache_root(folder)
     return DatabaseDamaged(f"the sr-augment cache {root} is damaged: {Path(folder) / DBNAME}: {problem}. "
-                           f"Run `sr-augment verify --cache-dir {root} --repair`, or `sr-augment clear --cache-dir "
-                           f"{root} --yes` to start it empty.")
+                           f"Run `{repair_command(root)}`, or `sr-augment clear --cache-dir "
+                           f"{quoted(root)} --yes` to start it empty.")
 
 
 def value_path(directory: Path, filename: str) -> Path:
@@ -160,35 +172,67 @@ def row_value(directory: Path, mode: int, filename, value) -> bytes:
     raise UntrustedRow(f"row stored in diskcache mode {mode} (pickle or text), which sr-augment never writes; refused")
 
 
-def connect_readonly(folder: Path, immutable: bool | None = None) -> sqlite3.Connection | None:
+def connect_readonly(folder: Path, immutable: bool | None = None, fallback: bool = True) -> sqlite3.Connection | None:
     """A connection that can never write: `mode=ro`, or `immutable=1` (which creates no -wal/-shm
     file either) for a cache opened read-only or one SQLite could not even create its shared-memory
     file in (a read-only mount, a folder of another user; None: decided by access). None when nothing
-    is stored yet (no database, an empty file, no Cache table); `DatabaseDamaged` when unreadable."""
+    is stored yet (no database, an empty file, no Cache table); `DatabaseDamaged` when unreadable.
+
+    A `mode=ro` open that fails because of the environment (a full disk: SQLite cannot create the
+    `-shm`/`-wal` files a new reader of a WAL database needs, "disk I/O error") is retried with
+    `immutable=1` (`fallback`; see `open_readonly`); `CacheUnavailable` when that fails too, or at once
+    without `fallback` (verify: a check must never read a database whose writers it cannot see)."""
+    return open_readonly(folder, immutable, fallback)[0]
+
+
+def open_readonly(folder: Path, immutable: bool | None = None,
+                  fallback: bool = True) -> tuple[sqlite3.Connection | None, bool]:
+    """`connect_readonly`, and whether the connection is the immutable fallback of a full disk (it does
+    not see later writes: a reader reopens it after a while, see `reader.Reader`)."""
     db = Path(folder) / DBNAME
     refuse_links(folder)
     try:
         if db.stat().st_size == 0:
-            return None
+            return None, False
     except FileNotFoundError:
-        return None
+        return None, False
+    except OSError as exc:  # EACCES on the folder, EIO
+        raise unavailable(db, exc) from exc
     uri = db.resolve().as_uri()
     if immutable is None:
         effective = os.access in os.supports_effective_ids
         immutable = not all(os.access(p, os.W_OK, effective_ids=effective) for p in (folder, db))
-    con = sqlite3.connect(f"{uri}?immutable=1" if immutable else f"{uri}?mode=ro", uri=True,
-                          isolation_level=None, check_same_thread=False)
+    try:
+        return _probe(folder, f"{uri}?immutable=1" if immutable else f"{uri}?mode=ro"), False
+    except CacheUnavailable:
+        if immutable or not fallback:
+            raise
+    return _probe(folder, f"{uri}?immutable=1"), True
+
+
+def _probe(folder: Path, uri: str) -> sqlite3.Connection | None:
+    """Open `uri` and read one row (SQLite opens lazily: the first read meets every problem)."""
+    try:
+        con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise (unavailable(Path(folder) / DBNAME, exc) if is_environment_error(exc)
+               else damaged(folder, str(exc))) from exc
     try:
         con.execute("SELECT key FROM Cache LIMIT 1").fetchall()
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:
         con.close()
         if "no such table" in str(exc):
             return None
-        raise damaged(folder, str(exc)) from exc
-    except sqlite3.DatabaseError as exc:
-        con.close()
-        raise damaged(folder, str(exc)) from exc
+        raise query_error(folder, exc) from exc
     return con
+
+
+def query_error(folder: Path, exc: sqlite3.Error) -> DatabaseDamaged | CacheUnavailable:
+    """The error a failed read of a diskcache folder's database raises: `CacheUnavailable` for the
+    environment (full disk, I/O error, permissions, a lock), `DatabaseDamaged` for damage."""
+    if is_environment_error(exc):
+        return unavailable(Path(folder) / DBNAME, exc)
+    return damaged(folder, str(exc))
 
 
 def refuse_links(folder: Path) -> None:
@@ -201,18 +245,21 @@ def refuse_links(folder: Path) -> None:
                                   f"and links are not followed")
 
 
-def check_settings(folder: Path) -> None:
-    """Refuse (`DatabaseDamaged`) a database whose Settings table holds anything diskcache does not
-    write itself: diskcache runs `sqlite_*` values as PRAGMA text on open, so a planted value is SQL."""
-    con = connect_readonly(folder)
+def bad_settings(folder: Path, fallback: bool = True) -> list[tuple[str, object]]:
+    """The (key, value) rows of a database's Settings table that diskcache does not write itself:
+    an unknown key, a text where a number belongs, a journal mode or eviction policy it never uses."""
+    con = connect_readonly(folder, fallback=fallback)
     if con is None:
-        return
+        return []
     try:
         settings = con.execute("SELECT key, value FROM Settings").fetchall()
-    except sqlite3.DatabaseError:
+    except sqlite3.DatabaseError as exc:
+        if is_environment_error(exc):
+            raise unavailable(Path(folder) / DBNAME, exc) from exc
         settings = []  # no Settings table: diskcache creates it
     finally:
         con.close()
+    bad = []
     for key, value in settings:
         if key in _SETTING_STRINGS:
             ok = isinstance(value, str) and value.lower() in _SETTING_STRINGS[key]
@@ -220,8 +267,56 @@ def check_settings(folder: Path) -> None:
             ok = key in DEFAULT_SETTINGS or key in METADATA
             ok = ok and type(value) in (int, float)
         if not ok:
-            raise damaged(folder, f"its Settings table holds {key!r} = {value!r}, which diskcache never writes "
-                                  f"(diskcache would run it as SQL); refused to open it for writing")
+            bad.append((key, value))
+    return bad
+
+
+def check_settings(folder: Path) -> None:
+    """Refuse (`DatabaseDamaged`) a database whose Settings table holds anything diskcache does not
+    write itself: diskcache runs `sqlite_*` values as PRAGMA text on open, so a planted value is SQL.
+    The message names the command that resets it (`verify --repair`, which keeps the entries)."""
+    bad = bad_settings(folder)
+    if bad:
+        key, value = bad[0]
+        root = cache_root(folder)
+        raise DatabaseDamaged(
+            f"the sr-augment cache {root} has a bad setting: {Path(folder) / DBNAME}: its Settings table holds "
+            f"{key!r} = {value!r}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}, which diskcache never writes "
+            f"(diskcache would run it as SQL); refused to open it for writing. Run `{repair_command(root)}` to reset "
+            f"the settings to sr-augment's values (the entries are kept), or `sr-augment clear --cache-dir "
+            f"{quoted(root)} --yes` to start it empty.")
+
+
+def reset_settings(folder: Path, keys, library: dict, timeout: float = 60.0) -> int:
+    """Reset Settings rows `keys` with SQL (never through diskcache, which would run them): a diskcache
+    setting to `library`'s value, a counter diskcache keeps to what the table holds, any other key
+    deleted. Returns the number of rows changed."""
+    con = sqlite3.connect(str(Path(folder) / DBNAME), timeout=timeout, isolation_level=None)
+    changed = 0
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        for key in keys:
+            if key in library:
+                value = library[key]
+            elif key == "count":
+                value = con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]
+            elif key == "size":
+                value = con.execute("SELECT COALESCE(SUM(CASE WHEN typeof(size) = 'integer' THEN size END), 0) "
+                                    "FROM Cache").fetchone()[0]
+            elif key in METADATA:
+                value = METADATA[key]
+            else:
+                changed += con.execute("DELETE FROM Settings WHERE key IS ?", (key,)).rowcount
+                continue
+            changed += con.execute("UPDATE Settings SET value = ? WHERE key IS ?", (value, key)).rowcount
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+    return changed
 
 
 def read_meta(folder: Path, immutable: bool | None = None) -> dict:
@@ -233,7 +328,7 @@ def read_meta(folder: Path, immutable: bool | None = None) -> dict:
     try:
         rows = con.execute("SELECT key, value FROM Cache WHERE raw = 1 AND mode = ?", (MODE_RAW,)).fetchall()
     except sqlite3.DatabaseError as exc:
-        raise damaged(folder, str(exc)) from exc
+        raise query_error(folder, exc) from exc
     finally:
         con.close()
     return {k: v for k, v in rows if isinstance(k, str) and type(v) in (int, float, str)}
@@ -276,5 +371,5 @@ def count_rows(folder: Path) -> int:
             return int(con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])
         finally:
             con.close()
-    except (DatabaseDamaged, sqlite3.DatabaseError):
+    except (DatabaseDamaged, CacheUnavailable, sqlite3.DatabaseError):
         return 0

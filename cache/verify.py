@@ -6,6 +6,13 @@ inside the cache), then the record's checksum and a full decode. Value files no 
 value file before it publishes the row, so a younger unnamed file may belong to a write in flight.
 Bad rows are deleted by rowid with SQL in one transaction (never through diskcache), orphans by name
 shape. A database that cannot be read at all is reported; `--repair` then empties the cache.
+
+Settings (both databases) that diskcache never writes are reported too (a writer refuses to open such a
+database, and its error names `verify --repair`), and `--repair` resets them to sr-augment's values with
+SQL, keeping the entries; a damaged `meta` database (counters, size limit) is removed on its own.
+
+An environment error (a full disk, a file-size limit, an I/O error, no permission, a lock) is not damage:
+the report says what could not be checked and why (`unchecked`), and nothing is deleted or changed.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from diskcache.core import DBNAME, DEFAULT_SETTINGS
 from tqdm.auto import tqdm
 
 from sr_augment.cache import clearing, codec, rows, writers
@@ -24,6 +32,9 @@ ORPHAN_AGE = 15 * 60
 """Seconds after which a value file that no row names is an orphan (writes retry for at most ~5 min)."""
 _SHOWN = 20
 """Problems listed by name in a report (the counts cover all)."""
+LIBRARY_SETTINGS = {"entries": dict(DEFAULT_SETTINGS),
+                    "meta": {**DEFAULT_SETTINGS, "eviction_policy": "none"}}
+"""What `--repair` resets a bad Settings row to (SRCache passes its size limit and eviction policy on open)."""
 
 
 @dataclass
@@ -35,13 +46,18 @@ class VerifyReport:
     missing: int = 0
     untrusted: int = 0
     orphans: int = 0
+    settings: int = 0
+    unreadable: int = 0
     database_damaged: str | None = None
+    unchecked: str | None = None
     repaired: bool = False
     problems: list = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        bad = self.damaged + self.missing + self.untrusted + self.orphans + bool(self.database_damaged)
+        if self.unchecked:
+            return False
+        bad = self.damaged + self.missing + self.untrusted + self.orphans + self.settings + bool(self.database_damaged)
         return bad == 0 or self.repaired
 
     def as_dict(self) -> dict:
@@ -59,11 +75,29 @@ def verify(directory, repair: bool = False, progress: bool = True) -> VerifyRepo
     entries = directory / "entries"
     report = VerifyReport(str(directory))
     try:
+        return _verify(directory, entries, report, repair, progress)
+    except (rows.CacheUnavailable, sqlite3.OperationalError, OSError) as exc:
+        if not rows.is_environment_error(exc):
+            raise
+        report.unchecked = str(exc if isinstance(exc, rows.CacheUnavailable) else rows.unavailable(directory, exc, "check"))
+        return report
+
+
+def _verify(directory: Path, entries: Path, report: VerifyReport, repair: bool, progress: bool) -> VerifyReport:
+    try:
         bad, named = _check_rows(entries, report, progress)
     except rows.DatabaseDamaged as exc:
         report.database_damaged = str(exc)
         if repair:
             clearing.remove_cache_files(directory)
+            report.repaired = True
+        return report
+    if report.unchecked:  # some value file could not be read: change nothing
+        return report
+    settings = _check_settings(directory, report)
+    if report.database_damaged:  # meta only: the entries are fine
+        if repair:
+            _remove_database(directory / "meta")
             report.repaired = True
         return report
     links = clearing.planted_links(entries)
@@ -75,6 +109,11 @@ def verify(directory, repair: bool = False, progress: bool = True) -> VerifyRepo
                if name not in named and now - (entries / name).lstat().st_mtime > ORPHAN_AGE]
     for name in orphans:
         report._note("orphans", entries / name, "no row names this value file")
+    if repair and any(settings.values()):
+        for name, keys in settings.items():
+            if keys:
+                rows.reset_settings(directory / name, keys, LIBRARY_SETTINGS[name])
+        report.repaired = True
     if repair and (bad or orphans or links):
         clearing.remove_planted_links(entries, links)
         removed = rows.delete_rows(entries, bad) + sum(rows.remove_value_file(entries, name) for name in orphans)
@@ -83,19 +122,54 @@ def verify(directory, repair: bool = False, progress: bool = True) -> VerifyRepo
     return report
 
 
+def _check_settings(directory: Path, report: VerifyReport) -> dict[str, list]:
+    """The bad Settings keys of each database (noted in the report); a damaged `meta` database is
+    noted as `database_damaged`."""
+    found = {}
+    for name in ("entries", "meta"):
+        try:
+            bad = rows.bad_settings(directory / name, fallback=False)
+        except rows.DatabaseDamaged as exc:
+            if name == "entries":
+                raise
+            report.database_damaged = str(exc)
+            bad = []
+        for key, value in bad:
+            report._note("settings", directory / name / DBNAME, f"Settings holds {key!r} = {value!r}, which diskcache "
+                                                                f"never writes; --repair resets it to sr-augment's value")
+        found[name] = [key for key, _ in bad]
+    return found
+
+
+def _remove_database(folder: Path) -> None:
+    """Remove a diskcache folder's database files (never following a link): `meta` holds only counters
+    and the size limit, so a damaged one is dropped rather than the entries with it."""
+    if folder.is_symlink():  # a planted link: removed itself, never followed
+        folder.unlink()
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            (folder / f"{DBNAME}{suffix}").unlink()
+        except FileNotFoundError:
+            pass
+
+
 def _count_removed(directory: Path, count: int) -> None:
     """Entries removed by repair are not evictions: count them as removed (an orphan is an entry whose
     row was lost with its database), so `info` reports no phantom evictions."""
     if count:
-        meta = writers.open_writer(directory / "meta", timeout=META_TIMEOUT, eviction_policy="none")
         try:
-            meta.incr("removed", count)
-        finally:
-            meta.close()
+            meta = writers.open_writer(directory / "meta", timeout=META_TIMEOUT, eviction_policy="none")
+            try:
+                meta.incr("removed", count)
+            finally:
+                meta.close()
+        except (OSError, sqlite3.Error, rows.DatabaseDamaged):  # the entries are removed; only a counter is lost
+            pass
 
 
 def _check_rows(entries: Path, report: VerifyReport, progress: bool):
-    con = rows.connect_readonly(entries)
+    con = rows.connect_readonly(entries, fallback=False)  # a full disk's immutable view could be stale: no check
     if con is None:
         return [], set()
     bad, named = [], set()
@@ -110,13 +184,18 @@ def _check_rows(entries: Path, report: VerifyReport, progress: bool):
             kind, reason = _check_row(entries, key, raw, mode, filename, value)
             if kind == "ok":
                 report.ok += 1
+            elif kind == "unreadable":  # the environment's fault: never removed, and the report is unchecked
+                report._note(kind, key, reason)
+                report.unchecked = report.unchecked or str(reason)
             else:
                 report._note(kind, key if isinstance(key, str) else f"row {rowid}", reason)
                 bad.append((rowid, filename, value))
     except sqlite3.DatabaseError as exc:
-        raise rows.damaged(entries, str(exc)) from exc
+        raise rows.query_error(entries, exc) from exc
     finally:
         con.close()
+    if report.unreadable > 1:
+        report.unchecked += f" ({report.unreadable} value files could not be read)"
     return bad, named
 
 
@@ -131,4 +210,8 @@ def _check_row(entries: Path, key, raw, mode, filename, value) -> tuple[str, str
         return "missing", f"value file {filename} is gone"
     except codec.DamagedEntry as exc:
         return "damaged", exc
+    except OSError as exc:
+        if not rows.is_environment_error(exc):
+            raise
+        return "unreadable", rows.unavailable(entries / filename, exc)
     return "ok", ""

@@ -128,15 +128,22 @@ def cmd_verify(args) -> int:
     report = verify(directory, repair=args.repair, progress=not (args.json or args.no_progress))
     if args.json:
         print(json.dumps(report.as_dict()))
+    elif report.unchecked:  # the disk, not the cache: no advice to delete anything
+        print(f"sr-augment: could not check the cache {directory}, nothing was changed: {report.unchecked}",
+              file=sys.stderr)
     else:
         for problem in report.problems:
             print(f"{problem['kind']}: {problem['where']}: {problem['reason']}", file=sys.stderr)
         if report.database_damaged:
             print(f"error: {report.database_damaged}", file=sys.stderr)
         print(f"{report.rows} rows: {report.ok} ok, {report.damaged} damaged, {report.missing} missing, "
-              f"{report.untrusted} untrusted, {report.orphans} orphan value files"
-              + (" (repaired)" if report.repaired else "" if report.clean else "; run with --repair to remove them"))
-    return 0 if report.clean else 1
+              f"{report.untrusted} untrusted, {report.orphans} orphan value files, {report.settings} bad settings"
+              + (" (repaired)" if report.repaired else "" if report.clean else "; run with --repair to fix them"))
+    return VERIFY_UNCHECKED if report.unchecked else 0 if report.clean else 1
+
+
+VERIFY_UNCHECKED = 3
+"""`verify`'s exit status when it could not check (full disk, I/O error, no permission): nothing changed."""
 
 
 def cmd_engines(args) -> int:
@@ -254,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=cmd_engines)
 
-    p = sub.add_parser("verify", help="check every cached entry; --repair removes damaged, untrusted and orphaned ones")
+    p = sub.add_parser("verify", help="check every cached entry and the cache's settings; --repair removes damaged, "
+                                      "untrusted and orphaned entries and resets bad settings. Exit 0: clean (or "
+                                      "repaired), 1: problems found, 3: could not check (disk full, I/O error, no "
+                                      "permission), nothing changed")
     _add_cache_options(p)
     p.add_argument("--repair", action="store_true", help="remove what is bad (rows by rowid, orphan value files)")
     p.add_argument("--json", action="store_true", help="print one JSON report")
@@ -315,12 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from sr_augment.cache import CacheWriteError
-    from sr_augment.cache.rows import DatabaseDamaged
+    from sr_augment.cache.rows import CacheUnavailable, DatabaseDamaged
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatabaseDamaged, CacheWriteError) as exc:  # clear errors naming the folder and the way out
+    except (DatabaseDamaged, CacheWriteError, CacheUnavailable) as exc:  # clear errors naming the folder and the way out
         print(f"sr-augment: {exc}", file=sys.stderr)
         return 1
 
