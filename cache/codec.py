@@ -21,6 +21,8 @@ import zlib
 import numpy as np
 from PIL import Image, PngImagePlugin, WebPImagePlugin, features
 
+from sr_augment.cache import entrymeta
+
 MAGIC = b"SRA1"
 CODECS = ("webp", "png", "raw")
 """The codecs a record may name in its header."""
@@ -57,6 +59,9 @@ def encode(image: np.ndarray, codec: str = DEFAULT_CODEC, meta: dict | None = No
     without it read alike (the layout, magic SRA1, is unchanged)."""
     if codec not in CHOICES:
         raise ValueError(f"codec must be one of {', '.join(CHOICES)}; got {codec!r}")
+    too_large = entrymeta.over_pixel_limit(*image.shape[:2])  # the one limit of every path (warm, merge, import)
+    if too_large:
+        raise ValueError(f"cannot store {too_large}")
     if codec == "auto":
         codec = "raw" if image.shape[0] * image.shape[1] <= AUTO_RAW_PIXELS else "webp"
     if codec == "webp" and not _webp_can_hold(image):
@@ -100,6 +105,8 @@ def decode(record: bytes, expected_shape: tuple | None = None) -> np.ndarray:
         shape = tuple(header["shape"])
         if len(shape) != 3 or shape[2] != 3:  # every codec holds RGB only (a raw RGBA must not pass)
             raise DamagedEntry(f"stored shape {shape} is not an RGB image")
+        if entrymeta.over_pixel_limit(shape[0], shape[1]):
+            raise DamagedEntry(entrymeta.over_pixel_limit(shape[0], shape[1]))
         if expected_shape is not None and shape != tuple(expected_shape):
             raise DamagedEntry(f"stored shape {shape} is not the {tuple(expected_shape)} this lookup needs")
         if header["codec"] == "raw":
@@ -132,8 +139,8 @@ def split(record: bytes) -> tuple[dict, bytes, memoryview]:
         (header_len,) = struct.unpack_from("<H", body, 0)
         header_bytes = bytes(body[2:2 + header_len])
         header = json.loads(header_bytes)
-    except (struct.error, ValueError) as exc:
-        raise DamagedEntry(f"unreadable record header ({exc})") from None
+    except (struct.error, ValueError, RecursionError) as exc:  # RecursionError: planted deeply nested JSON
+        raise DamagedEntry(f"unreadable record header ({type(exc).__name__}: {exc})") from None
     if not isinstance(header, dict) or header.get("codec") not in CODECS or not isinstance(header.get("shape"), list):
         raise DamagedEntry("record header is not {codec, shape}")
     return header, header_bytes, body[2 + header_len:]

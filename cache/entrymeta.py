@@ -16,6 +16,11 @@ import re
 
 KEY = re.compile(r"[0-9a-f]{32}:[0-9]{1,9}")
 """The shape of every entry key (`keys.entry_key`): 32 hex digits of the base key, ':', the variant."""
+MAX_PIXELS = 320_000_000
+"""The largest entry (height x width) any path stores: a local warm, the Ray warm, merge and import all
+ask `over_pixel_limit`, so what one path stores every other path accepts. 320 megapixels holds a 4x SR
+of a 4470 px photo (4100 px gives 16400x16400, 269 MP), and even a raw or worst-case PNG record of it
+(3 bytes a pixel) stays under the 1 GiB a value file may hold (`rows.MAX_VALUE_BYTES`), so it reads back."""
 _TAG = re.compile(r"m1:(upscale|resynthesize):[0-9a-f]{16}")
 _FIELDS = {"engine": str, "fingerprint": str, "mode": str, "scale": int, "variant": int, "seed": int, "source": list}
 
@@ -25,6 +30,13 @@ def make(engine, mode: str, request) -> dict:
     return {"engine": str(getattr(engine, "name", "?")), "fingerprint": str(engine.fingerprint), "mode": mode,
             "scale": int(engine.scale), "variant": variant_of(request.key), "seed": int(request.seed),
             "source": [int(n) for n in request.image.shape[:2]]}
+
+
+def over_pixel_limit(height: int, width: int) -> str | None:
+    """Why an entry of `height` x `width` pixels may not be stored (None when it may): the one limit."""
+    if height * width > MAX_PIXELS:
+        return f"an image of {height}x{width} pixels, over the {MAX_PIXELS}-pixel limit of a cache entry"
+    return None
 
 
 def variant_of(key: str) -> int:

@@ -4,7 +4,7 @@ and verified (checksum and a full decode) before it may enter a cache.
 Why so strict: shards come from other machines and object stores; a planted or damaged member must be
 refused with its name while every good sample still imports. Nothing is ever extracted to disk, so no
 member name becomes a path; only regular files named `<32 hex>_<variant>.{webp,png,json}` are read,
-JSON members up to 64 KiB, images up to `MAX_IMAGE_BYTES`, and an image's declared size is checked
+JSON members up to 64 KiB, images up to `MAX_IMAGE_BYTES` and `entrymeta.MAX_PIXELS`, and an image's declared size is checked
 against its record header before it is decoded. The record is rebuilt from the JSON's header and the
 image bytes and must match the CRC32 it had in the exporting cache (records exported as PNG from
 another codec must match a digest of their pixels instead); where the shard has a manifest part,
@@ -25,13 +25,11 @@ from typing import Iterator
 import numpy as np
 from PIL import PngImagePlugin, WebPImagePlugin
 
-from sr_augment.cache import codec
+from sr_augment.cache import codec, entrymeta
 from sr_augment.cache.shards import FORMAT, IMAGE_EXTS, MEMBER, key_of, pixels_digest
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_IMAGE_BYTES = 1 << 30
-MAX_PIXELS = 1 << 28
-"""An imported image's height x width at most (256 megapixels: a 4x SR of a 4000 px photo)."""
 _READERS = {"png": PngImagePlugin.PngImageFile, "webp": WebPImagePlugin.WebPImageFile}
 
 
@@ -125,10 +123,13 @@ def rebuild(sample: Sample, manifest_row: dict | None) -> bytes:
         if header.get("codec") not in codec.CODECS or not (isinstance(shape, list) and len(shape) == 3
                                                             and all(type(n) is int and n > 0 for n in shape) and shape[2] == 3):
             raise ValueError("record_header is not a header sr-augment writes")
+    except RecursionError:  # the C decoder too: planted [[[[...]]]] is refused, not a crash of the import
+        raise Refused(json_name, "unusable sample JSON (nested too deeply to parse)") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise Refused(json_name, f"unusable sample JSON ({exc})") from None
-    if shape[0] * shape[1] > MAX_PIXELS:
-        raise Refused(json_name, f"an image of {shape[0]}x{shape[1]} pixels, over the {MAX_PIXELS}-pixel limit")
+    too_large = entrymeta.over_pixel_limit(shape[0], shape[1])  # the limit every path uses, checked before decoding
+    if too_large:
+        raise Refused(json_name, too_large)
     _check_declared_size(image, image_ext, shape, image_name)
     if header["codec"] == image_ext:  # the stored payload, byte for byte: the record must be the exported one
         record = codec.join(header_text.encode(), image)

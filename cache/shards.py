@@ -13,7 +13,9 @@ folder or any fsspec URL, e.g. `s3://bucket/sr-shards`):
 
 `<stem>` is the cache key with ':' written '_' (a name every filesystem takes; WebDataset's `__key__`).
 A shard's manifest part is written after its tar is complete: it is the shard's commit mark (object
-stores have no rename), so `written_keys` (resume) only trusts shards with a manifest.
+stores have no rename), so `written_keys` (resume) only trusts shards with a manifest, and only while
+their tar is there and complete: the manifest is the truth of what should be there, so a shard lost
+later is written again (`export`, the Ray warm) or reported missing (`import`).
 `pq.read_table("OUT/manifest")` reads the whole manifest; `webdataset.WebDataset("OUT/x-{000000..000009}.tar")`
 reads the samples. Tar files are written with the standard library's `tarfile` (USTAR, fixed owner and
 mtime, so a data offset is the header's offset + 512); the reading side, which treats shards as
@@ -25,8 +27,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import posixpath
 import re
 import secrets
+import stat
 import struct
 import tarfile
 import time
@@ -42,6 +47,8 @@ IMAGE_EXTS = ("webp", "png")
 MEMBER = re.compile(r"([0-9a-f]{32}_[0-9]{1,9})\.(webp|png|json)")
 """The only member names a shard may hold: no folders, no other names."""
 MANIFEST_DIR = "manifest"
+SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}-[0-9]{6}\.tar")
+"""The names `ShardWriter` gives shards: `<prefix>-NNNNNN.tar`."""
 _TAR_HEADER = tarfile.BLOCKSIZE
 
 
@@ -205,29 +212,129 @@ class ShardWriter:
         self.close()
 
 
-def read_manifest(out: str, storage_options: dict | None = None, fs=None) -> tuple[dict[str, dict], list[str]]:
-    """({shard name: {key: manifest row}}, problems) of the manifest parts under `out`. Parts that cannot
-    be read or have the wrong columns are reported and ignored (their shards are then read without
-    the member checksums). With `fs`, `out` is a path on that filesystem."""
+class NotAFile(ValueError):
+    """A path that is not a regular file (a FIFO, a device, a folder, a socket): never opened for reading."""
+
+
+def _is_local(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def open_regular(fs, path: str):
+    """`path` on `fs` opened for reading in binary mode, if it is a regular file; `NotAFile` naming it
+    otherwise. Locally the file is opened with O_NONBLOCK and checked with fstat before a byte is read
+    (as `rows.read_value_file` does for value files), so a FIFO named `x.tar` cannot block the open or
+    the read, and the file checked is the file read (no race with a swap after the check)."""
+    if not _is_local(fs):
+        kind = fs.info(path).get("type")
+        if kind != "file":
+            raise NotAFile(f"{path}: not a regular file ({kind}); not read")
+        return fs.open(path, "rb")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotAFile(f"{path}: not a regular file (a FIFO, device, folder or socket); not read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _manifest_parts(fs, root: str) -> tuple[list[tuple[str, list[dict]]], list[str]]:
+    """([(part path, its rows)], problems) of the manifest parts under `root`; a part that cannot be read,
+    is not a regular file or has the wrong columns is a problem, not a part."""
     import pyarrow.parquet as pq
 
-    fs, root = (fs, out) if fs is not None else filesystem(out, storage_options)
-    by_shard: dict[str, dict] = {}
-    problems = []
+    parts, problems = [], []
     for path in sorted(fs.glob(f"{root.rstrip('/')}/{MANIFEST_DIR}/*.parquet")):
         try:
-            with fs.open(path, "rb") as fh:
+            with open_regular(fs, path) as fh:
                 table = pq.read_table(fh, columns=list(MANIFEST_COLUMNS))
             if not table.schema.equals(manifest_schema(), check_metadata=False):
                 raise ValueError(f"columns are {table.schema.names} with types {table.schema.types}")
-            for row in table.to_pylist():
-                by_shard.setdefault(row["shard"], {})[row["key"]] = row
+            parts.append((path, [row for row in table.to_pylist() if isinstance(row["shard"], str)
+                                 and isinstance(row["key"], str)]))
         except Exception as exc:  # pyarrow raises many types on a bad file: report and go on
             problems.append(f"{path}: unreadable manifest part ({type(exc).__name__}: {exc}); ignored")
+    return parts, problems
+
+
+def read_manifest(out: str, storage_options: dict | None = None, fs=None) -> tuple[dict[str, dict], list[str]]:
+    """({shard name: {key: manifest row}}, problems) of the manifest parts under `out`. Parts that cannot
+    be read, are not regular files or have the wrong columns are reported and ignored (their shards are
+    then read without the member checksums). With `fs`, `out` is a path on that filesystem."""
+    fs, root = (fs, out) if fs is not None else filesystem(out, storage_options)
+    parts, problems = _manifest_parts(fs, root)
+    by_shard: dict[str, dict] = {}
+    for _, rows in parts:
+        for row in rows:
+            by_shard.setdefault(row["shard"], {})[row["key"]] = row
     return by_shard, problems
 
 
-def written_keys(out: str, storage_options: dict | None = None) -> set[str]:
-    """Keys of the committed shards under `out` (those with a manifest part): what a rerun may skip."""
-    by_shard, _ = read_manifest(out, storage_options)
-    return {key for rows in by_shard.values() for key in rows if isinstance(key, str)}
+def shard_end(rows) -> int:
+    """The least size of a shard holding these manifest rows: the end of its last member's data."""
+    return max((max((r.get(f"{c}_offset") or 0) + (r.get(f"{c}_size") or 0) for c in ("image", "json")) for r in rows),
+               default=0)
+
+
+def lost_shards(fs, root: str, by_shard: dict[str, dict]) -> dict[str, str]:
+    """{shard: why} of the shards the manifest lists that are not under `root` as a regular file at least
+    as long as its members (deleted, cut short, replaced by something else). One listing, no reads."""
+    root = root.rstrip("/")
+    try:
+        listed = {posixpath.basename(e["name"].rstrip("/")): e for e in fs.ls(root, detail=True)}
+    except FileNotFoundError:
+        listed = {}
+    lost = {}
+    for shard, rows in by_shard.items():
+        entry = listed.get(shard)
+        if entry is None or posixpath.basename(shard) != shard:
+            lost[shard] = "the shard file is gone"
+        elif entry.get("type") != "file" or entry.get("islink"):
+            lost[shard] = "not a regular file"
+        elif (entry.get("size") or 0) < shard_end(rows.values()):
+            lost[shard] = f"cut short: {entry.get('size') or 0} bytes, its members end at byte {shard_end(rows.values())}"
+    return lost
+
+
+def written_keys(out: str, storage_options: dict | None = None, lost: dict | None = None) -> set[str]:
+    """Keys of the committed shards under `out` (those with a manifest part) whose tar is there and
+    complete: what a rerun may skip. The manifest is the truth of what should be there, so the keys of a
+    shard it lists that is gone or cut short are not written; with `lost`, it is filled {shard: (why,
+    [its keys])} so the caller can say so and `retire` the stale parts after writing the keys again."""
+    fs, root = filesystem(out, storage_options)
+    by_shard, _ = read_manifest(root, fs=fs)
+    gone = lost_shards(fs, root, by_shard)
+    if lost is not None:
+        lost.update({shard: (why, sorted(by_shard[shard])) for shard, why in gone.items()})
+    return {key for shard, rows in by_shard.items() if shard not in gone for key in rows}
+
+
+def retire(out: str, lost: dict, storage_options: dict | None = None) -> list[str]:
+    """Remove the manifest parts (then what is left of the tar) of shards found lost (`written_keys`'s
+    `lost`) once their keys are written again, so the manifest lists only what is there. Only a part
+    named after its shard and listing no other shard is removed, and only names a shard writer makes.
+    Returns the parts removed."""
+    fs, root = filesystem(out, storage_options)
+    root = root.rstrip("/")
+    parts, _ = _manifest_parts(fs, root)
+    removed = []
+    for path, rows in parts:
+        shards = {row["shard"] for row in rows}
+        if len(shards) != 1:
+            continue
+        shard = shards.pop()
+        if shard not in lost or not SHARD_NAME.fullmatch(shard) or posixpath.basename(path) != f"{shard[:-4]}.parquet":
+            continue
+        fs.rm(path)  # first the commit mark: a crash after it leaves an uncommitted partial tar, as a preemption does
+        removed.append(path)
+        try:
+            fs.rm(f"{root}/{shard}")
+        except FileNotFoundError:
+            pass
+    return removed

@@ -10,7 +10,10 @@ committed under its output (a rerun after more `warm` adds only the new entries)
 from __future__ import annotations
 
 import csv
+import fnmatch
+import os
 import posixpath
+import secrets
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +25,8 @@ from tqdm.auto import tqdm
 
 from sr_augment.cache import codec, entrymeta, rows
 from sr_augment.cache.shard_reader import Refused, rebuild, samples
-from sr_augment.cache.shards import DEFAULT_SHARD_SIZE, ShardWriter, filesystem, read_manifest, stem_of, written_keys
+from sr_augment.cache.shards import (DEFAULT_SHARD_SIZE, NotAFile, ShardWriter, filesystem, open_regular, read_manifest,
+                                     retire, stem_of, written_keys)
 
 _SHOWN = 50
 """Problems listed by name in a report (the counts cover all)."""
@@ -34,10 +38,11 @@ class TransferReport:
     copied: int = 0  # written to the shards, the cache or the folder
     present: int = 0  # skipped: already in the target
     refused: int = 0  # damaged, tampered or not ours: not copied
+    missing: int = 0  # listed in a shard manifest but not found in the shards read (import)
     bytes: int = 0  # bytes read from the sources
     seconds: float = 0.0
     shards: list = field(default_factory=list)
-    problems: list = field(default_factory=list)  # {"source", "member" or "entry", "reason"}
+    problems: list = field(default_factory=list)  # {"source", "member" or "entry", "reason"[, "kind"]}
 
     @property
     def mb_per_s(self) -> float:
@@ -100,7 +105,11 @@ def export_cache(cache_dir, out: str, *, shard_size: int = DEFAULT_SHARD_SIZE, p
     """Write every entry of the cache at `cache_dir` not yet under `out` as shards (`shards`)."""
     cache_dir = _require_cache(cache_dir)
     report, start = TransferReport(), time.perf_counter()
-    done = written_keys(out, storage_options)
+    lost: dict = {}
+    done = written_keys(out, storage_options, lost)  # a shard listed but gone or cut short: its keys again
+    for shard, (why, keys) in sorted(lost.items()):
+        report.note({"source": str(out), "reason": f"{shard} is listed in the manifest but {why}; its {len(keys)} "
+                                                    f"samples are exported again and its manifest part retired"})
     writer = ShardWriter(out, prefix=prefix, shard_size=shard_size, storage_options=storage_options)
     with _bar(count_entries(cache_dir), "export", progress, unit="entry") as bar:
         for key, record in iter_records(cache_dir, report):
@@ -111,44 +120,63 @@ def export_cache(cache_dir, out: str, *, shard_size: int = DEFAULT_SHARD_SIZE, p
             writer.add(key, record)
             report.copied += 1
     report.shards = writer.close()
+    if lost:  # after the keys are committed again: the manifest then lists only what is there
+        retire(out, lost, storage_options)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _shard_paths(fs, root: str) -> list[str]:
+def _shard_paths(fs, root: str) -> tuple[list[str], str, str]:
+    """(shard paths, their folder, the pattern of the manifest's shards this URI stands for)."""
     if fs.isdir(root):
-        return sorted(fs.glob(f"{root.rstrip('/')}/*.tar"))
+        return sorted(fs.glob(f"{root.rstrip('/')}/*.tar")), root.rstrip("/"), "*"
+    folder, name = posixpath.split(root)
     if any(c in root for c in "*?["):
-        return sorted(fs.glob(root))
+        return sorted(fs.glob(root)), folder, name if not any(c in folder for c in "*?[") else ""
     if not fs.exists(root):
         raise FileNotFoundError(f"no shards at {root}")
-    return [root]
+    return [root], folder, name
 
 
 def import_shards(uris, cache, *, progress: bool = True, storage_options: dict | None = None) -> TransferReport:
-    """Import shards (folders, tar files or globs, local or fsspec URLs) into `cache` (an `SRCache`)."""
+    """Import shards (folders, tar files or globs, local or fsspec URLs) into `cache` (an `SRCache`).
+    Only regular files are read (a FIFO named `x.tar` is refused by name, never opened blocking). The
+    manifest is the truth: every sample it lists for the shards a URI names (a folder: all of its
+    manifest) that no shard read holds is counted `missing` and reported by shard and member."""
     report, start = TransferReport(), time.perf_counter()
-    located = []
+    located, folders = [], {}
     for uri in uris:
         fs, root = filesystem(uri, storage_options)
-        paths = _shard_paths(fs, root)
-        if not paths:
+        paths, folder, pattern = _shard_paths(fs, root)
+        if folder not in folders:
+            by_shard, problems = read_manifest(folder, fs=fs)
+            folders[folder] = (fs, by_shard, set())
+            for problem in problems:
+                report.note({"source": folder, "member": "", "reason": problem})
+        wanted = folders[folder][2]
+        wanted.update(s for s in folders[folder][1] if pattern and fnmatch.fnmatchcase(s, pattern))
+        wanted.update(posixpath.basename(p) for p in paths)
+        if not paths and not wanted:
             raise FileNotFoundError(f"no .tar shards at {uri}")
-        located += [(fs, path) for path in paths]
-    manifests: dict[str, dict] = {}
-    with _bar(sum(fs.size(path) for fs, path in located), "import", progress) as bar:
+        located += [(fs, path) for path in paths if (fs, path) not in located]
+    seen, opened = set(), set()
+    with _bar(sum(fs.size(path) or 0 for fs, path in located), "import", progress) as bar:
         for fs, path in located:
             folder, shard = posixpath.split(path)
-            if folder not in manifests:
-                manifests[folder], problems = read_manifest(folder, fs=fs)
-                for problem in problems:
-                    report.note({"source": folder, "member": "", "reason": problem})
-            manifest = manifests[folder].get(shard)
+            manifest = folders[folder][1].get(shard)
             problems: list = []
-            with fs.open(path, "rb") as fh:
+            try:
+                fh = open_regular(fs, path)
+            except (NotAFile, OSError) as exc:
+                report.refused += 1
+                report.note({"source": folder, "member": shard, "reason": str(exc).removeprefix(f"{path}: ")})
+                continue
+            opened.add((folder, shard))
+            with fh:
                 for sample in samples(fh, shard, problems):
                     report.entries += 1
                     report.bytes += sample.size
+                    seen.add(sample.key)
                     bar.update(sample.size)
                     if sample.key in cache:
                         report.present += 1
@@ -173,8 +201,29 @@ def import_shards(uris, cache, *, progress: bool = True, storage_options: dict |
             for problem in problems:
                 report.note({"source": path, "member": problem["member"], "reason": problem["reason"]})
             report.refused += len(problems)
+    _missing(folders, opened, seen, report)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _missing(folders: dict, read: set, seen: set, report: TransferReport) -> None:
+    """Count and name the samples the manifest lists for the wanted shards that no shard read held."""
+    for folder, (_, by_shard, wanted) in folders.items():
+        for shard in sorted(wanted):
+            rows = [row for key, row in by_shard.get(shard, {}).items() if key not in seen]
+            if not rows:
+                continue
+            report.missing += len(rows)
+            source = f"{folder}/{shard}"
+            if (folder, shard) not in read:
+                report.note({"source": source, "member": "", "kind": "missing",
+                             "reason": f"listed in the manifest with {len(rows)} samples, but the shard file is gone "
+                                       f"or was not read; none of them imported"})
+                continue
+            for row in rows:
+                report.note({"source": source, "member": row["image_member"], "kind": "missing",
+                             "reason": "listed in the shard's manifest but not in the shard (cut off or removed); "
+                                       "not imported"})
 
 
 def merge_caches(sources, into, *, progress: bool = True) -> TransferReport:
@@ -203,6 +252,31 @@ def merge_caches(sources, into, *, progress: bool = True) -> TransferReport:
     return report
 
 
+class _new_file:
+    """A file written as `folder/name` without ever writing through what is there: the data goes to a new
+    file created exclusively (O_CREAT | O_EXCL | O_NOFOLLOW, a random name, mode 0o666 less the umask as
+    `open` gives) in `folder`, renamed onto `name` when complete. A rename replaces a planted symbolic link
+    itself, never its target, and no reader sees a half-written file; on an error the new file is removed
+    and `name` is left as it was."""
+
+    def __init__(self, folder: Path, name: str, mode: str, **kwargs):
+        self.target, self.part = Path(folder) / name, Path(folder) / f".{name}.{secrets.token_hex(8)}.part"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        self.file = os.fdopen(os.open(self.part, flags, 0o666), mode, **kwargs)
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, kind, *exc) -> None:
+        try:
+            self.file.close()
+            if kind is None:
+                os.replace(self.part, self.target)
+        finally:
+            if self.part.exists():
+                self.part.unlink()
+
+
 IMAGE_COLUMNS = ("key", "file", "engine", "mode", "scale", "variant", "seed", "source_size", "size", "fingerprint")
 
 
@@ -214,7 +288,7 @@ def export_images(cache_dir, out_dir, *, progress: bool = True) -> TransferRepor
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report, start = TransferReport(), time.perf_counter()
-    with open(out_dir / "index.csv", "w", newline="") as fh, _bar(count_entries(cache_dir), "images", progress, "entry") as bar:
+    with _new_file(out_dir, "index.csv", "w", newline="") as fh, _bar(count_entries(cache_dir), "images", progress, "entry") as bar:
         table = csv.DictWriter(fh, IMAGE_COLUMNS)
         table.writeheader()
         for key, record in iter_records(cache_dir, report):
@@ -226,7 +300,13 @@ def export_images(cache_dir, out_dir, *, progress: bool = True) -> TransferRepor
                 report.note({"source": str(cache_dir), "entry": key, "reason": str(exc)})
                 continue
             name = f"{stem_of(key)}.png"
-            Image.fromarray(pixels).save(out_dir / name, format="PNG", compress_level=1)
+            try:
+                with _new_file(out_dir, name, "wb") as image_file:
+                    Image.fromarray(pixels).save(image_file, format="PNG", compress_level=1)
+            except OSError as exc:  # e.g. a folder planted under the file's name: that entry only
+                report.refused += 1
+                report.note({"source": str(out_dir), "entry": key, "reason": f"{name} not written ({exc})"})
+                continue
             meta = entrymeta.of_header(codec.split(record)[0])
             source = meta.get("source")
             table.writerow({"key": key, "file": name, "engine": meta.get("engine", ""), "mode": meta.get("mode", ""),

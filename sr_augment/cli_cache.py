@@ -30,7 +30,7 @@ def cmd_info(args) -> int:
 
     directory = _cache_dir(args)
     if not directory.is_dir():
-        print(f"no cache at {directory}", file=sys.stderr)
+        print(printable(f"no cache at {directory}"), file=sys.stderr)
         if args.json:
             print(json.dumps({"directory": str(directory), "exists": False}))
         return 1
@@ -40,7 +40,7 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps({**stats, "exists": True}))
         return 0
-    print(f"cache      {stats['directory']}{' (read-only)' if stats['read_only'] else ''}")
+    print(printable(f"cache      {stats['directory']}{' (read-only)' if stats['read_only'] else ''}"))
     print(f"entries    {stats['entries']}")
     print(f"size       {_size(stats['bytes'])} of {_size(stats['size_limit'])} limit")
     print(f"hits       {stats['hits']}")
@@ -57,16 +57,22 @@ def cmd_info(args) -> int:
 
 
 def _print_report(report, args, verb: str) -> int:
+    """Each problem on stderr ("refused:", "missing:" or "warning:"), then the summary; exit 1 when anything
+    was refused or is missing. Names come from shards and cache folders: printed `printable` (escaped)."""
+    from sr_augment.cache.inventory import printable
+
     for problem in report.problems:
         where = problem.get("member") or problem.get("entry") or ""
-        print(f"refused: {problem['source']}: {where}: {problem['reason']}" if where else
-              f"warning: {problem['source']}: {problem['reason']}", file=sys.stderr)
+        kind = problem.get("kind") or ("refused" if where else "warning")
+        parts = [problem["source"], where, problem["reason"]] if where else [problem["source"], problem["reason"]]
+        print(printable(f"{kind}: " + ": ".join(map(str, parts))), file=sys.stderr)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
-        print(f"{report.entries} read: {report.copied} {verb}, {report.present} already there, {report.refused} refused; "
-              f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s ({report.mb_per_s:.1f} MB/s)")
-    return 1 if report.refused else 0
+        print(printable(f"{report.entries} read: {report.copied} {verb}, {report.present} already there, "
+                        f"{report.refused} refused, {report.missing} missing; {report.bytes / 1e6:.1f} MB in "
+                        f"{report.seconds:.1f} s ({report.mb_per_s:.1f} MB/s)"))
+    return 1 if report.refused or report.missing else 0
 
 
 def cmd_export(args) -> int:
