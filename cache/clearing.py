@@ -75,8 +75,13 @@ def size_limit_of(directory: Path):
 
 def remove_cache_files(directory: Path) -> int:
     """Remove the cache's own files under `directory`; returns the entries its database held (0 if
-    it could not be read). A folder that is a symbolic link is removed as a link (never followed)."""
-    directory = Path(directory)
+    it could not be read). A folder that is a symbolic link is removed as a link (never followed).
+    Holds the cache's writer lock exclusive: `writers.CacheInUse` (nothing removed) while a writer runs."""
+    with writers.exclusive(directory):
+        return _remove_cache_files(Path(directory))
+
+
+def _remove_cache_files(directory: Path) -> int:
     removed = rows.count_rows(directory / "entries")
     for name in FOLDERS:
         folder = directory / name
@@ -98,13 +103,16 @@ def remove_cache_files(directory: Path) -> int:
 
 def clear_cache(directory: Path) -> int:
     """Empty the cache at `directory` whatever its state, keeping its size limit; returns the entries
-    removed (0 when its database could not be read)."""
-    limit = size_limit_of(directory)
-    removed = remove_cache_files(directory)
-    if limit is not None:
-        meta = writers.open_writer(Path(directory) / "meta", timeout=META_TIMEOUT, eviction_policy="none")
-        try:
-            meta.set("size_limit", limit, retry=True)
-        finally:
-            meta.close()
+    removed (0 when its database could not be read). Refused with `writers.CacheInUse` while another
+    process writes to it (its writer lock is held): clearing under a writer would lose its entries and
+    leave its value files behind, unnamed."""
+    with writers.exclusive(directory):  # a writer running: `writers.CacheInUse` naming it, nothing removed
+        limit = size_limit_of(directory)
+        removed = _remove_cache_files(Path(directory))
+        if limit is not None:
+            meta = writers.open_writer(Path(directory) / "meta", timeout=META_TIMEOUT, eviction_policy="none")
+            try:
+                meta.set("size_limit", limit, retry=True)
+            finally:
+                meta.close()
     return removed

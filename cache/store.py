@@ -110,6 +110,8 @@ class SRCache:
                 else:
                     settings = dict(size_limit=self.size_limit, eviction_policy="least-recently-stored")
                 self._writers[name] = writers.open_writer(self.directory / name, **settings)
+                if name == "entries":  # it holds the writer lock now: read the database a clear may have replaced
+                    self._reader.reset()
             return self._writers[name]
 
     @property

@@ -2,8 +2,10 @@
 
 Checks per row: its shape (a text key, inline bytes or a value file named as diskcache names them,
 inside the cache), then the record's checksum and a full decode. Value files no row names are orphans
-(a database truncated or replaced under them) once older than `ORPHAN_AGE` seconds: a writer writes its
-value file before it publishes the row, so a younger unnamed file may belong to a write in flight.
+(a database truncated or replaced under them): all of them when no writer runs (verify holds the cache's
+writer lock, `writers.LOCK_NAME`), else only those older than `ORPHAN_AGE` seconds (a writer writes its
+value file before it publishes the row, so a younger unnamed file may belong to a write in flight).
+Symbolic links where value folders or files belong are reported as untrusted; `--repair` removes them.
 Bad rows are deleted by rowid with SQL in one transaction (never through diskcache), orphans by name
 shape. A database that cannot be read at all is reported; `--repair` then empties the cache.
 
@@ -104,9 +106,7 @@ def _verify(directory: Path, entries: Path, report: VerifyReport, repair: bool, 
     for name in links:
         report._note("untrusted", entries / name, "a symbolic link where the cache keeps its own value folders and "
                                                    "files (a write through it would land outside the cache)")
-    now = time.time()
-    orphans = [name for name in rows.iter_value_files(entries)
-               if name not in named and now - (entries / name).lstat().st_mtime > ORPHAN_AGE]
+    orphans = _orphans(directory, entries, named, repair)
     for name in orphans:
         report._note("orphans", entries / name, "no row names this value file")
     if repair and any(settings.values()):
@@ -215,3 +215,31 @@ def _check_row(entries: Path, key, raw, mode, filename, value) -> tuple[str, str
             raise
         return "unreadable", rows.unavailable(entries / filename, exc)
     return "ok", ""
+
+
+def _orphans(directory: Path, entries: Path, named: set, repair: bool) -> list[str]:
+    """Value files no row names. With the cache's writer lock held exclusive (no writer runs, so none has
+    a value file written but not yet published), every such file, the names re-read under the lock (a
+    writer may have published since the rows were checked); when a writer holds it (or there is no lock
+    file and this is no repair), only those older than `ORPHAN_AGE`. A file named as an orphan is never
+    reused: writers create value files with random names and O_EXCL."""
+    with writers.exclusive(directory, required=False, create=repair) as alone:
+        if alone:
+            named = named | _named_files(entries)
+            return [name for name in rows.iter_value_files(entries) if name not in named]
+    now = time.time()
+    return [name for name in rows.iter_value_files(entries)
+            if name not in named and now - (entries / name).lstat().st_mtime > ORPHAN_AGE]
+
+
+def _named_files(entries: Path) -> set:
+    con = rows.connect_readonly(entries, fallback=False)
+    if con is None:
+        return set()
+    try:
+        return {name for (name,) in con.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+                if isinstance(name, str)}
+    except sqlite3.DatabaseError as exc:
+        raise rows.query_error(entries, exc) from exc
+    finally:
+        con.close()

@@ -10,15 +10,37 @@ SQLite its database 0o644 whatever the umask, which locks a group out of a team 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import sqlite3
+import stat
+import time
+import weakref
 from pathlib import Path
 
 import diskcache
 from diskcache.core import DBNAME
 
 from sr_augment.cache import rows
-from sr_augment.cache.disk import WRITE_ATTEMPTS, SafeDisk, write_error
+from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheWriteError, SafeDisk, write_error
+
+LOCK_NAME = "writers.lock"
+"""The advisory lock file (fcntl.flock) in a cache folder: every process with the cache's entries open
+for writing (warm, import, merge, an adapter generating misses) holds it shared until it closes them;
+`clear` holds it exclusive, so it refuses while any writer runs and no writer starts while it clears.
+`verify` takes it exclusive (without waiting) to tell orphan value files from writes in flight. The file
+is created on the first write and never removed (removing a lock file others hold open breaks the lock);
+a read-only cache has none, and needs none: nothing writes it."""
+LOCK_WAIT = 60.0
+"""Seconds a writer waits for a `clear` (or `verify`'s orphan scan) holding the lock before it gives up."""
+_LOCK_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+class CacheInUse(CacheWriteError):
+    """The cache cannot be cleared now: another process writes to it (or, for a writer, the cache is
+    being cleared). The message names the cache and, where the system tells, the other process."""
 
 
 
@@ -49,16 +71,41 @@ def _create_with_umask(folder: Path) -> None:
         pass
 
 
-def open_writer(folder: Path, **settings) -> diskcache.Cache:
+class _LockedCache(diskcache.Cache):
+    """A diskcache.Cache that holds its cache's writer lock (shared) until it is closed (or collected)."""
+
+    _release = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()  # closes our descriptor; a forked child's copy keeps the lock while it lives
+
+
+def open_writer(folder: Path, lock: bool | None = None, **settings) -> diskcache.Cache:
     """A diskcache.Cache on `folder` (SafeDisk), after the checks above. Raises `DatabaseDamaged`
-    for a damaged or tampered database and `CacheWriteError` when the folder cannot be written."""
+    for a damaged or tampered database and `CacheWriteError` when the folder cannot be written.
+    `lock` (default: for `entries`): hold the cache's writer lock (`LOCK_NAME`) until it is closed;
+    `CacheInUse` when a `clear` holds it longer than `LOCK_WAIT`."""
     folder = Path(folder)
+    lock = folder.name == "entries" if lock is None else lock
+    fd = None
     try:
         rows.refuse_links(folder)  # before anything is created: a planted link must not be followed
+        if lock:
+            rows.cache_root(folder).mkdir(parents=True, exist_ok=True)
+            fd = hold_shared(rows.cache_root(folder))  # before anything is created: a clear may be running
         _create_with_umask(folder)
         rows.check_settings(folder)
-        return diskcache.Cache(str(folder), disk=SafeDisk, **settings)
-    except rows.DatabaseDamaged:
+        if fd is None:
+            return diskcache.Cache(str(folder), disk=SafeDisk, **settings)
+        cache = _LockedCache(str(folder), disk=SafeDisk, **settings)
+        cache._release, fd = weakref.finalize(cache, os.close, fd), None
+        return cache
+    except (rows.DatabaseDamaged, CacheWriteError):
         raise
     except sqlite3.OperationalError as exc:  # locked, read-only, disk full
         raise write_error(rows.cache_root(folder), exc) from exc
@@ -66,6 +113,119 @@ def open_writer(folder: Path, **settings) -> diskcache.Cache:
         raise rows.damaged(folder, str(exc)) from exc
     except OSError as exc:
         raise write_error(rows.cache_root(folder), exc) from exc
+    finally:
+        if fd is not None:  # not handed to a cache: opening failed
+            os.close(fd)
+
+
+def _open_lock(directory: Path, create: bool) -> int | None:
+    """A descriptor of the cache's lock file (read-only: flock needs no write access, so a team cache's
+    members share one file), created when missing if `create`, else None when missing. A link planted in
+    its place is removed (never followed) and the file made; anything else but a regular file is refused."""
+    path = Path(directory) / LOCK_NAME
+    for _ in range(3):
+        try:
+            fd = os.open(path, _LOCK_FLAGS | (os.O_CREAT if create else 0), 0o666)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP or not create:
+                raise
+            os.unlink(path)  # the planted link itself
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file (the cache's writer lock always is); remove it")
+    raise OSError(errno.ELOOP, f"{path} keeps being replaced by a symbolic link")
+
+
+def hold_shared(directory: Path) -> int:
+    """The cache's writer lock held shared (a descriptor: closing it releases the lock), waiting up to
+    `LOCK_WAIT` seconds for a `clear` that holds it."""
+    fd = _open_lock(directory, create=True)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise CacheInUse(f"the sr-augment cache {directory} is being cleared or checked by another process"
+                                 f"{_holders_text(directory)} and stayed so for {LOCK_WAIT:.0f} s; nothing was "
+                                 f"written. Run again when it is done.") from None
+            time.sleep(0.05)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path, required: bool = True, create: bool = True):
+    """Hold the cache's writer lock exclusive for the block (no writer runs, none starts): yields True.
+    When a writer holds it: `CacheInUse` naming it if `required`, else yields False (also when there is no
+    lock file and `create` is False, or it cannot be opened)."""
+    directory = Path(directory)
+    if not directory.is_dir():  # no cache there: nothing writes it
+        yield required
+        return
+    try:
+        fd = _open_lock(directory, create)
+    except OSError as exc:
+        if required:
+            raise write_error(directory, exc) from exc
+        fd = None
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holders = _holders_text(directory)
+            os.close(fd)
+            fd = None
+            if required:
+                holders = holders or " (a warm, import, merge, or a training process generating misses)"
+                raise CacheInUse(f"the sr-augment cache {directory} is in use by a writer{holders}: clearing it now "
+                                 f"would lose what it writes. Nothing was deleted; let it finish (or stop it) and run "
+                                 f"this again.") from None
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def lock_holders(directory: Path) -> list[str]:
+    """Who holds the cache's writer lock, as "pid N (command line)", where the system tells (Linux
+    /proc/locks); empty elsewhere. For messages only: nothing is decided by a pid."""
+    try:
+        inode = os.stat(Path(directory) / LOCK_NAME).st_ino
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:  # "1: FLOCK  ADVISORY  READ  1234 fd:01:5678 0 EOF" ("1: -> FLOCK ..." waits)
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK" or not parts[4].isdigit() or parts[5].rsplit(":", 1)[-1] != str(inode):
+            continue
+        pid = parts[4]
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                command = fh.read(400).replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            command = ""
+        command = "".join(c if c.isprintable() else "?" for c in command)[:160]
+        found.append(f"pid {pid}" + (f" ({command})" if command else "")
+                     + (" (this process)" if pid == str(os.getpid()) else ""))
+    return list(dict.fromkeys(found))
+
+
+def _holders_text(directory: Path) -> str:
+    holders = lock_holders(directory)
+    return f" ({'; '.join(holders)})" if holders else ""
 
 
 def add_unless_present(entries: diskcache.Cache, directory: Path, key: str, record: bytes, tag: str | None = None) -> bool:

@@ -175,6 +175,8 @@ def warm_items(items: Iterable[tuple[object, Loader]], engine, cache, *, mode: s
     stop = _StopOnSignal(lambda text: os.write(2, f"\n{text}\n".encode()))  # no locks in a handler
     try:
         with stop:
+            if not dry_run:
+                _hold_writer(cache)
             for source, load in items:
                 if stop.received is not None:
                     break
@@ -221,6 +223,14 @@ def warm_items(items: Iterable[tuple[object, Loader]], engine, cache, *, mode: s
                 pass  # counters are best effort; the entries themselves are stored or absent, never partial
         report.seconds = round(time.perf_counter() - start, 3)
     return report
+
+
+def _hold_writer(cache) -> None:
+    """Open the cache's entries for writing, and with them its writer lock, before anything is planned:
+    from here on a `clear` refuses (naming this run), so no entry this run counts as cached or generated
+    can be removed under it. A read-only cache is left alone (a fully warm one still reports all cached)."""
+    if not getattr(cache, "read_only", True) and callable(getattr(cache, "_writer", None)):
+        cache._writer("entries")
 
 
 def _remember_engine_identity(cache, engine) -> None:
