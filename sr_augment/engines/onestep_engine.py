@@ -98,7 +98,7 @@ def _offline_message(kind: str, repo: str, reason: str) -> str:
 
 def resolve_base(kind: str, base: str, revision: str | None = None) -> tuple[Path, str]:
     """(local folder, weights identity) of the SD 2.1-base the engine runs on, without loading it."""
-    from sr_augment.engines.pipeline_weights import hash_folder
+    from sr_augment.engines.pipeline_weights import check_pipeline_weights, hash_folder
 
     local = Path(base).expanduser()
     if local.is_dir():
@@ -116,6 +116,7 @@ def resolve_base(kind: str, base: str, revision: str | None = None) -> tuple[Pat
         folder = Path(DiffusionPipeline.download(base, revision=revision))
     except Exception as exc:  # huggingface_hub raises many types; the user needs one plain answer
         raise EngineUnavailable(_offline_message(kind, base, type(exc).__name__)) from None
+    check_pipeline_weights(folder)
     return folder, f"{base}@{folder.name}"
 
 

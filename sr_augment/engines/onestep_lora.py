@@ -54,6 +54,9 @@ def read_lora_file(path: Path, kind: str) -> tuple[dict, bytes]:
     and what is wrong. The bytes are what the fingerprint hashes: the weights used are the ones hashed."""
     import torch
 
+    from sr_augment.engines.weights_bounds import check_weights_file
+
+    check_weights_file(path)  # before reading: neither the file nor its records may inflate past its size
     data = path.read_bytes()
     try:
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -52,6 +52,20 @@ def pipeline_files(folder: Path) -> list[Path]:
     return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pth", ".pt", ".ckpt")
+"""The files of a pipeline folder that diffusers or transformers read as weights."""
+
+
+def check_pipeline_weights(folder: Path, files: list[Path] | None = None) -> None:
+    """Every weight file of a pipeline folder bounded before diffusers reads it (`check_weights_file`):
+    a ValueError naming the file that would inflate past its size."""
+    from sr_augment.engines.weights_bounds import check_weights_file
+
+    for path in pipeline_files(folder) if files is None else files:
+        if path.suffix.lower() in WEIGHT_SUFFIXES:
+            check_weights_file(path)
+
+
 def hash_folder(folder: Path) -> str:
     """blake2b over the relative paths and contents of a pipeline folder's model files (memoised on
     size + mtime), so copying a model elsewhere, or deleting a run's checkpoint, keeps its identity."""
@@ -59,6 +73,7 @@ def hash_folder(folder: Path) -> str:
     stamp = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     memo_key = (str(folder.resolve()), stamp)
     if memo_key not in _HASH_MEMO:
+        check_pipeline_weights(folder, files)
         digest = hashlib.blake2b(digest_size=16)
         for path in files:
             digest.update(str(path.relative_to(folder)).encode() + b"\0")
@@ -99,4 +114,5 @@ def resolve_weights(spec: str, revision: str | None = None) -> tuple[Path, str]:
     except Exception as exc:  # huggingface_hub raises many types; the user needs one plain answer
         raise EngineUnavailable(_offline_message(spec, repo, type(exc).__name__)) from None
     folder = Path(folder)
+    check_pipeline_weights(folder)
     return folder, f"{repo}@{folder.name}"

@@ -26,6 +26,7 @@ from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerp
 from sr_augment.engines.catalog import dat_light_weights
 from sr_augment.engines.specs import DAT_LIGHT, DAT_LIGHT_SCALES, SPANDREL_INSTALL, SPANDREL_SUFFIXES
 from sr_augment.engines.tiling import pad_to_multiple, upscale_to_scale
+from sr_augment.engines.weights_bounds import check_weights_file
 from sr_augment.torch_device import resolve_device, resolve_dtype
 
 DEFAULT_TILE = 256
@@ -55,9 +56,11 @@ def _require_spandrel(spec: str) -> None:
 
 
 def read_state_dict(path: Path) -> dict:
-    """The tensors of a checkpoint file, never unpickling anything but tensors and containers."""
+    """The tensors of a checkpoint file, never unpickling anything but tensors and containers, and never
+    inflating to more than its size allows (`check_weights_file`, before anything is read)."""
     import torch
 
+    check_weights_file(path)
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
