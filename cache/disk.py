@@ -171,6 +171,20 @@ class SafeDisk(CleanDisk):
         remove_value_file(Path(self._directory), file_path)
 
 
+class EntryTooLarge(CacheWriteError):
+    """An entry larger than the cache's whole size limit: it could never stay stored (diskcache would
+    store it, then evict it at once), so it is not stored and this says so, naming sizes and the way out."""
+
+
+def too_large(directory: Path, key: str, size: int, limit: int) -> EntryTooLarge:
+    error = EntryTooLarge(f"not stored: entry {key} of {size / 1e6:.2f} MB exceeds the cache size limit of "
+                          f"{limit / 1e6:.2f} MB of the sr-augment cache {directory}, so the cache cannot hold "
+                          f"it. Raise the limit (warm --size-limit, SRCache(size_limit=...)) above the size of "
+                          f"one entry, with room for the entries you want kept.")
+    error.errno, error.key = errno.EFBIG, key
+    return error
+
+
 class CacheReadOnly(CacheWriteError):
     """The cache folder cannot be written (a read-only mount, another user's folder, `read_only=True`):
     hits are served, nothing can be stored."""

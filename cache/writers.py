@@ -24,7 +24,7 @@ import diskcache
 from diskcache.core import DBNAME
 
 from sr_augment.cache import rows
-from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheWriteError, SafeDisk, write_error
+from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheWriteError, SafeDisk, too_large, write_error
 
 LOCK_NAME = "writers.lock"
 """The advisory lock file (fcntl.flock) in a cache folder: every process with the cache's entries open
@@ -229,10 +229,14 @@ def _holders_text(directory: Path) -> str:
 
 
 def add_unless_present(entries: diskcache.Cache, directory: Path, key: str, record: bytes, tag: str | None = None) -> bool:
-    """Publish `record` under `key` unless the key is stored (True when this call stored it). A locked
+    """Publish `record` under `key` unless the key is stored (True when this call stored it). A record
+    larger than the cache's whole size limit is refused (`EntryTooLarge`) before anything is written. A locked
     database is retried `WRITE_ATTEMPTS` times (diskcache's retry=True would loop forever), then, like a
     full disk, raised as `CacheWriteError` naming the folder; a value file whose insert failed is removed."""
     disk = entries.disk
+    limit = entries.size_limit
+    if len(record) > limit:  # diskcache would store it and evict it in the same transaction
+        raise too_large(directory, key, len(record), limit)
     for _ in range(WRITE_ATTEMPTS):
         try:
             return entries.add(key, record, retry=False, tag=tag)

@@ -159,8 +159,11 @@ def warm_items(items: Iterable[tuple[object, Loader]], engine, cache, *, mode: s
             _, stored = cache.generate_counted(engine, [request for _, request in batch], mode)
             report.generated += stored  # what it stored, not what it computed
             report.cached += len(batch) - stored  # another writer stored these first
-        except CacheWriteError:  # the cache, not this batch, is the problem: stop the run
+        except CacheWriteError as exc:  # the cache, not this batch, is the problem: stop the run
             report.generated += sum(request.key in cache for _, request in batch)  # stored before it failed
+            source = next((s for s, r in batch if r.key == getattr(exc, "key", None)), None)  # EntryTooLarge
+            if source is not None:
+                report.error = f"{source}: {exc}"
             raise
         except Exception as exc:  # isolate the request that broke the batch
             if len(batch) == 1:
@@ -211,7 +214,7 @@ def warm_items(items: Iterable[tuple[object, Loader]], engine, cache, *, mode: s
         report.interrupted = True
         report.stopped_by = "SIGINT"
     except CacheWriteError as exc:
-        report.error = str(exc)
+        report.error = report.error or str(exc)
     finally:
         bar.close()
         if stop.received is not None:
