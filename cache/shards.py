@@ -317,11 +317,13 @@ def written_keys(out: str, storage_options: dict | None = None, lost: dict | Non
 
 def retire(out: str, lost: dict, storage_options: dict | None = None) -> list[str]:
     """Remove the manifest parts (then what is left of the tar) of shards found lost (`written_keys`'s
-    `lost`) once their keys are written again, so the manifest lists only what is there. Only a part
-    named after its shard and listing no other shard is removed, and only names a shard writer makes.
-    Returns the parts removed."""
+    `lost`) whose every key is now written again in complete shards, so the manifest lists only what is
+    there; a lost shard with a key not written again keeps its part (`import` keeps reporting it
+    missing). Only a part named after its shard and listing no other shard is removed, and only names a
+    shard writer makes. Returns the parts removed."""
     fs, root = filesystem(out, storage_options)
     root = root.rstrip("/")
+    written = written_keys(out, storage_options)
     parts, _ = _manifest_parts(fs, root)
     removed = []
     for path, rows in parts:
@@ -330,6 +332,8 @@ def retire(out: str, lost: dict, storage_options: dict | None = None) -> list[st
             continue
         shard = shards.pop()
         if shard not in lost or not SHARD_NAME.fullmatch(shard) or posixpath.basename(path) != f"{shard[:-4]}.parquet":
+            continue
+        if not {row["key"] for row in rows} <= written:
             continue
         fs.rm(path)  # first the commit mark: a crash after it leaves an uncommitted partial tar, as a preemption does
         removed.append(path)

@@ -79,7 +79,10 @@ def cmd_warm(args) -> int:
         return code  # the main process reports the whole job
     for failure in report.failures:  # decode errors already start with the path
         error = failure["error"]
-        print(f"failed: {error if error.startswith(failure['path']) else failure['path'] + ': ' + error}", file=sys.stderr)
+        from sr_augment.cache.inventory import printable  # file names: printed escaped
+
+        print(printable(f"failed: {error if error.startswith(failure['path']) else failure['path'] + ': ' + error}"),
+              file=sys.stderr)
     if evicted:
         print(f"warning: {evicted} entries were evicted to stay under the cache size limit; "
               f"raise --size-limit or the warmed set will not all stay cached", file=sys.stderr)

@@ -43,6 +43,7 @@ class RayWarmReport(WarmReport):
     files this run wrote and the number of actors."""
     shards: list = field(default_factory=list)
     actors: int = 0
+    lost: list = field(default_factory=list)  # shards the output's manifest listed that were gone or cut short
 
 
 def _is_uri(path: str) -> bool:
@@ -212,13 +213,17 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
     start = time.perf_counter()
     files = list_inputs(paths)
     report = RayWarmReport(images=len(files), actors=actors)
-    done = frozenset(_shards.written_keys(out))  # resume: what earlier (maybe preempted) runs wrote
+    lost: dict = {}  # the manifest is the truth: a listed shard that is gone or cut short is generated again
+    done = frozenset(_shards.written_keys(out, lost=lost))  # resume: what earlier (maybe preempted) runs wrote
+    report.lost = sorted(lost)
     started_here = _connect(ray, address, actors)
     try:
         ds = _dataset(ray, files, variants, batch_size, actors, num_gpus_per_actor,
                       engine_spec=engine_spec, engine_options={"scale": scale, **(engine_params or {})},
                       mode=mode, codec=codec, skip=done, preprocess=preprocess)
         _collect(ds, out, report, total=len(files) * variants, shard_size=shard_size, progress=progress)
+        if lost:  # their keys are in new shards now: the stale manifest parts go (`shards.retire`)
+            _shards.retire(out, lost)
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
@@ -316,17 +321,22 @@ def cmd_ray_warm(args) -> int:
                           engine_params=params, preprocess=preprocess(args), progress=not args.no_progress)
     except FileNotFoundError as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
-    for failure in report.failures:
+    from sr_augment.cache.inventory import printable
+
+    for shard in report.lost:
+        print(printable(f"warning: {args.out}: {shard} is listed in the manifest but gone or cut short: its samples "
+                        f"were generated again"), file=sys.stderr)
+    for failure in report.failures:  # paths and errors name user files: printed escaped
         error = failure["error"]
         named = error if error.startswith(failure["path"]) else f"{failure['path']}: {error}"
-        print(f"failed: {named}", file=sys.stderr)
+        print(printable(f"failed: {named}"), file=sys.stderr)
     if report.interrupted:
         print("interrupted: every shard closed so far is complete; run the same command again to resume",
               file=sys.stderr)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
-        print(f"{report.images} images: {report.generated} generated into {len(report.shards)} shards at {args.out}, "
-              f"{report.cached} already there, {report.failed} failed in {report.seconds:.1f} s "
-              f"({report.actors} Ray actors)")
+        print(printable(f"{report.images} images: {report.generated} generated into {len(report.shards)} shards at "
+                        f"{args.out}, {report.cached} already there, {report.failed} failed in {report.seconds:.1f} s "
+                        f"({report.actors} Ray actors)"))
     return 130 if report.interrupted else 1 if report.failed else 0

@@ -137,6 +137,8 @@ def warm_items(items: Iterable[tuple[object, Loader]], engine, cache, *, mode: s
         raise ValueError(f"variants and batch_size must be >= 1, got {variants} and {batch_size}")
     if warn_deterministic and not dry_run:
         warn_deterministic_variants(engine, variants)  # identical variants: say so once, before the work
+    from sr_augment.cache.inventory import printable  # an engine name may be a folder name
+
     start = time.perf_counter()
     report = WarmReport()
     if not dry_run:
@@ -145,7 +147,7 @@ def warm_items(items: Iterable[tuple[object, Loader]], engine, cache, *, mode: s
     pending_keys: set[str] = set()  # in a dry run: every key it would generate
     failed_sources: set = set()
     bar = tqdm(total=None if total is None else total * variants, unit="entry",
-               desc=f"warm {getattr(engine, 'name', 'engine')}" + (" (dry run)" if dry_run else ""),
+               desc=printable(f"warm {getattr(engine, 'name', 'engine')}") + (" (dry run)" if dry_run else ""),
                disable=not progress, dynamic_ncols=True)
 
     def fail(source, error: str) -> None:

@@ -288,3 +288,14 @@ def test_terminal_escapes_in_shard_member_and_folder_names_are_printed_escaped(c
     assert code == 1
     assert "\x1b" not in out + err and "\r" not in out + err and "\x07" not in out + err
     assert "\\x1b[2K\\r1 read" in err and "evil\\x1b]0;owned\\x07" in err
+
+
+def test_a_warm_failure_names_a_file_with_terminal_escapes_escaped(capsys, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bad\x1b]0;owned\x07\r.png").write_bytes(b"not an image at all")
+    code = main(["warm", str(folder), "--engine", "bicubic", "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "failed:" in err
+    assert "\x1b" not in out + err and "\x07" not in out + err and "\r" not in out + err
+    assert "bad\\x1b]0;owned\\x07\\r.png" in err
