@@ -32,7 +32,10 @@ class Engine(Protocol):
     """Canonical description of everything that changes the output (part of every cache key)."""
 
     def upscale(self, images: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray]:
-        """Super-resolve uint8 HWC RGB images; same (image, seed) -> same output, whatever the batch."""
+        """Super-resolve uint8 HWC RGB images; same (image, seed) -> same sample, whatever the batch (its
+        noise comes from its own seed). Pixels: identical in the same configuration (device, dtype, thread
+        count, batch); a float engine's last rounding may put a pixel 1 grey level apart under another
+        thread count, batch or CPU. The cache keeps one answer per key, the first writer's."""
         ...
 
 
