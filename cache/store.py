@@ -11,7 +11,9 @@ Why these choices:
   deleted (by rowid, where the cache is writable) and (in `get_or_create`, `warm`) regenerated and
   stored, never returned.
 - Reads open no diskcache.Cache: a cache on a read-only mount, another user's folder or a full disk
-  serves hits (`read_only`); the writers are opened on the first write (`writers`).
+  serves hits (`read_only`; on a full disk SQLite cannot create a new reader's -shm/-wal files, so the
+  read falls back to `immutable=1`, see `rows.open_readonly`); the writers are opened on the first write
+  (`writers`). An error of the disk is never read as damage: nothing is deleted for it.
 - First writer wins: a writer that finds its key already stored returns the stored pixels, so every
   caller of one key gets the same image.
 - A record is encoded and verified before its key is published (diskcache writes the value file,

@@ -26,7 +26,8 @@ resource = pytest.importorskip("resource", reason="RLIMIT_FSIZE needs a POSIX sy
 _FULL_DISK = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
-resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file can grow: the disk is full for this process
+HARD = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, HARD))  # no file can grow: the disk is full for this process
 """
 
 
@@ -162,3 +163,31 @@ def test_a_database_that_really_is_damaged_is_still_reported_as_damaged(tmp_path
     assert main(["verify", "--cache-dir", str(cache_dir), "--no-progress", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["database_damaged"] and "not a database" in report["database_damaged"] and not report["unchecked"]
+
+
+def test_a_reader_that_fell_back_on_a_full_disk_sees_entries_written_once_there_is_space(tmp_path, rng):
+    """The immutable fallback sees no later write, so it is reopened (`FALLBACK_SECONDS`, 0 here): once
+    the disk has space again, an entry another writer stores is a hit in the same reader."""
+    cache_dir = tmp_path / "cache"
+    _warmed(cache_dir, rng)
+    script = """
+        import json, sys
+        import numpy as np
+        from sr_augment.cache import SRCache, reader
+        from sr_augment.engines import BicubicEngine
+        reader.FALLBACK_SECONDS = 0.0
+        engine, new = BicubicEngine(), np.full((8, 8, 3), 9, np.uint8)
+        cache = SRCache(sys.argv[1])
+        out = {"before": cache.get(new, engine) is None, "fallback": cache._reader.fallback}
+        resource.setrlimit(resource.RLIMIT_FSIZE, (HARD, HARD))
+        with SRCache(sys.argv[1]) as writer:  # space again: another writer stores the entry
+            writer.get_or_create(new, engine)
+        out["after"] = cache.get(new, engine) is not None
+        out["normal_again"] = not cache._reader.fallback
+        cache.close()
+        print(json.dumps(out))
+    """
+    done = _run_full(script, tmp_path, str(cache_dir))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"before": True, "fallback": True, "after": True,
+                                                                "normal_again": True}
