@@ -54,6 +54,8 @@ def pipeline_files(folder: Path) -> list[Path]:
 
 WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pth", ".pt", ".ckpt")
 """The files of a pipeline folder that diffusers or transformers read as weights."""
+MAX_PIPELINE_FILE_BYTES = 64 << 30
+"""A pipeline's weight file may be large (an fp32 SDXL UNet is 10 GB); it still may not inflate past its size."""
 
 
 def check_pipeline_weights(folder: Path, files: list[Path] | None = None) -> None:
@@ -63,7 +65,7 @@ def check_pipeline_weights(folder: Path, files: list[Path] | None = None) -> Non
 
     for path in pipeline_files(folder) if files is None else files:
         if path.suffix.lower() in WEIGHT_SUFFIXES:
-            check_weights_file(path)
+            check_weights_file(path, limit=MAX_PIPELINE_FILE_BYTES)
 
 
 def hash_folder(folder: Path) -> str:
