@@ -132,8 +132,8 @@ def cmd_verify(args) -> int:
     if args.json:
         print(json.dumps(report.as_dict()))
     elif report.unchecked:  # the disk, not the cache: no advice to delete anything
-        print(f"sr-augment: could not check the cache {directory}, nothing was changed: {report.unchecked}",
-              file=sys.stderr)
+        done = "the repair stopped part way, no entry was deleted" if report.repaired else "nothing was changed"
+        print(f"sr-augment: could not check the cache {directory}, {done}: {report.unchecked}", file=sys.stderr)
     else:
         for problem in report.problems:
             print(f"{problem['kind']}: {problem['where']}: {problem['reason']}", file=sys.stderr)
