@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 from diskcache.core import DBNAME
 
 from sr_augment.cache import rows, writers
 from sr_augment.cache.counters import META_TIMEOUT
+from sr_augment.cache.disk import CacheWriteError
 
 FOLDERS = ("entries", "meta")
 """The diskcache folders of a cache."""
@@ -110,9 +112,15 @@ def clear_cache(directory: Path) -> int:
         limit = size_limit_of(directory)
         removed = _remove_cache_files(Path(directory))
         if limit is not None:
-            meta = writers.open_writer(Path(directory) / "meta", timeout=META_TIMEOUT, eviction_policy="none")
             try:
-                meta.set("size_limit", limit, retry=True)
-            finally:
-                meta.close()
+                meta = writers.open_writer(Path(directory) / "meta", timeout=META_TIMEOUT, eviction_policy="none")
+                try:
+                    meta.set("size_limit", limit, retry=True)
+                finally:
+                    meta.close()
+            except (OSError, sqlite3.Error) as exc:  # a full disk: the entries are gone (as asked), say so
+                cause = exc.__cause__ or exc
+                raise CacheWriteError(f"removed {removed} entries from {directory}, but could not store its size limit "
+                                      f"({limit} bytes) again: {type(cause).__name__}: {cause}. Pass "
+                                      f"`--size-limit {limit}` to the next warm.") from exc
     return removed

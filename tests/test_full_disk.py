@@ -191,3 +191,18 @@ def test_a_reader_that_fell_back_on_a_full_disk_sees_entries_written_once_there_
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"before": True, "fallback": True, "after": True,
                                                                 "normal_again": True}
+
+
+def test_clear_on_a_full_disk_says_what_it_removed_and_the_size_limit_it_could_not_store_again(tmp_path, rng):
+    cache_dir = tmp_path / "cache"
+    with SRCache(cache_dir, size_limit=123_456_789) as cache:
+        cache.get_or_create(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), BicubicEngine())
+    script = """
+        import sys
+        from sr_augment.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """
+    done = _run_full(script, tmp_path, "clear", "--cache-dir", str(cache_dir), "--yes")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "removed 1 entries" in done.stderr and "123456789" in done.stderr and "--size-limit 123456789" in done.stderr
+    assert "intact" not in done.stderr  # the entries were removed, as asked: never say otherwise
