@@ -136,3 +136,36 @@ def test_other_dtypes_are_refused_naming_the_dtype_and_the_supported_ones(dtype,
     with pytest.raises(TypeError, match=dtype):  # also when the image would not be augmented
         SRAugment(engine=CountingEngine(), mode="resynthesize", scale=2, p=0.0, cache_dir=tmp_path / "c2")(inpt)
     assert not (tmp_path / "cache").exists() or len(t.core.cache) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Keras layer, same question: it supports uint8 and float16/32/64 exactly (value_range) and refuses the
+# rest by name (a regression pin: it already did)
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["uint16", "bfloat16", "int32"])
+def test_the_keras_layer_refuses_other_dtypes_by_name(dtype, tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("needs the TensorFlow backend")
+    from sr_augment.keras_layers import SRAugment as KerasSRAugment
+
+    images = tf.cast(tf.constant(IMAGES), dtype)
+    with pytest.raises(TypeError, match=rf"uint8 or float.*got {dtype}"):
+        KerasSRAugment(engine=CountingEngine(), mode="resynthesize", scale=2, cache_dir=tmp_path / "cache")(images)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_the_keras_layer_returns_images_it_does_not_augment_exactly(dtype, tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("needs the TensorFlow backend")
+    from sr_augment.keras_layers import SRAugment as KerasSRAugment
+
+    values = np.random.default_rng(4).random((3, 6, 8, 3)).astype(dtype)  # off the 8-bit grid
+    layer = KerasSRAugment(engine=CountingEngine(), mode="resynthesize", scale=2, p=0.0, value_range=(0, 1),
+                           cache_dir=tmp_path / "cache")
+    out = layer(tf.constant(values))
+    assert out.dtype.name == dtype
+    np.testing.assert_array_equal(out.numpy(), values)
