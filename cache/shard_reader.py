@@ -4,8 +4,9 @@ and verified (checksum and a full decode) before it may enter a cache.
 Why so strict: shards come from other machines and object stores; a planted or damaged member must be
 refused with its name while every good sample still imports. Nothing is ever extracted to disk, so no
 member name becomes a path; only regular files named `<32 hex>_<variant>.{webp,png,json}` are read,
-JSON members up to 64 KiB, images up to `MAX_IMAGE_BYTES` and `entrymeta.MAX_PIXELS`, and an image's declared size is checked
-against its record header before it is decoded. The record is rebuilt from the JSON's header and the
+JSON members up to 64 KiB (nested too deeply to parse: refused), images up to `MAX_IMAGE_BYTES` and
+`entrymeta.MAX_PIXELS` (the limit every path uses), and an image's declared size is checked against its
+record header before it is decoded. The record is rebuilt from the JSON's header and the
 image bytes and must match the CRC32 it had in the exporting cache (records exported as PNG from
 another codec must match a digest of their pixels instead); where the shard has a manifest part,
 each member must also match its SHA-256 there, which names the member that changed. This proves

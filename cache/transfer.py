@@ -4,7 +4,10 @@ Why one module: all four walk entries of an untrusted source (a cache folder rea
 name shape, never a pickle: `rows`; or shards: `shard_reader`), verify each record, and report what
 was skipped or refused by name without stopping on it. Each reports bytes moved and MB/s, with a
 tqdm progress bar. Import and merge skip keys the target already holds; export skips keys already
-committed under its output (a rerun after more `warm` adds only the new entries).
+committed under its output (a rerun after more `warm` adds only the new entries). The manifest is the
+truth: import counts what it lists and no shard holds as `missing` (exit 1), and export writes the
+samples of a listed shard that is gone or cut short again. Only regular files are read as shards (a
+FIFO never blocks), and `export --images` never writes through a link planted in its folder.
 """
 
 from __future__ import annotations
