@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -300,6 +301,18 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"--lr must be > 0, got {config.lr}")
 
 
+def _read_checkpoint(path: Path) -> dict:
+    """The resume state as data (tensors, numbers, text): a run folder may be shared, so never unpickle code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise ValueError(f"--resume: {path} is not a checkpoint this command wrote (only tensors, numbers and "
+                         f"text are read, never code): {str(error).splitlines()[0]}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise ValueError(f"--resume: {path} is not a checkpoint this command wrote (no config)")
+    return state
+
+
 def train(data, out, *, resume: bool = False, device: str = "auto", progress: bool = True, log=print, **settings) -> Path:
     """Train (or resume) an sr4 model; returns the folder that `get_engine(folder)` loads.
 
@@ -314,7 +327,7 @@ def train(data, out, *, resume: bool = False, device: str = "auto", progress: bo
     if resume:
         if not checkpoint_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = _read_checkpoint(checkpoint_path)
         saved = state["config"]
         changed = [k for k in TrainConfig.ARCHITECTURE if k in settings and not _same(settings[k], saved[k])]
         if changed:
