@@ -167,7 +167,8 @@ def hold_shared(directory: Path) -> int:
 def exclusive(directory: Path, required: bool = True, create: bool = True):
     """Hold the cache's writer lock exclusive for the block (no writer runs, none starts): yields True.
     When a writer holds it: `CacheInUse` naming it if `required`, else yields False (also when there is no
-    lock file and `create` is False, or it cannot be opened)."""
+    lock file and `create` is False, or it cannot be opened). A lock file that cannot be made (a full
+    disk, where `clear` is the way out) yields True: every writer makes it before it writes."""
     directory = Path(directory)
     if not directory.is_dir():  # no cache there: nothing writes it
         yield required
@@ -175,6 +176,9 @@ def exclusive(directory: Path, required: bool = True, create: bool = True):
     try:
         fd = _open_lock(directory, create)
     except OSError as exc:
+        if not os.path.lexists(directory / LOCK_NAME):  # not made (a full disk): so no writer holds it either
+            yield True
+            return
         if required:
             raise write_error(directory, exc) from exc
         fd = None
