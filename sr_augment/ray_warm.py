@@ -16,9 +16,12 @@ Why this shape (DESIGN.md section 5):
 from __future__ import annotations
 
 import io
+import contextlib
 import math
 import os
+import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -219,7 +222,7 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
     started_here = _connect(ray, address, actors)
     try:
         ds = _dataset(ray, files, variants, batch_size, actors, num_gpus_per_actor,
-                      engine_spec=engine_spec, engine_options={"scale": scale, **(engine_params or {})},
+                      engine_spec=_absolute_engine_path(engine_spec), engine_options={"scale": scale, **(engine_params or {})},
                       mode=mode, codec=codec, skip=done, preprocess=preprocess)
         _collect(ds, out, report, total=len(files) * variants, shard_size=shard_size, progress=progress)
         if lost:  # their keys are in new shards now: the stale manifest parts go (`shards.retire`)
@@ -229,21 +232,46 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
     finally:
         if started_here:
             ray.shutdown()
+            with contextlib.suppress(OSError):
+                os.rmdir(started_here)
         report.seconds = round(time.perf_counter() - start, 3)
     return report
 
 
-def _connect(ray, address: str | None, actors: int) -> bool:
-    """Initialise Ray unless this process already did; True when this call started it. A local cluster
-    started here gets more logical CPUs than actors: with every CPU held by an actor, Ray Data has none
-    left for its own tasks and stalls (DESIGN.md section 7)."""
+def _connect(ray, address: str | None, actors: int) -> str | None:
+    """Initialise Ray unless this process already did; the private folder it was started from when this call
+    started it, else None. A local cluster started here gets more logical CPUs than actors: with every CPU
+    held by an actor, Ray Data has none left for its own tasks and stalls (DESIGN.md section 7).
+
+    Ray puts the driver's working folder on every worker's `sys.path` (and starts a local cluster's workers
+    in it), so a module planted where the user runs (`argparse.py` in a team folder) would load in the
+    actors: Ray is started from a private empty folder instead, and this process goes back at once."""
     if ray.is_initialized():
-        return False
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None, log_to_driver=False)
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, actors + 2), include_dashboard=False, log_to_driver=False)
-    return True
+        return None
+    here, private = os.getcwd(), tempfile.mkdtemp(prefix="sr-augment-ray-")
+    os.chdir(private)
+    try:
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address or None, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(os.cpu_count() or 1, actors + 2), include_dashboard=False, log_to_driver=False)
+    except BaseException:
+        os.chdir(here)
+        os.rmdir(private)
+        raise
+    os.chdir(here)
+    return private
+
+
+def _absolute_engine_path(spec: str) -> str:
+    """A relative engine folder or checkpoint file as an absolute path: actors do not run in the caller's
+    working folder. Engine names, hub ids and `module:Class` specs stay as they are."""
+    from sr_augment.engines.specs import DAT_LIGHT, HUB_ALIASES, ONESTEP_SPECS
+
+    local = Path(spec).expanduser()
+    if spec in ("bicubic", "sr4", DAT_LIGHT, *HUB_ALIASES, *ONESTEP_SPECS) or local.is_absolute() or not local.exists():
+        return spec
+    return str(local.resolve())
 
 
 def _dataset(ray, files: list[str], variants: int, batch_size: int, actors: int, num_gpus: float | None,
