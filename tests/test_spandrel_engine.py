@@ -118,9 +118,10 @@ def test_a_requested_scale_other_than_the_models_resizes_its_output(checkpoints,
 
 @pytest.mark.parametrize("name", ["esrgan", "swinir", "dat"])
 def test_batched_equals_unbatched(engines, name, rng):
-    """Exact on the CPU in fp32 (measured: max difference 0 for all three; GPU half precision may differ by
-    1 level, like the diffusion engines). Mixed sizes, sizes below the model's minimum (16 for SwinIR and
-    DAT: padded and cropped), and more images than batch_size."""
+    """Within the engines' promise: another batch composition may move a pixel by 1 grey level (measured
+    here on the CPU in fp32: max difference 0 for all three; another CPU's kernels may round differently).
+    Mixed sizes, sizes below the model's minimum (16 for SwinIR and DAT: padded and cropped), and more
+    images than batch_size."""
     engine = engines[name]
     images = [_image(rng, 20, 24), _image(rng, 12, 10), _image(rng, 20, 24), _image(rng, 17, 9),
               _image(rng, 20, 24), _image(rng, 20, 24), _image(rng, 20, 24)]
@@ -128,7 +129,8 @@ def test_batched_equals_unbatched(engines, name, rng):
     for image, out in zip(images, together):
         alone = engine.upscale([image], [0])[0]
         assert out.shape == alone.shape == (image.shape[0] * engine.scale, image.shape[1] * engine.scale, 3)
-        assert np.array_equal(out, alone)
+        assert np.abs(out.astype(int) - alone.astype(int)).max() <= 1
+        assert np.mean(out != alone) < 0.01  # a rounding flip here and there, never a different image
 
 
 @pytest.mark.parametrize("name", ["esrgan", "dat"])
