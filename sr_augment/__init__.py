@@ -15,12 +15,12 @@ if _sys.argv[:1] == ["-m"] and _sys.path[:1] == [_os.getcwd()]:
     # first on sys.path: a module planted there would run as this user. Drop it before importing more.
     del _sys.path[0]
 
-from sr_augment.engines import DEFAULT_ENGINE, Engine, EngineUnavailable, get_engine  # noqa: E402
+from sr_augment.engines import DEFAULT_ENGINE, Engine, EngineSpecError, EngineUnavailable, get_engine  # noqa: E402
 from sr_augment.images import ImageDecodeError, ImageShapeError, load_image, to_rgb  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["CacheMissRateWarning", "DEFAULT_ENGINE", "Engine", "EngineUnavailable", "ImageDecodeError", "ImageShapeError", "__version__",
+__all__ = ["CacheMissRateWarning", "DEFAULT_ENGINE", "Engine", "EngineSpecError", "EngineUnavailable", "ImageDecodeError", "ImageShapeError", "__version__",
            "get_engine", "load_image", "to_rgb"]
 
 

@@ -276,7 +276,7 @@ def test_a_misspelt_engine_fails_at_construction_naming_the_closest_name(adapter
     ("no_such_package.module:Engine", "module 'no_such_package.module' .* cannot be found"),
     ("sr_augment.no_such_module:Engine", "cannot be found"),
     ("./no/such/folder", "no such folder"),
-    ("a b", "unknown engine 'a b'"),
+    ("a b", "Unknown engine 'a b'"),
 ])
 def test_bad_engine_specs_raise_value_error_saying_what_is_accepted(spec, message, cache_dir):
     with pytest.raises(ValueError, match=message):

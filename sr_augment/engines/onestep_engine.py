@@ -33,6 +33,7 @@ import numpy as np
 
 from sr_augment.engines.backoff import BatchBackoff, tile_description
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
+from sr_augment.engines.specs import is_hub_id
 from sr_augment.engines.tiling import upscale_tiled
 from sr_augment.images import resize
 
@@ -107,7 +108,7 @@ def resolve_base(kind: str, base: str, revision: str | None = None) -> tuple[Pat
             raise EngineUnavailable(f"{local}: not a Stable Diffusion 2.1-base folder in diffusers layout (no "
                                     f"{', '.join(missing)} folder): pass base=DIR holding {', '.join(BASE_PARTS)}")
         return local, f"local:{hash_folder(local)}"
-    if base.startswith((".", "/", "~")) or base.count("/") != 1 or any(c.isspace() for c in base):
+    if not is_hub_id(base):
         raise EngineUnavailable(f"{base}: no such folder (base must be a local SD 2.1-base diffusers folder or a hub id "
                                 f"like {SD21_BASE!r})")
     from diffusers import DiffusionPipeline

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from sr_augment.engines.base import EngineUnavailable
-from sr_augment.engines.specs import HUB_ALIASES
+from sr_augment.engines.specs import HUB_ALIASES, is_hub_id
 
 BUILTIN = "sr4"
 """The model that ships inside the package (sr_augment/sr4/weights)."""
@@ -104,11 +104,10 @@ def resolve_weights(spec: str, revision: str | None = None) -> tuple[Path, str]:
             )
         return local, f"local:{hash_folder(local)}"
     repo = HUB_ALIASES.get(spec, spec)
-    if repo.count("/") != 1 or any(c.isspace() for c in repo):
-        raise EngineUnavailable(
-            f"Unknown engine {spec!r}: not a built-in engine name, an existing local folder, or a hub id "
-            f"of the form 'owner/name'. Built-in names: bicubic, {BUILTIN}, {', '.join(HUB_ALIASES)}."
-        )
+    if not is_hub_id(repo):  # the engine registry's one bad-spec error, as get_engine would raise it
+        from sr_augment.engines.registry import REGISTRY
+
+        raise REGISTRY.unknown(spec)
     from diffusers import DiffusionPipeline
 
     try:

@@ -1,6 +1,6 @@
 """Engine spec names and the facts about a spec that need nothing loaded or imported.
 
-Why a leaf module: the registry, the catalog, the engines themselves and `base` (deterministic specs)
+Why a leaf module: the registry and its kinds, the catalog and the engines themselves
 all need these names; kept here, imports among the engine modules run one way.
 """
 
@@ -32,8 +32,24 @@ def is_spandrel_file(spec) -> bool:
     return isinstance(spec, str) and spec.lower().endswith(SPANDREL_SUFFIXES) and not Path(spec).expanduser().is_dir()
 
 
+def is_hub_id(spec) -> bool:
+    """Whether `spec` has the form of a Hugging Face hub id, "owner/name": one slash, both parts non-empty,
+    no whitespace, not a path (".", "/" or "~" first). Only the hub can tell whether it exists."""
+    return (isinstance(spec, str) and not spec.startswith((".", "/", "~")) and spec.count("/") == 1
+            and all(spec.split("/")) and not any(c.isspace() for c in spec))
+
+
 def deterministic_spec(spec) -> bool:
     """Whether the engine named by `spec` returns the same pixels for every seed, decided from the spec
-    alone (nothing is loaded): bicubic, dat-light, spandrel checkpoint files and the one-step osediff / pisa-sr
-    (no noise drawn) are; sampling diffusion is not."""
-    return isinstance(spec, str) and (spec in ("bicubic", DAT_LIGHT, *ONESTEP_SPECS) or is_spandrel_file(spec))
+    alone (nothing is loaded) by its kind in the engine registry: bicubic, dat-light, spandrel checkpoint
+    files and the one-step osediff / pisa-sr (no noise drawn) are; sampling diffusion is not; a spec that
+    names no engine is not."""
+    from sr_augment.engines.base import EngineSpecError
+    from sr_augment.engines.registry import REGISTRY
+
+    if not isinstance(spec, str):
+        return False
+    try:
+        return REGISTRY.kind_of(spec).deterministic(spec)
+    except EngineSpecError:
+        return False

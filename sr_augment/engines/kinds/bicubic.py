@@ -1,0 +1,34 @@
+"""`bicubic`: Pillow's bicubic resize, the baseline every SR metric is compared against."""
+
+from __future__ import annotations
+
+from sr_augment.engines.registry import EngineKind
+
+
+class BicubicKind(EngineKind):
+    id = "bicubic"
+    names = ("bicubic",)
+    needs = "nothing"
+    listed = 10
+    remembers_settings = False  # runs in the caller's process: no engine service
+
+    def check(self, spec, params=None):
+        if params:
+            raise TypeError(f"bicubic engine takes no parameters, got {', '.join(sorted(params))}")
+
+    def build(self, spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):
+        from sr_augment.engines.bicubic import BicubicEngine
+
+        self.check(spec, params)
+        return BicubicEngine(scale=scale)
+
+    def deterministic(self, spec):
+        return True
+
+    def describe(self):
+        from sr_augment.engines.catalog import EngineEntry
+
+        return [EngineEntry("bicubic", "Pillow bicubic, the baseline", self.needs, True, True, "")]
+
+
+KIND = BicubicKind()

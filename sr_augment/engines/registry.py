@@ -1,0 +1,162 @@
+"""The one registry of engine kinds: which kind of engine a spec names, and everything decided from that.
+
+An `EngineKind` knows how to recognise its specs (`matches`), check one and its parameters without
+importing torch (`check`), build the engine (`build`, heavy imports inside), stamp its weights
+(`weights_stamp`), say whether it is deterministic and what it needs, and describe its named engines
+for `sr-augment engines` (`describe`). `EngineRegistry.kind_of` returns the first kind, in order, whose
+`matches` accepts a spec, or raises the one bad-spec error, `EngineSpecError`. `get_engine`,
+`check_spec`, `weights_stamp`, `specs.deterministic_spec` and `catalog.builtin_engines` all ask it.
+
+The built-in kinds live in `sr_augment.engines.kinds`, one small module each, registered in order in
+`kinds/__init__.py` (spandrel's `ArchRegistry` of `ArchSupport` entries is the model). Adding a kind is
+one module and one registration there, or, from outside the package, `REGISTRY.register(kind, before=...)`.
+
+This module imports nothing heavy and nothing of the kinds: they import it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+from sr_augment.engines.base import Engine, EngineSpecError
+
+
+class EngineKind:
+    """One kind of engine spec. Subclass it, set the class attributes, override what applies.
+
+    Attributes:
+        id: the kind's name in the registry ("bicubic", "spandrel-file", ...).
+        names: the exact names the kind answers to (listed by `sr-augment engines`, offered by "did you
+            mean"); `matches` accepts them by default.
+        accepts: for a kind of pattern rather than names: how the bad-spec message names it
+            ("a hub id 'owner/name'").
+        form: for such a kind: its (pattern, description) row under the `sr-augment engines` table.
+        needs: what it needs installed or provided (install hint or extras).
+        listed: its place in listings: the table, the names and forms in the bad-spec message.
+        remembers_settings: whether `get_engine` records on the built engine the settings it was
+            built from (`service_config`: what the engine service would build it from).
+    """
+
+    id: str = ""
+    names: tuple[str, ...] = ()
+    accepts: str | None = None
+    form: tuple[str, str] | None = None
+    needs: str = "nothing"
+    listed: int = 100
+    remembers_settings: bool = True
+
+    def matches(self, spec: str) -> bool:
+        """Whether `spec` is of this kind (nothing imported, nothing loaded; may look at the disk)."""
+        return spec in self.names
+
+    def check(self, spec: str, params: dict | None = None) -> None:
+        """Raise `EngineSpecError(problem)` when `spec`, of this kind, cannot name an engine here (a
+        missing file, a module that cannot be found), or a `TypeError`/`ValueError` for parameters the
+        kind never takes. Imports no torch. The registry adds to the problem what an engine may be."""
+
+    def build(self, spec: str, *, scale: int = 4, steps: int | None = None, device: str = "auto",
+              dtype: str = "auto", **params) -> Engine:
+        """The engine for a checked `spec` (heavy imports happen here)."""
+        raise NotImplementedError(f"engine kind {self.id!r} cannot build engines")
+
+    def weights_stamp(self, spec: str, params: dict | None = None) -> list:
+        """[name, size] of each weight file the engine's identity hashes (no mtimes: copies keep it);
+        empty when there are none on this machine. Cheap, and imports no torch."""
+        return []
+
+    def deterministic(self, spec: str) -> bool:
+        """Whether the engine gives the same pixels for every seed, from the spec alone."""
+        return False
+
+    def describe(self) -> list:
+        """`catalog.EngineEntry` rows of the kind's named engines, with availability on this machine
+        (nothing loaded, no torch imported)."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"<engine kind {self.id!r}>"
+
+
+class EngineRegistry:
+    """Engine kinds in matching order: the first whose `matches` accepts a spec is its kind."""
+
+    def __init__(self, kinds: Iterable[EngineKind] = ()):
+        self._kinds: list[EngineKind] = []
+        for kind in kinds:
+            self.register(kind)
+
+    @property
+    def kinds(self) -> tuple[EngineKind, ...]:
+        return tuple(self._kinds)
+
+    def get(self, kind_id: str) -> EngineKind:
+        for kind in self._kinds:
+            if kind.id == kind_id:
+                return kind
+        raise KeyError(f"no engine kind {kind_id!r} (kinds: {', '.join(k.id for k in self._kinds)})")
+
+    def register(self, kind: EngineKind, *, before: str | None = None) -> EngineKind:
+        """Add `kind`, last or just before the kind with id `before` (a kind that must win over a more
+        general one, e.g. a name that looks like a hub id, goes before it). Returns `kind`."""
+        if not kind.id or any(k.id == kind.id for k in self._kinds):
+            raise ValueError(f"an engine kind needs an id of its own, got {kind.id!r}")
+        taken = {name for k in self._kinds for name in k.names}.intersection(kind.names)
+        if taken:
+            raise ValueError(f"engine kind {kind.id!r}: names {sorted(taken)} belong to another kind")
+        where = len(self._kinds) if before is None else self._kinds.index(self.get(before))
+        self._kinds.insert(where, kind)
+        return kind
+
+    def unregister(self, kind_id: str) -> EngineKind:
+        kind = self.get(kind_id)
+        self._kinds.remove(kind)
+        return kind
+
+    def listing(self) -> list[EngineKind]:
+        """The kinds in listing order (`listed`, then registration order)."""
+        return sorted(self._kinds, key=lambda k: k.listed)
+
+    def names(self) -> list[str]:
+        """Every engine name a spec may be, in listing order."""
+        return [name for kind in self.listing() for name in kind.names]
+
+    def forms(self) -> list[tuple[str, str]]:
+        """(pattern, description) of every kind that is a pattern rather than names."""
+        return [kind.form for kind in self.listing() if kind.form is not None]
+
+    def explain(self, problem: str) -> str:
+        """`problem`, followed by what an engine may be."""
+        accepted = [repr(name) for name in self.names()]
+        accepted += [kind.accepts for kind in self.listing() if kind.accepts]
+        return f"{problem}. An engine is one of {', '.join(accepted)} or an Engine object"
+
+    def unknown(self, spec: str) -> EngineSpecError:
+        """The error for a spec no kind matches, with the closest name if one is close."""
+        close = difflib.get_close_matches(spec, self.names(), n=1, cutoff=0.5)
+        return EngineSpecError(self.explain(f"Unknown engine {spec!r}" + (f" (did you mean {close[0]!r}?)" if close else "")))
+
+    def kind_of(self, spec: str) -> EngineKind:
+        """The kind of `spec` (a str), or `EngineSpecError` naming the closest name and what is accepted."""
+        for kind in self._kinds:
+            if kind.matches(spec):
+                return kind
+        raise self.unknown(spec)
+
+    def check(self, spec: str, params: dict | None = None) -> EngineKind:
+        """The kind of `spec`, after the kind has checked it (and `params`, when given); a bad spec is
+        an `EngineSpecError` saying what is wrong and what an engine may be. Imports no torch."""
+        kind = self.kind_of(spec)
+        try:
+            kind.check(spec, params)
+        except EngineSpecError as exc:
+            raise EngineSpecError(self.explain(str(exc))) from None
+        return kind
+
+
+def __getattr__(name: str):
+    if name == "REGISTRY":  # built in `kinds`, which imports this module: looked up on first use
+        from sr_augment.engines.kinds import REGISTRY
+
+        return REGISTRY
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
