@@ -31,7 +31,7 @@ from bench_scaleout import write_crops  # noqa: E402
 
 
 def ray_row(crops: Path, out: Path, actors: int, args) -> dict:
-    from sr_augment.ray_warm import ray_warm
+    from sr_augment.warm.ray import ray_warm
 
     start = time.perf_counter()
     report = ray_warm([crops], args.engine, str(out), actors=actors, batch_size=args.batch_size, progress=False)

@@ -4,7 +4,7 @@ layer's own code.
 Elements may be images (batched or not), `(images, labels, ...)` tuples, or Keras' dict convention
 (`{"images": ...}`). Each batch goes through the layer's own `_augment_batch` (dtype checks,
 `value_range` to uint8) under `AugmentCore.collect()`, so the warmed keys are the ones the layer will
-look up (see `sr_augment.pipeline_warm`). Nothing is drawn from the layer's `SeedGenerator`. Runs
+look up (see `sr_augment.warm.pipeline`). Nothing is drawn from the layer's `SeedGenerator`. Runs
 eagerly; imports neither torch nor (unless `data` is a tf.data dataset, which brings it) TensorFlow.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from sr_augment.keras_layers import dict_inputs
 from sr_augment.keras_layers.pixels import check_input
-from sr_augment.pipeline_warm import collected, warm_through
+from sr_augment.warm.pipeline import collected, warm_through
 from sr_augment.warm import WarmReport
 
 

@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from faults import SlowEngine, read_log
-from sr_augment.accelerate_warm import accelerate_job, merge_reports
-from sr_augment.balance import balanced_shares, image_pixels, split_by_pixels
+from sr_augment.warm.accelerate import accelerate_job, merge_reports
+from sr_augment.warm.balance import balanced_shares, image_pixels, split_by_pixels
 from sr_augment.cache import SRCache
 from sr_augment.cache.codec import decode
 from sr_augment.images import bicubic_resize, iter_image_files, load_image

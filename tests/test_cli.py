@@ -182,7 +182,7 @@ def test_the_cli_resize_and_center_crop_give_torchvisions_pil_pixels_exactly(rng
     pytest.importorskip("torchvision")
     from torchvision.transforms import v2
 
-    from sr_augment.tv_geometry import Preprocess
+    from sr_augment.warm.tv_geometry import Preprocess
 
     for _ in range(25):
         height, width = (int(n) for n in rng.integers(5, 120, 2))

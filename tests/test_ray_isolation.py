@@ -21,7 +21,7 @@ def test_a_ray_warm_started_in_a_planted_folder_runs_nothing_of_it_and_reads_rel
         tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="the Ray warm needs Ray Data: pip install 'sr-augment[ray]'")
     pytest.importorskip("ray.data")
-    from sr_augment.ray_warm import ray_warm
+    from sr_augment.warm.ray import ray_warm
 
     assert not ray.is_initialized(), "this test needs the Ray warm to start its own cluster"
     folder, marker, probe = tmp_path / "team-writable", tmp_path / "marker.txt", tmp_path / "probe.jsonl"

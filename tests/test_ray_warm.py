@@ -19,7 +19,7 @@ from sr_augment.cache.transfer import import_shards
 from sr_augment.cache.shards import MANIFEST_DIR, read_manifest, written_keys
 from sr_augment.cli import main
 from sr_augment.images import load_image
-from sr_augment.ray_warm import entry_request, list_inputs, ray_warm, read_image
+from sr_augment.warm.ray import entry_request, list_inputs, ray_warm, read_image
 
 
 def _ray_processes(session: str) -> list[int]:
@@ -223,8 +223,8 @@ def test_warm_ray_without_out_and_out_without_ray_are_refused_with_the_way_out(t
 def test_an_actor_keys_the_preprocessed_pixels_as_warm_resize_center_crop_does(images, tmp_path):
     import pyarrow as pa
 
-    from sr_augment.ray_warm import GenerateBatch
-    from sr_augment.tv_geometry import Preprocess
+    from sr_augment.warm.ray import GenerateBatch
+    from sr_augment.warm.tv_geometry import Preprocess
 
     steps = Preprocess((10,), (8,))
     actor = GenerateBatch("bicubic", {"scale": 4}, "upscale", "webp", frozenset(), preprocess=steps)

@@ -12,7 +12,7 @@ from sr_augment.cache import SRCache
 from sr_augment.cache.shards import read_manifest, written_keys
 from sr_augment.cache.transfer import import_shards
 from sr_augment.cli import main
-from sr_augment.ray_warm import ray_warm
+from sr_augment.warm.ray import ray_warm
 from test_ray_warm import images, ray_cluster  # noqa: F401  (the module's fixtures: one local cluster, small photos)
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ transform does.
 Which items of a sample are images is decided by the transform's own v2 machinery (`tree_flatten`,
 `_needs_transform_list`: PIL images and `tv_tensors.Image`, else the first plain tensor), and each is
 converted by the transform's own `transform` method under `AugmentCore.collect()`, so the warmed keys
-are the ones the transform will look up (see `sr_augment.pipeline_warm`). Nothing is drawn from the
+are the ones the transform will look up (see `sr_augment.warm.pipeline`). Nothing is drawn from the
 transform's RNG.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils._pytree import tree_flatten
 
-from sr_augment.pipeline_warm import collected, indexed, warm_through
+from sr_augment.warm.pipeline import collected, indexed, warm_through
 from sr_augment.torch_transforms import samples
 from sr_augment.warm import WarmReport
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
-from sr_augment.warm import WarmReport, warm_items
+from sr_augment.warm.local import WarmReport, warm_items
 
 
 def warm_through(core, sources: Iterable[tuple[Any, Callable[[], list]]], *, total: int | None,

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from sr_augment.cache.results import entry_request  # the same keys as SRCache, so shard keys are cache keys
 from sr_augment.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, iter_image_files, load_image
-from sr_augment.warm import WarmReport
+from sr_augment.warm.local import WarmReport
 
 RAY_MISSING = ("`--ray` needs Ray Data, which is not installed: pip install 'sr-augment[ray]' "
                "(or pip install 'ray[data]>=2.9')")
@@ -324,9 +324,9 @@ def cmd_ray_warm(args) -> int:
     import json
     import sys
 
-    from sr_augment.warm_options import engine_params
+    from sr_augment.warm.options import engine_params
     from sr_augment.engines import check_spec
-    from sr_augment.warm_options import preprocess
+    from sr_augment.warm.options import preprocess
 
     if args.ray is None:
         raise SystemExit("sr-augment: warm --out writes shards from a Ray cluster: add --ray [ADDRESS] "

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sr_augment.balance import split_by_pixels
+from sr_augment.warm.balance import split_by_pixels
 from sr_augment.images import iter_image_files
-from sr_augment.warm import WarmReport, warm
+from sr_augment.warm.local import WarmReport, warm
 
 _SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # as accelerate reads them
 

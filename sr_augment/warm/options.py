@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from sr_augment.tv_geometry import Preprocess, parse_size
+from sr_augment.warm.tv_geometry import Preprocess, parse_size
 
 
 def _size(text: str):
@@ -45,7 +45,7 @@ def preprocess(args) -> Preprocess | None:
 def dry_run(args, build_engine) -> int:
     """`warm --dry-run`: the summary of a warm that generates nothing (`generated`: what it would)."""
     from sr_augment.cache import SRCache
-    from sr_augment.warm import warm
+    from sr_augment.warm.local import warm
 
     engine = build_engine(args, args.batch_size)
     cache = SRCache(args.cache_dir, read_only=True)  # opening creates nothing; damaged entries are left alone

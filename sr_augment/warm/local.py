@@ -98,7 +98,7 @@ class _StopOnSignal:
 
 def path_items(files: Iterable, preprocess: Callable[[np.ndarray], np.ndarray] | None = None):
     """(path, loader) items of image files: the loader decodes the file (`load_image`) and applies
-    `preprocess` (e.g. `sr_augment.tv_geometry.Preprocess`: a deterministic resize and centre crop)."""
+    `preprocess` (e.g. `sr_augment.warm.tv_geometry.Preprocess`: a deterministic resize and centre crop)."""
     for path in files:
         path = Path(path)
         if preprocess is None:

@@ -1,5 +1,5 @@
 """The `sr-augment` command line: warm, clear, verify, engines, eval-sr, experiment, train, demo; info, export,
-import and merge live in `cli_cache`."""
+import and merge live in `cache_commands`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from sr_augment import warm_options
+from sr_augment.warm import options as warm_options
 from sr_augment.engines import DEFAULT_ENGINE, EngineUnavailable, get_engine
 
 
@@ -47,15 +47,15 @@ def _build_engine(args, batch_size: int | None = None):
 
 
 def cmd_warm(args) -> int:
-    from sr_augment.accelerate_warm import accelerate_job
+    from sr_augment.warm.accelerate import accelerate_job
     from sr_augment.cache import CacheWriteError
-    from sr_augment.warm import warm
-    from sr_augment.warm_options import dry_run, preprocess
+    from sr_augment.warm.local import warm
+    from sr_augment.warm.options import dry_run, preprocess
 
     if args.dry_run:  # plans against the local cache; nothing runs or is written
         return dry_run(args, _build_engine)
-    if args.ray is not None or args.out:  # a Ray cluster writing shards (sr_augment.ray_warm)
-        from sr_augment.ray_warm import cmd_ray_warm
+    if args.ray is not None or args.out:  # a Ray cluster writing shards (sr_augment.warm.ray)
+        from sr_augment.warm.ray import cmd_ray_warm
         return cmd_ray_warm(args)
     job = accelerate_job()  # None unless `accelerate launch` started several processes: each then warms a share
     engine = job.build_engine(_build_engine, args) if job else _build_engine(args, args.batch_size)
@@ -158,7 +158,7 @@ def cmd_engines(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from sr_augment.demo import run_demo
+    from sr_augment.cli.demo import run_demo
 
     engine = _build_engine(args)
     result = run_demo(engine, out_dir=args.out, variants=args.variants)
@@ -251,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=2, help="with --ray: engine actors, one GPU each where there are GPUs (default: %(default)s)")
     p.set_defaults(func=cmd_warm)
 
-    from sr_augment import cli_cache
+    from sr_augment.cli import cache_commands
 
-    cli_cache.add_commands(sub)  # info, export, import, merge
+    cache_commands.add_commands(sub)  # info, export, import, merge
 
     p = sub.add_parser("clear", help="delete every cached entry and reset the counters")
     _add_cache_options(p)
