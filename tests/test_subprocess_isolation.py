@@ -130,3 +130,49 @@ def test_python_dash_m_sr_augment_from_a_planted_folder_runs_nothing_of_it(plant
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not marker.exists(), marker.read_text()
+
+
+def _spellings_of(folder: Path) -> list[str]:
+    """Absolute spellings of `folder` that are not its plain path: `/.`, a trailing `/`, a `..` detour,
+    a symbolic link to it."""
+    link = folder.parent / f"{folder.name}-link"
+    if not link.exists():
+        link.symlink_to(folder, target_is_directory=True)
+    return [str(folder), str(folder) + "/.", str(folder) + "/", str(folder) + "//",
+            f"{folder.parent}/../{folder.parent.name}/{folder.name}", str(link), str(link) + "/."]
+
+
+def test_service_environment_drops_every_absolute_spelling_of_the_working_folder(tmp_path, monkeypatch):
+    """An absolute PYTHONPATH entry (or caller sys.path entry) that names the working folder, however
+    it is spelled, is the working folder: dropped, by realpath and by samefile."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    spellings = _spellings_of(cwd)
+    keep = str(tmp_path / "abs")
+    for spelling in spellings:
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([spelling, keep]))
+        entries = service_environment([spelling, str(tmp_path / "lib")])["PYTHONPATH"].split(os.pathsep)
+        kept = [e for e in entries if os.path.realpath(e) == os.path.realpath(cwd)]
+        assert kept == [], f"PYTHONPATH={spelling!r} kept the working folder: {entries}"
+        assert keep in entries and str(tmp_path / "lib") in entries
+
+
+@pytest.mark.parametrize("spelling", [0, 1, 4, 5])
+def test_a_service_started_with_the_working_folder_on_pythonpath_runs_nothing_planted(planted, tmp_path,
+                                                                                      monkeypatch, rng, spelling):
+    """`PYTHONPATH=$PWD/.` (or `$PWD`, a `..` detour, a link) from a planted folder: the real service
+    starts, works, and runs no planted `sitecustomize`/`threading`."""
+    folder, marker = planted
+    (folder / "threading.py").write_text(f"open({str(marker)!r}, 'a').write('threading\\n')\n"
+                                         f"raise ImportError('planted')\n")
+    monkeypatch.setenv("PYTHONPATH", _spellings_of(folder)[spelling])
+    engine = RemoteEngine({"spec": "bicubic", "scale": 2}, tmp_path / "cache")
+    try:
+        out = engine.upscale([rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)], [0])[0]
+        pid = engine.info()["pid"]
+    finally:
+        engine.close()
+    assert out.shape == (8, 8, 3)
+    ran = marker.read_text() if marker.exists() else ""
+    assert ran == "", f"modules planted in the working folder ran in the engine service (pid {pid}):\n{ran}"

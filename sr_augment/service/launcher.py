@@ -80,6 +80,17 @@ def python_command() -> list[str]:
     return [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else [])]
 
 
+def _is_folder(entry: str, folder: str) -> bool:
+    """Whether the absolute path `entry` names `folder`: the same real path, or the same file (a bind
+    mount, a case-insensitive filesystem)."""
+    if os.path.realpath(entry) == os.path.realpath(folder):
+        return True
+    try:
+        return os.path.samefile(entry, folder)
+    except (OSError, ValueError):  # missing, unreadable, or an embedded NUL: not the working folder
+        return False
+
+
 def service_environment(path: list[str] | None = None) -> dict[str, str]:
     """The environment of a service started from this process.
 
@@ -90,15 +101,17 @@ def service_environment(path: list[str] | None = None) -> dict[str, str]:
     (default `sys.path`) minus '' , relative entries and the working folder, so a `module:Class`
     engine this process can import is found there too. The caller's working folder goes in
     $SR_AUGMENT_SERVICE_CALLER_CWD: the service changes into it after start-up, so relative paths in
-    engine settings mean what they mean here; it is never on the service's `sys.path`."""
+    engine settings mean what they mean here; it is never on the service's `sys.path`: every entry,
+    explicit or inherited, that names the working folder however it is spelled (`$PWD/.`, `$PWD/`, a
+    `..` detour, a symbolic link; compared by `os.path.realpath` and, where it exists, `os.path.samefile`)
+    is dropped."""
     cwd = os.getcwd()
-    real_cwd = os.path.realpath(cwd)
-    explicit = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(e)]
-    inherited = [e for e in (sys.path if path is None else path)
-                 if isinstance(e, str) and os.path.isabs(e) and os.path.realpath(e) != real_cwd]
+    explicit = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    inherited = [e for e in (sys.path if path is None else path) if isinstance(e, str)]
     entries: list[str] = []
     for entry in explicit + inherited:
-        if os.pathsep not in entry and entry not in entries:
+        if (os.path.isabs(entry) and os.pathsep not in entry and entry not in entries
+                and not _is_folder(entry, cwd)):
             entries.append(entry)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(entries)
