@@ -176,3 +176,17 @@ def test_a_service_started_with_the_working_folder_on_pythonpath_runs_nothing_pl
     assert out.shape == (8, 8, 3)
     ran = marker.read_text() if marker.exists() else ""
     assert ran == "", f"modules planted in the working folder ran in the engine service (pid {pid}):\n{ran}"
+
+
+def test_the_service_drops_the_callers_folder_from_its_own_sys_path(tmp_path, monkeypatch):
+    """Defence in depth for a service started by hand: after it enters the caller's folder, no sys.path
+    entry names that folder, however spelled."""
+    from sr_augment.service import server
+    cwd = tmp_path / "caller"
+    cwd.mkdir()
+    spellings = _spellings_of(cwd)
+    monkeypatch.setattr(sys, "path", [*spellings, str(tmp_path / "lib"), "", "rel"])
+    monkeypatch.setenv("SR_AUGMENT_SERVICE_CALLER_CWD", str(cwd))
+    monkeypatch.chdir(tmp_path)
+    server._enter_callers_folder()
+    assert os.getcwd() == str(cwd) and sys.path == [str(tmp_path / "lib")]

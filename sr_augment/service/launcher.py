@@ -80,7 +80,7 @@ def python_command() -> list[str]:
     return [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else [])]
 
 
-def _is_folder(entry: str, folder: str) -> bool:
+def same_folder(entry: str, folder: str) -> bool:
     """Whether the absolute path `entry` names `folder`: the same real path, or the same file (a bind
     mount, a case-insensitive filesystem)."""
     if os.path.realpath(entry) == os.path.realpath(folder):
@@ -111,7 +111,7 @@ def service_environment(path: list[str] | None = None) -> dict[str, str]:
     entries: list[str] = []
     for entry in explicit + inherited:
         if (os.path.isabs(entry) and os.pathsep not in entry and entry not in entries
-                and not _is_folder(entry, cwd)):
+                and not same_folder(entry, cwd)):
             entries.append(entry)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(entries)

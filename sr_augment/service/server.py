@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sr_augment.service.common import (DEFAULT_LINGER, ServiceError, check_peer, check_private_dir, read_key,
                                        service_id, service_paths)
+from sr_augment.service.launcher import same_folder
 
 
 class _Server:
@@ -185,9 +186,11 @@ class _Job:
 def _enter_callers_folder() -> None:
     """Drop every relative `sys.path` entry (one would follow the working folder), then change into the
     caller's working folder (from the launcher's environment), so a relative path in the engine
-    settings means what it means to the caller; nothing is ever imported from that folder."""
-    sys.path[:] = [entry for entry in sys.path if entry and os.path.isabs(entry)]
+    settings means what it means to the caller; nothing is ever imported from that folder (an entry
+    that names it, however spelled, is dropped too)."""
     cwd = os.environ.get("SR_AUGMENT_SERVICE_CALLER_CWD")
+    sys.path[:] = [entry for entry in sys.path
+                   if entry and os.path.isabs(entry) and not (cwd and same_folder(entry, cwd))]
     if cwd:
         try:
             os.chdir(cwd)
