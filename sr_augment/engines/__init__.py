@@ -74,9 +74,11 @@ def check_spec(spec):
     Example:
         >>> check_spec("sd-x4-upscaler")
         'sd-x4-upscaler'
-        >>> check_spec("sd-x4-upscalr")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        sr_augment.engines.base.EngineSpecError: Unknown engine 'sd-x4-upscalr' (did you mean 'sd-x4-upscaler'?). An engine is one of ...
+        >>> try:
+        ...     check_spec("sd-x4-upscalr")
+        ... except EngineSpecError as exc:  # also a ValueError and an EngineUnavailable
+        ...     print(exc)  # doctest: +ELLIPSIS
+        Unknown engine 'sd-x4-upscalr' (did you mean 'sd-x4-upscaler'?). An engine is one of ...
     """
     spec = check_engine_spec(spec)
     if isinstance(spec, str):
