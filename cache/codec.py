@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin, WebPImagePlugin, features
 
 from sr_augment.cache import entrymeta
+from sr_augment.errors import DamagedEntry  # noqa: F401  (defined in errors, named here too)
 
 MAGIC = b"SRA1"
 CODECS = ("webp", "png", "raw")
@@ -41,10 +42,6 @@ _PILLOW_MAX_PIXELS = 89_478_485
 """Pillow's default limit, fixed: a process that raised `Image.MAX_IMAGE_PIXELS` must not store WebP
 records that a process with the default limit cannot read."""
 _READERS = {"png": PngImagePlugin.PngImageFile, "webp": WebPImagePlugin.WebPImageFile}
-
-
-class DamagedEntry(ValueError):
-    """A stored record failed its checksum or could not be decoded."""
 
 
 def _webp_can_hold(image: np.ndarray) -> bool:

@@ -21,6 +21,7 @@ import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW
 
 from sr_augment.cache.rows import VALUE_FILE, UntrustedRow, read_value_file, remove_value_file, value_path
+from sr_augment.errors import CacheReadOnly, CacheWriteError, EntryTooLarge  # noqa: F401  (defined in errors, named here too)
 
 log = logging.getLogger("sr_augment.cache")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -28,12 +29,6 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
 _OPEN_TRIES = 10
 """Tries of one value-file write whose folder another process removed meanwhile (diskcache tries 10 times too)."""
-
-
-class CacheWriteError(OSError):
-    """A result could not be stored (disk full, quota, file-size limit, read-only or I/O error).
-
-    Nothing partial is left behind: entries stored before the failure stay readable."""
 
 
 FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -171,11 +166,6 @@ class SafeDisk(CleanDisk):
         remove_value_file(Path(self._directory), file_path)
 
 
-class EntryTooLarge(CacheWriteError):
-    """An entry larger than the cache's whole size limit: it could never stay stored (diskcache would
-    store it, then evict it at once), so it is not stored and this says so, naming sizes and the way out."""
-
-
 def too_large(directory: Path, key: str, size: int, limit: int) -> EntryTooLarge:
     error = EntryTooLarge(f"not stored: entry {key} of {size / 1e6:.2f} MB exceeds the cache size limit of "
                           f"{limit / 1e6:.2f} MB of the sr-augment cache {directory}, so the cache cannot hold "
@@ -183,11 +173,6 @@ def too_large(directory: Path, key: str, size: int, limit: int) -> EntryTooLarge
                           f"one entry, with room for the entries you want kept.")
     error.errno, error.key = errno.EFBIG, key
     return error
-
-
-class CacheReadOnly(CacheWriteError):
-    """The cache folder cannot be written (a read-only mount, another user's folder, `read_only=True`):
-    hits are served, nothing can be stored."""
 
 
 WRITE_ATTEMPTS = 5

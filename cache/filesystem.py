@@ -16,6 +16,7 @@ import os
 import sqlite3
 import warnings
 from pathlib import Path
+from sr_augment.errors import CacheUnavailable, NetworkFilesystemWarning  # noqa: F401  (defined in errors, named here too)
 
 
 def default_cache_dir() -> Path:
@@ -31,10 +32,6 @@ def default_cache_dir() -> Path:
 NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "lustre", "gpfs",
                                  "beegfs", "ceph", "glusterfs", "fuse.glusterfs", "9p", "afs"})
 """Filesystem types (as /proc/mounts names them) whose locking SQLite cannot rely on."""
-
-
-class NetworkFilesystemWarning(UserWarning):
-    """The cache folder is on a network filesystem, where SQLite's locking is not reliable."""
 
 
 def _mount_table() -> list[tuple[str, str]]:
@@ -66,12 +63,6 @@ def warn_if_network_filesystem(path: Path) -> None:
             f"sr-augment cache {path} is on a network filesystem ({kind}); SQLite (diskcache) is not safe "
             f"there when several machines write. Put the cache on a local disk (SR_AUGMENT_CACHE_DIR or "
             f"cache_dir=...), one per machine.", NetworkFilesystemWarning, stacklevel=3)
-
-
-class CacheUnavailable(OSError):
-    """The cache's files cannot be read or written because of where they are, not what they hold: a
-    full disk or quota, a file-size limit, an I/O error, no permission, a read-only filesystem, a lock
-    held too long. Never a reason to delete anything: the message names the file and the cause."""
 
 
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM,

@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-
-class CacheMiss(LookupError):
-    """Raised (with `on_miss="error"`) when an image's SR result is not cached; names the key."""
+from sr_augment.errors import CacheMiss  # noqa: F401  (defined in errors, named here too)
 
 
 @dataclass

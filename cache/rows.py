@@ -25,6 +25,7 @@ from pathlib import Path
 from diskcache.core import DBNAME, DEFAULT_SETTINGS, EVICTION_POLICY, METADATA, MODE_BINARY, MODE_RAW
 
 from sr_augment.cache.filesystem import CacheUnavailable, is_environment_error, unavailable  # noqa: F401  (rows.*)
+from sr_augment.errors import DatabaseDamaged, UntrustedRow  # noqa: F401  (defined in errors, named here too)
 
 VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
 """The only value-file names diskcache's `Disk.filename` makes (two levels of hex folders)."""
@@ -32,16 +33,6 @@ _SETTING_STRINGS = {"eviction_policy": frozenset(EVICTION_POLICY),
                     "sqlite_journal_mode": frozenset({"wal"})}
 """The only text values sr-augment's diskcache folders hold in their Settings table (SRCache always uses
 WAL: another journal mode planted there makes every write stall on the lock); every other setting is a number."""
-
-
-class UntrustedRow(ValueError):
-    """A row or value file that sr-augment never writes (pickle mode, a path out of the cache, a
-    symlink, a non-text key): refused without being interpreted."""
-
-
-class DatabaseDamaged(RuntimeError):
-    """The cache's SQLite database cannot be read (truncated, garbled, not a database) or holds
-    settings diskcache never writes; the message names the folder and the command that recovers."""
 
 
 def cache_root(folder: Path) -> Path:

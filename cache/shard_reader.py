@@ -28,18 +28,11 @@ from PIL import PngImagePlugin, WebPImagePlugin
 
 from sr_augment.cache import codec, entrymeta
 from sr_augment.cache.shards import FORMAT, IMAGE_EXTS, MEMBER, key_of, pixels_digest
+from sr_augment.errors import Refused  # noqa: F401  (defined in errors, named here too)
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_IMAGE_BYTES = 1 << 30
 _READERS = {"png": PngImagePlugin.PngImageFile, "webp": WebPImagePlugin.WebPImageFile}
-
-
-class Refused(ValueError):
-    """A sample that may not enter a cache; `member` names the shard member at fault."""
-
-    def __init__(self, member: str, reason: str):
-        super().__init__(f"{member}: {reason}")
-        self.member, self.reason = member, reason
 
 
 @dataclass

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from sr_augment.cache import codec, entrymeta
+from sr_augment.errors import NotAFile  # noqa: F401  (defined in errors, named here too)
 
 FORMAT = "sr-augment-shard/1"
 DEFAULT_SHARD_SIZE = 1 << 30
@@ -210,10 +211,6 @@ class ShardWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class NotAFile(ValueError):
-    """A path that is not a regular file (a FIFO, a device, a folder, a socket): never opened for reading."""
 
 
 def _is_local(fs) -> bool:

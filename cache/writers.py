@@ -25,6 +25,7 @@ from diskcache.core import DBNAME
 
 from sr_augment.cache import rows
 from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheWriteError, SafeDisk, too_large, write_error
+from sr_augment.errors import CacheInUse  # noqa: F401  (defined in errors, named here too)
 
 LOCK_NAME = "writers.lock"
 """The advisory lock file (fcntl.flock) in a cache folder: every process with the cache's entries open
@@ -36,12 +37,6 @@ a read-only cache has none, and needs none: nothing writes it."""
 LOCK_WAIT = 60.0
 """Seconds a writer waits for a `clear` (or `verify`'s orphan scan) holding the lock before it gives up."""
 _LOCK_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-
-
-class CacheInUse(CacheWriteError):
-    """The cache cannot be cleared now: another process writes to it (or, for a writer, the cache is
-    being cleared). The message names the cache and, where the system tells, the other process."""
-
 
 
 def can_write(directory: Path) -> bool:

@@ -15,18 +15,11 @@ if _sys.argv[:1] == ["-m"] and _sys.path[:1] == [_os.getcwd()]:
     # first on sys.path: a module planted there would run as this user. Drop it before importing more.
     del _sys.path[0]
 
-from sr_augment.engines import DEFAULT_ENGINE, Engine, EngineSpecError, EngineUnavailable, get_engine  # noqa: E402
-from sr_augment.images import ImageDecodeError, ImageShapeError, load_image, to_rgb  # noqa: E402
+from sr_augment import errors  # noqa: E402
+from sr_augment.errors import *  # noqa: E402,F401,F403  (every error and warning, one base class)
+from sr_augment.engines import DEFAULT_ENGINE, Engine, get_engine  # noqa: E402
+from sr_augment.images import load_image, to_rgb  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["CacheMissRateWarning", "DEFAULT_ENGINE", "Engine", "EngineSpecError", "EngineUnavailable", "ImageDecodeError", "ImageShapeError", "__version__",
-           "get_engine", "load_image", "to_rgb"]
-
-
-def __getattr__(name: str):
-    if name == "CacheMissRateWarning":  # imported on first use: it brings the cache (diskcache, SQLite)
-        from sr_augment.augment import CacheMissRateWarning
-
-        return CacheMissRateWarning
-    raise AttributeError(f"module 'sr_augment' has no attribute {name!r}")
+__all__ = ["DEFAULT_ENGINE", "Engine", "__version__", "get_engine", "load_image", "to_rgb", *errors.__all__]

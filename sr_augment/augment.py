@@ -25,6 +25,7 @@ import numpy as np
 from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
 from sr_augment.engines import BicubicEngine, DEFAULT_ENGINE, check_spec
 from sr_augment.engines.base import warn_deterministic_variants
+from sr_augment.errors import CacheMissRateWarning  # noqa: F401  (defined in errors, named here too)
 from sr_augment.images import resize
 from sr_augment.modes import check_mode, engine_input, mode_result
 
@@ -35,12 +36,6 @@ MISS_WARNING_LOOKUPS = 200
 """Lookups of one process after which (and every as many more) its hit rate is checked."""
 MISS_WARNING_HIT_RATE = 0.05
 """A hit rate under this, on a cache that holds entries of the engine, raises `CacheMissRateWarning`."""
-
-
-class CacheMissRateWarning(UserWarning):
-    """A process keeps missing a cache that holds this engine's entries: the pixels SRAugment receives
-    are not the ones that were warmed (a random transform before it, or another resize than the warm's).
-    Emitted once per process and adapter."""
 
 
 class _CountingEngine:

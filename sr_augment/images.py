@@ -24,20 +24,13 @@ from typing import Union
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from sr_augment.errors import ImageDecodeError, ImageShapeError  # noqa: F401  (defined in errors, named here too)
+
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 _TURNED = frozenset(range(2, 9))
 """EXIF orientations `ImageOps.exif_transpose` applies (1 and anything else: none)."""
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-
-
-class ImageDecodeError(ValueError):
-    """An input could not be turned into an RGB image; the message names the input and the reason."""
-
-
-class ImageShapeError(ValueError):
-    """An array or tensor has the wrong layout for an image (rank, channel count): a caller's mistake,
-    not a damaged file, so it is not an `ImageDecodeError`; the message names the input and its shape."""
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

@@ -10,13 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Callable, Sequence
 
-
-class EngineOutOfMemory(RuntimeError):
-    """One tile does not fit in accelerator memory even alone; the message says what to change."""
-
-
-class OutOfMemoryBackoffWarning(ResourceWarning):
-    """A batch ran out of accelerator memory and is being retried smaller."""
+from sr_augment.errors import EngineOutOfMemory, OutOfMemoryBackoffWarning  # noqa: F401  (defined in errors, named here too)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

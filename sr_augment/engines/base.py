@@ -13,20 +13,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-
-class EngineUnavailable(RuntimeError):
-    """The engine's weights or runtime cannot be had here; the message says how to provide them."""
-
-
-class EngineSpecError(ValueError, EngineUnavailable):
-    """An engine spec that names no engine: misspelt, a missing file or folder, a module that cannot be
-    found. The one error for a bad spec, raised alike by `check_spec` (an adapter's constructor) and
-    `get_engine`; both a `ValueError` and an `EngineUnavailable`, so either `except` catches it. The
-    message names the problem, the closest name when there is one, and every form an engine may take."""
-
-
-class DeterministicEngineWarning(UserWarning):
-    """variants > 1 with an engine whose output does not depend on the seed: every variant is the same image."""
+from sr_augment.errors import DeterministicEngineWarning, EngineSpecError, EngineUnavailable  # noqa: F401  (defined in errors, named here too)
 
 
 @runtime_checkable

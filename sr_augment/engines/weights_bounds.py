@@ -21,6 +21,8 @@ import struct
 import zipfile
 from pathlib import Path
 
+from sr_augment.errors import WeightsTooLarge  # noqa: F401  (defined in errors, named here too)
+
 MAX_WEIGHTS_BYTES = 8 << 30
 """The most one weight file may hold once read (8 GiB: an SR checkpoint or a LoRA file is far smaller)."""
 MAX_INFLATION = 2
@@ -31,10 +33,6 @@ MAX_SAFETENSORS_HEADER = 16 << 20
 """The largest safetensors JSON header accepted (a full SD pipeline's is well under 1 MiB)."""
 
 _ZIP_MAGIC = b"PK\x03\x04"
-
-
-class WeightsTooLarge(ValueError):
-    """A weight file that would take more memory to read than its size, or the cap, allows."""
 
 
 def check_weights_file(path: str | os.PathLike, *, limit: int = MAX_WEIGHTS_BYTES) -> int:

@@ -17,15 +17,12 @@ import stat
 import struct
 import tempfile
 from pathlib import Path
+from sr_augment.errors import ServiceError  # noqa: F401  (defined in errors, named here too)
 
 DEFAULT_LINGER = float(os.environ.get("SR_AUGMENT_SERVICE_LINGER", "10"))
 START_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 3600.0
 CONNECT_TIMEOUT = 30.0
-
-
-class ServiceError(RuntimeError):
-    """The engine service failed to start, died, or timed out, or its files are unsafe; the message says which."""
 
 
 def engine_config(config: dict) -> dict:

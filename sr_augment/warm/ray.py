@@ -30,13 +30,10 @@ from tqdm.auto import tqdm
 from sr_augment.cache.results import entry_request  # the same keys as SRCache, so shard keys are cache keys
 from sr_augment.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, iter_image_files, load_image
 from sr_augment.warm.local import WarmReport
+from sr_augment.errors import RayUnavailable  # noqa: F401  (defined in errors, named here too)
 
 RAY_MISSING = ("`--ray` needs Ray Data, which is not installed: pip install 'sr-augment[ray]' "
                "(or pip install 'ray[data]>=2.9')")
-
-
-class RayUnavailable(ImportError):
-    """Ray Data is not installed; the message says what to install."""
 
 
 @dataclass
