@@ -263,10 +263,10 @@ def _connect(ray, address: str | None, actors: int) -> str | None:
 def _absolute_engine_path(spec: str) -> str:
     """A relative engine folder or checkpoint file as an absolute path: actors do not run in the caller's
     working folder. Engine names, hub ids and `module:Class` specs stay as they are."""
-    from sr_augment.engines.specs import DAT_LIGHT, HUB_ALIASES, ONESTEP_SPECS
+    from sr_augment.engines.kinds import REGISTRY
 
     local = Path(spec).expanduser()
-    if spec in ("bicubic", "sr4", DAT_LIGHT, *HUB_ALIASES, *ONESTEP_SPECS) or local.is_absolute() or not local.exists():
+    if spec in REGISTRY.names() or local.is_absolute() or not local.exists():
         return spec
     return str(local.resolve())
 
