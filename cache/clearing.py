@@ -78,7 +78,9 @@ def size_limit_of(directory: Path):
 def remove_cache_files(directory: Path) -> int:
     """Remove the cache's own files under `directory`; returns the entries its database held (0 if
     it could not be read). A folder that is a symbolic link is removed as a link (never followed).
-    Holds the cache's writer lock exclusive: `writers.CacheInUse` (nothing removed) while a writer runs."""
+    Holds the cache's writer lock exclusive: `writers.CacheInUse` (nothing removed) while a writer runs.
+    Anything but a regular file planted as the lock file is removed first (`writers.remove_bad_lock`)."""
+    writers.remove_bad_lock(directory)
     with writers.exclusive(directory):
         return _remove_cache_files(Path(directory))
 
@@ -107,7 +109,9 @@ def clear_cache(directory: Path) -> int:
     """Empty the cache at `directory` whatever its state, keeping its size limit; returns the entries
     removed (0 when its database could not be read). Refused with `writers.CacheInUse` while another
     process writes to it (its writer lock is held): clearing under a writer would lose its entries and
-    leave its value files behind, unnamed."""
+    leave its value files behind, unnamed. A directory, FIFO or link planted as the lock file is removed
+    (no writer can hold a lock on it: each refuses it), so a clear recovers from that too."""
+    writers.remove_bad_lock(directory)
     with writers.exclusive(directory):  # a writer running: `writers.CacheInUse` naming it, nothing removed
         limit = size_limit_of(directory)
         removed = _remove_cache_files(Path(directory))

@@ -6,6 +6,8 @@ inside the cache), then the record's checksum and a full decode. Value files no 
 writer lock, `writers.LOCK_NAME`), else only those older than `ORPHAN_AGE` seconds (a writer writes its
 value file before it publishes the row, so a younger unnamed file may belong to a write in flight).
 Symbolic links where value folders or files belong are reported as untrusted; `--repair` removes them.
+So is anything but a regular file where the writer lock file belongs (a directory, FIFO or link: no writer
+can lock the cache, each refuses it), and `--repair` removes it.
 Bad rows are deleted by rowid with SQL in one transaction (never through diskcache), orphans by name
 shape. A database that cannot be read at all is reported; `--repair` then empties the cache.
 
@@ -86,6 +88,7 @@ def verify(directory, repair: bool = False, progress: bool = True) -> VerifyRepo
 
 
 def _verify(directory: Path, entries: Path, report: VerifyReport, repair: bool, progress: bool) -> VerifyReport:
+    _check_lock_file(directory, report, repair)
     try:
         bad, named = _check_rows(entries, report, progress)
     except rows.DatabaseDamaged as exc:
@@ -120,6 +123,19 @@ def _verify(directory: Path, entries: Path, report: VerifyReport, repair: bool, 
         _count_removed(directory, removed)
         report.repaired = True
     return report
+
+
+def _check_lock_file(directory: Path, report: VerifyReport, repair: bool) -> None:
+    """A directory, FIFO, socket, device or link where the writer lock file belongs (no writer can lock the
+    cache: each refuses it) is reported as untrusted; `repair` removes it (a writer makes the file again)."""
+    kind = writers.lock_kind(directory)
+    if kind is None:
+        return
+    report._note("untrusted", directory / writers.LOCK_NAME, f"{kind}, not a regular file: something was planted "
+                                                              f"where the cache's writer lock belongs, and no writer can "
+                                                              f"lock the cache; --repair removes it")
+    if repair and writers.remove_bad_lock(directory):
+        report.repaired = True
 
 
 def _check_settings(directory: Path, report: VerifyReport) -> dict[str, list]:

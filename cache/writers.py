@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import sqlite3
 import stat
 import time
@@ -100,7 +101,7 @@ def open_writer(folder: Path, lock: bool | None = None, **settings) -> diskcache
         cache = _LockedCache(str(folder), disk=SafeDisk, **settings)
         cache._release, fd = weakref.finalize(cache, os.close, fd), None
         return cache
-    except (rows.DatabaseDamaged, CacheWriteError):
+    except (rows.DatabaseDamaged, CacheWriteError):  # its message names the folder (a planted lock: the file and the fix)
         raise
     except sqlite3.OperationalError as exc:  # locked, read-only, disk full
         raise write_error(rows.cache_root(folder), exc) from exc
@@ -116,9 +117,13 @@ def open_writer(folder: Path, lock: bool | None = None, **settings) -> diskcache
 def _open_lock(directory: Path, create: bool) -> int | None:
     """A descriptor of the cache's lock file (read-only: flock needs no write access, so a team cache's
     members share one file), created when missing if `create`, else None when missing. A link planted in
-    its place is removed (never followed) and the file made; anything else but a regular file is refused."""
+    its place is removed (never followed) and the file made; anything else but a regular file (a directory,
+    a FIFO: opened without blocking, if at all) is refused with a `CacheWriteError` naming it and the fix."""
     path = Path(directory) / LOCK_NAME
     for _ in range(3):
+        problem = lock_problem(directory, links=False)
+        if problem:  # never opened: opening a device or a FIFO can have effects of its own
+            raise _bad_lock(directory, problem)
         try:
             fd = os.open(path, _LOCK_FLAGS | (os.O_CREAT if create else 0), 0o666)
         except FileNotFoundError:
@@ -126,15 +131,73 @@ def _open_lock(directory: Path, create: bool) -> int | None:
                 raise
             return None
         except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):  # replaced since it was looked at
+                raise _bad_lock(directory, lock_problem(directory, links=False) or f"{path} cannot be opened "
+                                f"as a file ({os.strerror(exc.errno)})") from None
             if exc.errno != errno.ELOOP or not create:
                 raise
             os.unlink(path)  # the planted link itself
             continue
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
             return fd
         os.close(fd)
-        raise OSError(errno.EINVAL, f"{path} is not a regular file (the cache's writer lock always is); remove it")
+        raise _bad_lock(directory, f"{path} is {_kind(mode)}, not a regular file")
     raise OSError(errno.ELOOP, f"{path} keeps being replaced by a symbolic link")
+
+
+def _kind(mode: int) -> str:
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file")
+
+
+def lock_kind(directory: Path, links: bool = True) -> str | None:
+    """What sits where the cache's writer lock file belongs when it is not a regular file ("a directory",
+    "a FIFO", ...), else None (absent, or a regular file). Looked at with lstat only (never opened, never
+    followed). `links`: count a symbolic link too (a writer replaces one by the file, never following it;
+    `verify` reports it as planted)."""
+    try:
+        mode = os.lstat(Path(directory) / LOCK_NAME).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and not links):
+        return None
+    return _kind(mode)
+
+
+def lock_problem(directory: Path, links: bool = True) -> str | None:
+    """`lock_kind` as a sentence naming the file, or None."""
+    kind = lock_kind(directory, links)
+    return None if kind is None else f"{Path(directory) / LOCK_NAME} is {kind}, not a regular file"
+
+
+def _bad_lock(directory: Path, problem: str) -> CacheWriteError:
+    """Something other than a regular file sits where the lock belongs: no writer can lock the cache. Its own
+    message (not `write_error`'s, which would blame the disk) names the file and the fix."""
+    error = CacheWriteError(f"the sr-augment cache {directory} cannot be locked for writing: its writer lock {problem} "
+                            f"(the lock is always one; something was planted in its place). Nothing was written. "
+                            f"Remove it: `sr-augment verify --repair --cache-dir {directory}` (or `sr-augment clear`) does.")
+    error.errno = errno.EINVAL
+    return error
+
+
+def remove_bad_lock(directory: Path) -> str | None:
+    """Remove what sits where the cache's writer lock belongs when it is not a regular file (a link: the
+    link itself; a directory: with what it holds, never following a link in it); returns what was wrong,
+    or None when nothing was. Safe while writers run: none can hold a lock on such a thing."""
+    problem = lock_problem(directory)
+    if problem is None:
+        return None
+    path = Path(directory) / LOCK_NAME
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)  # fd-based on Linux: a link inside is removed, never followed
+        else:
+            os.unlink(path)  # unlink never follows a link
+    except FileNotFoundError:
+        pass
+    return problem
 
 
 def hold_shared(directory: Path) -> int:
@@ -175,6 +238,8 @@ def exclusive(directory: Path, required: bool = True, create: bool = True):
             yield True
             return
         if required:
+            if isinstance(exc, CacheWriteError):  # a planted lock: names the file and the fix already
+                raise
             raise write_error(directory, exc) from exc
         fd = None
     if fd is not None:
