@@ -102,6 +102,11 @@ class Reader:
                 found[key] = Row(*row)
         return found
 
+    def keys(self) -> list[str]:
+        """Every stored text key, oldest first (a pickled key is never read, so never unpickled)."""
+        return [key for (key,) in self._query("SELECT key FROM Cache WHERE raw = 1 ORDER BY rowid")
+                if isinstance(key, str)]
+
     def data(self, row: Row) -> bytes:
         """The bytes a row stores; `UntrustedRow` for a refused shape, FileNotFoundError for a lost file."""
         return rows.row_value(self.folder, row.mode, row.filename, row.value)

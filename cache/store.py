@@ -198,6 +198,27 @@ class SRCache:
     def __contains__(self, key: str) -> bool:
         return self._reader.row(key) is not None
 
+    def keys(self) -> list[str]:
+        """The keys of every stored entry, oldest first: a snapshot read without decoding anything or
+        counting a hit or miss. With `record(key)` it lists what the cache holds (tests, audits).
+
+        Example:
+            >>> import numpy as np, tempfile
+            >>> from sr_augment import get_engine
+            >>> cache = SRCache(tempfile.mkdtemp())
+            >>> key = cache.put(np.zeros((8, 8, 3), np.uint8), get_engine("bicubic"), np.zeros((32, 32, 3), np.uint8))
+            >>> cache.keys() == [key] and key in cache and len(cache) == 1
+            True
+        """
+        return self._reader.keys()
+
+    def record(self, key: str) -> bytes | None:
+        """The record stored under `key` (the bytes `add_record` takes; `sr_augment.cache.codec.decode`
+        gives its pixels), or None when none is. Not checked or counted as a hit or miss; a row refused
+        by shape or whose value file is gone is removed, as a lookup would, and reads as None."""
+        found = self._fetch(key)
+        return None if found is None else found[1]
+
     # -- writes ----------------------------------------------------------------------------------------
     def put(self, image: ImageInput, engine, result: np.ndarray, mode: str = "upscale", variant: int = 0) -> str:
         """Store a result computed elsewhere; returns its key."""

@@ -85,11 +85,11 @@ def _stored(cache_dir: Path, files, variants: int) -> tuple[list[str], dict[str,
     """Every key in the cache, and the expected result of every entry of `files`."""
     engine = SlowEngine()
     with SRCache(cache_dir) as cache:
-        keys = list(cache._entries.iterkeys())
+        keys = cache.keys()
         expected = {cache.key(load_image(p), engine, variant=v): bicubic_resize(load_image(p), 4)
                     for p in files for v in range(variants)}
         for key in keys:
-            assert np.array_equal(decode(cache._entries[key]), expected[key])  # intact and the right pixels
+            assert np.array_equal(decode(cache.record(key)), expected[key])  # intact and the right pixels
     return keys, expected
 
 

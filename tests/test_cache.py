@@ -98,9 +98,9 @@ def test_damaged_entry_is_detected_counted_and_regenerated(cache, rng):
     image = _image(rng)
     good = cache.get_or_create(image, engine)
     key = cache.key(image, engine)
-    record = bytearray(cache._entries[key])
+    record = bytearray(cache.record(key))
     record[len(record) // 2] ^= 0x01  # one flipped bit on disk
-    cache._entries.set(key, bytes(record))
+    cache._entries.set(key, bytes(record))  # diskcache's own writer: the public API never stores a damaged record
     assert cache.get(image, engine) is None
     assert cache.stats().damaged == 1 and key not in cache
     again = cache.get_or_create(image, engine)
@@ -119,6 +119,25 @@ def test_put_stores_a_result_computed_elsewhere_under_its_key(cache, rng):
     with pytest.raises(DamagedEntry):  # a 4-channel result does not round-trip as RGB: refused, not stored
         cache.put(image, engine, _image(rng, 12, 10)[..., [0, 1, 2, 0]], mode="resynthesize")
     assert cache.key(image, engine, mode="resynthesize") not in cache and len(cache) == 1
+
+
+def test_keys_and_record_list_what_is_stored_without_counting(cache_dir, rng):
+    engine = CountingEngine()
+    images = [_image(rng) for _ in range(3)]
+    with SRCache(cache_dir) as cache:
+        assert cache.keys() == [] and cache.record("0" * 32 + ":0") is None
+        made = cache.get_or_create_many(images, engine, variants=[0, 1, 0])
+        keys = [cache.key(image, engine, variant=v) for image, v in zip(images, [0, 1, 0])]
+        assert cache.keys() == keys and len(cache) == 3 and all(key in cache for key in keys)  # oldest first
+        assert all(np.array_equal(decode(cache.record(key)), out) for key, out in zip(keys, made))
+        stats = cache.stats()
+        assert (stats.hits, stats.misses) == (0, 3)  # listing and reading records count no hit or miss
+        first = cache.record(keys[0])
+    with SRCache(cache_dir, read_only=True) as reader:  # read-only: the same entries
+        assert reader.keys() == keys and reader.record(keys[0]) == first
+    with SRCache(cache_dir) as writer:
+        assert writer.add_record("f" * 32 + ":9", first)  # a record moves as it is
+        assert writer.keys() == keys + ["f" * 32 + ":9"]
 
 
 @pytest.mark.parametrize("damage", [lambda r: r[:-7], lambda r: b"XXXX" + r[4:], lambda r: r[:8] + b"\0" * (len(r) - 8)])

@@ -146,9 +146,9 @@ def test_warm_detects_and_regenerates_a_damaged_entry(capsys, cache_dir, tmp_pat
     _warm(capsys, tmp_path, "--cache-dir", cache_dir, "--engine", "bicubic")
     with SRCache(cache_dir) as cache:
         key = cache.key(pixels, BicubicEngine())
-        record = bytearray(cache._entries[key])
+        record = bytearray(cache.record(key))
         record[-3] ^= 0x10
-        cache._entries.set(key, bytes(record))
+        cache._entries.set(key, bytes(record))  # diskcache's own writer: the public API never stores a damaged record
     code, report, _ = _warm(capsys, tmp_path, "--cache-dir", cache_dir, "--engine", "bicubic")
     assert code == 0 and report["generated"] == 1 and report["cached"] == 0
     with SRCache(cache_dir) as cache:

@@ -98,10 +98,10 @@ def test_two_warms_and_four_dataloader_workers_share_one_cache(tmp_path, rng, mo
     engine = SlowEngine()
     with SRCache(cache_dir) as cache:
         expected = {cache.key(image, engine, variant=v): bicubic_resize(image, 4) for image in images for v in range(2)}
-        keys = list(cache._entries.iterkeys())
+        keys = cache.keys()
         assert sorted(keys) == sorted(expected)  # exactly 80 entries: none lost, none extra
         for key in keys:
-            assert np.array_equal(decode(cache._entries[key]), expected[key])
+            assert np.array_equal(decode(cache.record(key)), expected[key])
         stats = cache.stats()
     assert stats.generated == len(done) and stats.damaged == 0  # counters from every process arrived
     rerun = subprocess.run([sys.executable, "-m", "sr_augment.cli", "warm", str(every), "--engine", "faults:SlowEngine",

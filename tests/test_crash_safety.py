@@ -68,10 +68,10 @@ def _check_every_entry(cache_dir, pixels: dict[str, np.ndarray], variants: int) 
     with SRCache(cache_dir) as cache:
         expected = {cache.key(image, engine, variant=v): bicubic_resize(image, 4)
                     for image in pixels.values() for v in range(variants)}
-        keys = list(cache._entries.iterkeys())
+        keys = cache.keys()
         for key in keys:
             assert key in expected, f"unexpected key {key}"
-            assert np.array_equal(decode(cache._entries[key]), expected[key]), key
+            assert np.array_equal(decode(cache.record(key)), expected[key]), key
         return len(keys)
 
 

@@ -122,7 +122,7 @@ def test_warm_over_every_hostile_file_reports_the_bad_ones_and_caches_the_rest(h
     with SRCache(cache_dir) as cache:
         for name in GOOD:  # each good file's entry holds its SR image, 4x its normalised size
             image = load_image(hostile_folder / name)
-            record = cache._entries[cache.key(image, engine)]
+            record = cache.record(cache.key(image, engine))
             assert decode(record).shape == (image.shape[0] * 4, image.shape[1] * 4, 3)
         assert len(cache) == len(GOOD) and cache.stats().damaged == 0
 
@@ -137,7 +137,7 @@ def test_bad_tensors_through_both_adapters_leave_the_cache_as_it_was(cache_dir):
     transform = TorchSRAugment(engine="bicubic", scale=2, cache_dir=cache_dir)
     transform(torch.from_numpy(good).permute(2, 0, 1))
     with SRCache(cache_dir) as cache:
-        before = {key: cache._entries[key] for key in cache._entries.iterkeys()}
+        before = {key: cache.record(key) for key in cache.keys()}
     assert len(before) == 1
     bad_tensors = [torch.full((3, 4, 4), 2.0), torch.full((3, 4, 4), -0.5), torch.full((3, 4, 4), float("nan")),
                    torch.zeros(2, 8, 8, dtype=torch.uint8), torch.zeros(1, 1, 3, 8, 8), torch.zeros(8, 8)]
@@ -151,7 +151,7 @@ def test_bad_tensors_through_both_adapters_leave_the_cache_as_it_was(cache_dir):
         with pytest.raises((ValueError, TypeError)):
             layer(tf.constant(bad))
     with SRCache(cache_dir) as cache:
-        after = {key: cache._entries[key] for key in cache._entries.iterkeys()}
+        after = {key: cache.record(key) for key in cache.keys()}
         assert after == before and cache.stats().damaged == 0
         assert np.array_equal(decode(after[cache.key(good, BicubicEngine(2))]), BicubicEngine(2).upscale([good], [0])[0])
 

@@ -110,7 +110,7 @@ def _assert_the_first_answer_stays(out: Path, local_dir: Path, local_answers: di
         assert (report.copied, report.present, report.refused) == (0, len(local_answers), 0)
         assert len(local) == len(local_answers)
         for key, pixels in local_answers.items():
-            np.testing.assert_array_equal(codec.decode(local._entries[key]), pixels)
+            np.testing.assert_array_equal(codec.decode(local.record(key)), pixels)
 
 
 def test_the_cli_warms_on_ray_into_shards_that_import_as_a_local_cache_names_a_bad_file_and_reruns_write_nothing(
