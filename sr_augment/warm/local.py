@@ -29,7 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sr_augment.cache.disk import CacheWriteError
-from sr_augment.cache.store import EntryRequest
+from sr_augment.errors import CacheInUse
+from sr_augment.cache.results import EntryRequest
 from sr_augment.engines.base import warn_deterministic_variants
 from sr_augment.images import ImageDecodeError, iter_image_files, load_image, to_rgb
 
@@ -233,15 +234,31 @@ def warm_items(items: Iterable[tuple[object, Loader]], engine, cache, *, mode: s
 def _hold_writer(cache) -> None:
     """Open the cache's entries for writing, and with them its writer lock, before anything is planned:
     from here on a `clear` refuses (naming this run), so no entry this run counts as cached or generated
-    can be removed under it. A read-only cache is left alone (a fully warm one still reports all cached)."""
+    can be removed under it. A read-only cache is left alone (a fully warm one still reports all cached).
+    A cache that cannot be opened for writing now (a full disk, where SQLite cannot even make its -wal
+    file) is read like a read-only one: a warm with nothing to generate needs no write and succeeds; the
+    first batch to generate opens the writer again and stops the run with the error. A `clear` running
+    (`CacheInUse`) still stops it: planning while the entries are removed would count them as cached."""
     if not getattr(cache, "read_only", True) and callable(getattr(cache, "_writer", None)):
-        cache._writer("entries")
+        try:
+            cache._writer("entries")
+        except CacheInUse:
+            raise
+        except CacheWriteError:
+            pass
 
 
 def _remember_engine_identity(cache, engine) -> None:
     """Record the engine's identity in the cache (the engine service package keeps the format), so an
     adapter on this warmed cache, even a copy of it elsewhere, never starts the engine service."""
-    from sr_augment.service.identity import remember_engine_identity
+    from sr_augment.service.identity import load_identity, remember_engine_identity
 
-    if getattr(cache, "directory", None) is not None:
-        remember_engine_identity(cache.directory, engine)
+    directory = getattr(cache, "directory", None)
+    if directory is None:
+        return
+    config = getattr(engine, "service_config", None)
+    if isinstance(config, dict):  # recorded already (same settings, version and weights): nothing to write
+        current = {"name": str(engine.name), "scale": int(engine.scale), "fingerprint": str(engine.fingerprint)}
+        if load_identity(directory, config) == current:
+            return
+    remember_engine_identity(directory, engine)
