@@ -7,13 +7,14 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+from PIL import ExifTags, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from sr_augment.augment import AugmentCore
 from sr_augment.engines import DEFAULT_ENGINE
-from sr_augment.images import ImageShapeError, array_to_rgb, pil_to_rgb
+from sr_augment.images import ImageShapeError, array_to_rgb, pil_to_rgb, resize
 from sr_augment.torch_transforms import samples
 from sr_augment.torch_transforms.rng import TransformRNG
 
@@ -55,9 +56,19 @@ class SRAugment(v2.Transform):
     the cache see uint8 (uint16: value / 257 rounded; float: value x 255 rounded); results come back x
     257 (uint16) or / 255 (float). Other dtypes raise `TypeError`. An image that is not augmented in
     `resynthesize` mode comes back with its own values exactly (no 8-bit rounding); when no image of
-    the call is augmented, the input itself is returned. 1- and 4-channel inputs become RGB (gray
+    the call is augmented, the input itself is returned. 1- and 4-channel tensors become RGB (gray
     repeated, alpha dropped). Shape: `upscale` multiplies H and W by `scale`,
     `resynthesize` keeps them, and `output_size` (int or (h, w)) resizes the result.
+
+    PIL images: one that `resynthesize` mode does not augment comes back as it is, the same object, in its own
+    mode and range; one with an EXIF orientation comes back as a new image turned upright in its own mode, since
+    an augmented one is turned too. With `output_size` it is resized in its own mode (bicubic, Pillow's
+    `Image.resize`), except modes "1" and "P", which Pillow resizes only nearest-neighbour: those come back RGB,
+    resized like an augmented image. An augmented PIL image, and every PIL image in `upscale` mode (one not
+    picked gets the bicubic result), comes back RGB, its pixels what the engine saw: "L", "1" and 16/32-bit
+    "I;16"/"I" gray repeated ("I;16" and "I" scaled by 1/257, "I" values over 65535 clipped); "F" read on the
+    0-255 scale (rounded, clipped); "LA", "RGBA" and "P" (its transparency too) with alpha dropped; "CMYK" and
+    other modes as `Image.convert("RGB")`.
 
     Samples (tuples, dicts, e.g. `(image, {"boxes": ..., "masks": ..., "labels": ...})`): as torchvision's
     geometric transforms, only images are super-resolved (PIL, `tv_tensors.Image`, and a plain tensor
@@ -153,6 +164,8 @@ class SRAugment(v2.Transform):
         if not samples.is_image(inpt):
             return inpt
         if isinstance(inpt, PIL.Image.Image):
+            if self.core.mode == "resynthesize" and not params["augment"][0]:
+                return self._pil_not_augmented(inpt)
             return PIL.Image.fromarray(self._many([pil_to_rgb(inpt)], params)[0])
         if inpt.ndim == 3:
             out = self._tensor_images(inpt[None], params)[0]
@@ -190,6 +203,21 @@ class SRAugment(v2.Transform):
             if result is None:  # not augmented: its own values, exactly (RGB: gray repeated, alpha dropped)
                 out[i] = source[i].expand(3, -1, -1) if source.shape[1] == 1 else source[i, :3]
         return out.to(batch.device)
+
+    def _pil_not_augmented(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        """A PIL image `resynthesize` mode did not pick: the image itself; turned upright first when its
+        EXIF orientation says so (as an augmented one is, so both come back the same way up); resized
+        to `output_size` in its own mode (bicubic), except modes "1" and "P", which Pillow resizes only
+        nearest-neighbour: those take the RGB path an augmented image takes."""
+        image.load()  # some formats (PNG) read their EXIF with the pixels
+        if image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9):
+            image = ImageOps.exif_transpose(image)
+        size = self.core.output_size
+        if size is None or (image.height, image.width) == tuple(size):
+            return image
+        if image.mode in ("1", "P"):
+            return PIL.Image.fromarray(resize(pil_to_rgb(image), size))
+        return image.resize((size[1], size[0]), resample=PIL.Image.BICUBIC)
 
     def _many(self, images: list[np.ndarray], params: dict[str, Any]) -> list[np.ndarray]:
         results = self.core.apply_many(images, params)
