@@ -1,4 +1,4 @@
-"""The training-node path (issue 14): warm with the CLI, export shards, import them into a fresh cache on the
+"""The training-node path: warm with the CLI, export shards, import them into a fresh cache on the
 node, and train with `on_miss="error"` through real DataLoader workers: every lookup is a hit. A
 read-only copy of a cache serves the same loader and is left unchanged."""
 
