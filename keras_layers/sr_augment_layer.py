@@ -216,6 +216,14 @@ class SRAugment(keras.layers.Layer):
 
         return warm_layer(self, data, batch_size=batch_size, progress=progress)
 
+    def rgb_images(self, images) -> np.ndarray:
+        """The conversion hook: the uint8 HWC RGB images this layer keys for one image or a batch (numpy
+        or an eager tensor, in `value_range`), as an NHWC uint8 array, with the checks and conversion its
+        lookups run. `warm` calls it; nothing is looked up or drawn."""
+        array = np.asarray(images)
+        check_input(array.dtype.name, array.ndim, array.shape[-1] if array.ndim else None, array.shape)
+        return to_uint8(array if array.ndim == 4 else array[None], self.value_range)
+
     # -- the work --------------------------------------------------------------------------------------
     def _call_images(self, inputs, training):
         if not training and self.core.mode == "resynthesize" and self.core.output_size is None:
@@ -274,8 +282,7 @@ class SRAugment(keras.layers.Layer):
     def _augment_batch(self, batch: np.ndarray, draw: bool = True) -> np.ndarray:
         """NHWC in `value_range` in, NHWC results of the same dtype and range out. `draw=False`
         (inference) gives every image the stand-in of an image that is not augmented."""
-        check_input(batch.dtype.name, batch.ndim, batch.shape[-1], batch.shape)
-        images = to_uint8(batch, self.value_range)
+        images = self.rgb_images(batch)
         shape = self._batch_shape(batch.shape)
         if len(images) == 0:
             return np.zeros(shape, batch.dtype)

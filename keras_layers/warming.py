@@ -2,9 +2,9 @@
 layer's own code.
 
 Elements may be images (batched or not), `(images, labels, ...)` tuples, or Keras' dict convention
-(`{"images": ...}`). Each batch goes through the layer's own `_augment_batch` (dtype checks,
-`value_range` to uint8) under `AugmentCore.collect()`, so the warmed keys are the ones the layer will
-look up (see `sr_augment.warm.pipeline`). Nothing is drawn from the layer's `SeedGenerator`. Runs
+(`{"images": ...}`). Each batch goes through the layer's conversion hook `rgb_images` (dtype checks,
+`value_range` to uint8), the code its lookups run, so the warmed keys are the ones the layer will look
+up (see `sr_augment.warm.pipeline`). Nothing is drawn from the layer's `SeedGenerator`. Runs
 eagerly; imports neither torch nor (unless `data` is a tf.data dataset, which brings it) TensorFlow.
 """
 
@@ -15,8 +15,7 @@ import sys
 import numpy as np
 
 from sr_augment.keras_layers import dict_inputs
-from sr_augment.keras_layers.pixels import check_input
-from sr_augment.warm.pipeline import collected, warm_through
+from sr_augment.warm.pipeline import adapter_images, warm_through
 from sr_augment.warm import WarmReport
 
 
@@ -33,10 +32,7 @@ def element_images(element):
 
 def batch_images(layer, images) -> list:
     """The uint8 HWC RGB images `layer` would look up for one image or batch (numpy or tensor)."""
-    array = np.asarray(images)
-    check_input(array.dtype.name, array.ndim, array.shape[-1] if array.ndim else None, array.shape)
-    batch = array if array.ndim == 4 else array[None]
-    return collected(layer.core, lambda: layer._augment_batch(batch, draw=False))
+    return adapter_images(layer, [images])
 
 
 def _sources(layer, data, batch_size: int):

@@ -2,10 +2,9 @@
 
 The adapters only convert their framework's image types to uint8 HWC RGB numpy and back, and draw
 `p` and the variant index from their framework's RNG. Everything else happens here, framework-free:
-cache lookup, the `on_miss` policy, and the final `output_size` resize. Two more things live here because
-both adapters need them: `collect()`, which lets `SRAugment.warm` run an adapter's own conversion code
-and see the exact uint8 images the lookups would key, and the per-process lookup count behind
-`CacheMissRateWarning` (a pipeline that keeps missing a warmed cache).
+cache lookup, the `on_miss` policy, and the final `output_size` resize. Each lookup is counted for
+`CacheMissRateWarning` (`sr_augment.miss_rate`). Warming is not here: `SRAugment.warm` calls the
+adapter's conversion hook (`rgb_images`) and warms those images (`sr_augment.warm.pipeline`).
 
 Engines: "bicubic" (and any `Engine` object passed in) runs inline; every other spec runs in the shared
 engine service (`sr_augment.service`), so this process never imports torch for it and N data-loading
@@ -14,10 +13,8 @@ workers share one model. Cache and engine are created lazily, per process, and d
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-import warnings
 from typing import Any
 
 import numpy as np
@@ -27,15 +24,11 @@ from sr_augment.engines import BicubicEngine, DEFAULT_ENGINE, check_spec
 from sr_augment.engines.base import warn_deterministic_variants
 from sr_augment.errors import CacheMissRateWarning  # noqa: F401  (defined in errors, named here too)
 from sr_augment.images import resize
+from sr_augment.miss_rate import MISS_WARNING_HIT_RATE, MISS_WARNING_LOOKUPS, MissRate  # noqa: F401
 from sr_augment.modes import check_mode, engine_input, mode_result
 
 ON_MISS = ("generate", "passthrough", "error")
 _STATE_LOCK = threading.Lock()
-_COLLECTING = threading.local()  # {id(core): [images]} while `AugmentCore.collect` runs in this thread
-MISS_WARNING_LOOKUPS = 200
-"""Lookups of one process after which (and every as many more) its hit rate is checked."""
-MISS_WARNING_HIT_RATE = 0.05
-"""A hit rate under this, on a cache that holds entries of the engine, raises `CacheMissRateWarning`."""
 
 
 class _CountingEngine:
@@ -101,7 +94,7 @@ class AugmentCore:
     def _local(self) -> dict:
         with _STATE_LOCK:
             if self._state.get("pid") != os.getpid():
-                self._state = {"pid": os.getpid(), "lock": threading.Lock()}
+                self._state = {"pid": os.getpid(), "lock": threading.Lock(), "miss_rate": MissRate()}
             return self._state
 
     @property
@@ -148,10 +141,6 @@ class AugmentCore:
 
     def apply(self, image: np.ndarray, variant: int) -> np.ndarray:
         """The SR result of one uint8 HWC RGB image for `variant`, per the `on_miss` policy."""
-        sink = self._sink()
-        if sink is not None:
-            sink.append(image)
-            return self._stand_in(image)
         if self.on_miss == "generate":
             return self.apply_many([image], {"augment": [True], "variant": [variant]})[0]
         return self._apply_looked_up(image, variant, self.cache.get(image, self.engine, self.mode, variant))
@@ -180,10 +169,6 @@ class AugmentCore:
         upscale mode (every output has one shape); in resynthesize mode None, meaning "the input
         itself", or the input resized when `output_size` is set."""
         augment, variants = check_params(params, len(images))
-        sink = self._sink()
-        if sink is not None:  # `collect`: record what would be looked up, return stand-ins of the right shape
-            sink.extend(images)
-            return [self._stand_in(image) for image in images]
         results: list = [None] * len(images)
         picked = [i for i in range(len(images)) if augment[i]]
         if picked and self.on_miss == "generate":
@@ -205,71 +190,9 @@ class AugmentCore:
                     results[i] = self.resize_output(images[i])
         return results
 
-    # -- warm: see the images an adapter would look up ---------------------------------------------------
-    @contextlib.contextmanager
-    def collect(self):
-        """While active (in this thread only: a training pipeline's threads are untouched), `apply` and
-        `apply_many` look nothing up: they record the uint8 images they receive in the list this yields
-        and return stand-ins of the result's shape. `SRAugment.warm` runs an adapter's own conversion
-        code under it, so it warms exactly the keys the adapter will look up."""
-        sinks = _COLLECTING.__dict__.setdefault("sinks", {})
-        seen: list[np.ndarray] = []
-        previous = sinks.get(id(self))
-        sinks[id(self)] = seen
-        try:
-            yield seen
-        finally:
-            if previous is None:
-                sinks.pop(id(self), None)
-            else:
-                sinks[id(self)] = previous
-
-    def _sink(self) -> list | None:
-        sinks = getattr(_COLLECTING, "sinks", None)
-        return sinks.get(id(self)) if sinks else None
-
-    def _stand_in(self, image: np.ndarray) -> np.ndarray | None:
-        if self.mode == "resynthesize" and self.output_size is None:
-            return None  # the input itself
-        return np.zeros(self.result_shape(*image.shape[:2]), np.uint8)
-
-    # -- the miss-rate warning -------------------------------------------------------------------------
     def _count_lookups(self, lookups: int, misses: int) -> None:
-        state = self._local()
-        with state["lock"]:
-            state["lookups"] = state.get("lookups", 0) + lookups
-            state["misses"] = state.get("misses", 0) + misses
-            due = not state.get("miss_warned") and state["lookups"] >= state.get("next_check", MISS_WARNING_LOOKUPS)
-            if due:
-                state["next_check"] = state["lookups"] + MISS_WARNING_LOOKUPS
-            lookups, misses = state["lookups"], state["misses"]
-        if due and lookups - misses < MISS_WARNING_HIT_RATE * lookups:
-            self._warn_miss_rate(state, lookups, misses)
-
-    def _warn_miss_rate(self, state: dict, lookups: int, misses: int) -> None:
-        """Warn once when the cache holds entries of this engine that this process did not make (so
-        it was warmed, or earlier processes stored them) and still nearly every lookup misses."""
-        if "held" not in state:  # computed once per process: the engine's entries made elsewhere
-            try:
-                stats = self.cache.stats()
-                made = stats.engines.get(self.engine.fingerprint, {}).get("generated", 0)
-            except Exception:  # the warning is advice: never let it break training
-                made = 0
-            own = misses if self.on_miss == "generate" else 0
-            state["held"] = max(0, made - own)
-        if not state["held"] or state.get("miss_warned"):
-            return
-        state["miss_warned"] = True
-        warnings.warn(
-            f"SRAugment: {misses} of the {lookups} cache lookups of this process missed, although the cache "
-            f"{self.cache.directory} holds about {state['held']} entries of engine {self.engine.name!r} made "
-            f"before: the pixels SRAugment receives are not the ones that were warmed. Likely cause: a random "
-            f"transform before SRAugment (RandomResizedCrop, RandomCrop, a flip, colour jitter), or another "
-            f"resize than the warm used (tf.image.resize, Keras Resizing, OpenCV or tensor resizing vs "
-            f"`sr-augment warm --resize`). Fix: put SRAugment right after decoding and deterministic resizing "
-            f"(random transforms after it), and warm through the pipeline itself: "
-            f"SRAugment(...).warm(dataset_before_sraugment).",
-            CacheMissRateWarning, stacklevel=2)
+        """Count lookups and misses of this process for `CacheMissRateWarning` (`sr_augment.miss_rate`)."""
+        self._local()["miss_rate"].count(self, lookups, misses)
 
     def bicubic(self, image: np.ndarray) -> np.ndarray:
         """The bicubic stand-in for a miss: same mode, same shape as the SR result."""

@@ -3,7 +3,7 @@ transform does.
 
 Which items of a sample are images is decided by the transform's own v2 machinery (`tree_flatten`,
 `_needs_transform_list`: PIL images and `tv_tensors.Image`, else the first plain tensor), and each is
-converted by the transform's own `transform` method under `AugmentCore.collect()`, so the warmed keys
+converted by the transform's conversion hook `rgb_images`, the code its lookups run, so the warmed keys
 are the ones the transform will look up (see `sr_augment.warm.pipeline`). Nothing is drawn from the
 transform's RNG.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils._pytree import tree_flatten
 
-from sr_augment.warm.pipeline import collected, indexed, warm_through
+from sr_augment.warm.pipeline import adapter_images, indexed, warm_through
 from sr_augment.torch_transforms import samples
 from sr_augment.warm import WarmReport
 
@@ -26,14 +26,7 @@ def sample_images(transform, sample: Any) -> list:
     transform.check_inputs(flat)
     images = [item for item, needed in zip(flat, transform._needs_transform_list(flat))
               if needed and samples.is_image(item)]
-
-    def convert() -> None:
-        for image in images:
-            count = samples.image_count(image)
-            transform.transform(image, {"augment": [True] * count, "variant": [0] * count,
-                                        "image_size": samples.image_size(image)})
-
-    return collected(transform.core, convert)
+    return adapter_images(transform, images)
 
 
 def warm_transform(transform, data, *, batch_size: int = 8, progress: bool = True) -> WarmReport:

@@ -1,10 +1,11 @@
 """`SRAugment.warm`: warm the cache through the training pipeline itself, with exactly the adapter's keys.
 
 The key is the pixels SRAugment receives after the adapter's own conversion (PIL, tensors, `value_range`
-...). Rather than re-implement that conversion, each adapter runs its real conversion code on every
-image under `AugmentCore.collect()`, which records the uint8 images the lookups would key instead of
-looking them up; those go through `warm.warm_items` (batched misses, resume, progress bar, the
-`WarmReport` of the CLI), with the adapter's own cache, engine, mode, scale and variants.
+...). Rather than re-implement that conversion, each adapter exposes it as one conversion hook,
+`rgb_images(images) -> [uint8 HWC RGB arrays]`, the same code its lookups run (`AugmentCore` only looks
+up; it knows nothing of warming). The adapter's warming module finds the images of each sample and
+calls the hook (`adapter_images`); those go through `warm.warm_items` (batched misses, resume, progress
+bar, the `WarmReport` of the CLI), with the adapter's own cache, engine, mode, scale and variants.
 
 How to warm a pipeline: give `warm` what the pipeline feeds SRAugment, that is the dataset with the
 part of the transform that comes before SRAugment (decoding and deterministic resizing), e.g.
@@ -30,11 +31,10 @@ def warm_through(core, sources: Iterable[tuple[Any, Callable[[], list]]], *, tot
                       warn_deterministic=False)  # the adapter's constructor has said so
 
 
-def collected(core, convert: Callable[[], Any]) -> list:
-    """The uint8 images `core` receives while `convert()` runs the adapter's conversion code."""
-    with core.collect() as seen:
-        convert()
-    return list(seen)
+def adapter_images(adapter, images: Iterable[Any]) -> list:
+    """The uint8 HWC RGB images `adapter` keys for each of `images` (one image or a batch each), through
+    its conversion hook `rgb_images`: exactly the pixels its lookups will key."""
+    return [rgb for image in images for rgb in adapter.rgb_images(image)]
 
 
 def indexed(data) -> tuple[Iterator[tuple[str, Any]], int | None]:
