@@ -43,6 +43,31 @@ def from_uint8(stacked: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(stacked).to(wide).div_(255.0).to(dtype)
 
 
+def as_batch(inpt: torch.Tensor) -> torch.Tensor:
+    """A CHW image as a batch of one, an NCHW batch as it is (any other rank: `ImageShapeError`)."""
+    if inpt.ndim == 3:
+        return inpt[None]
+    if inpt.ndim == 4:
+        return inpt
+    raise ImageShapeError(f"SRAugment: expected a CHW image or an NCHW batch, got a tensor of shape "
+                          f"{tuple(inpt.shape)}")
+
+
+def check_batch(batch: torch.Tensor) -> None:
+    """An NCHW image batch SRAugment takes: 1, 3 or 4 channels, an image dtype (see `check_dtype`)."""
+    if batch.shape[1] not in (1, 3, 4):
+        raise ImageShapeError(f"SRAugment: expected 1, 3 or 4 channels (CHW), got shape {tuple(batch.shape[1:])}")
+    check_dtype(batch.dtype)
+
+
+def tensor_to_rgb(source: torch.Tensor) -> list[np.ndarray]:
+    """The uint8 HWC RGB images of a checked NCHW batch on the CPU (uint16: value / 257 rounded; float:
+    value x 255 rounded; gray repeated, alpha dropped)."""
+    # the engine side's numpy: uint8 and uint16 as they are, every float through float32 (numpy has no bfloat16)
+    arrays = (source.float() if source.is_floating_point() else source).permute(0, 2, 3, 1).numpy()
+    return [array_to_rgb(a, "SRAugment input tensor") for a in arrays]
+
+
 class SRAugment(v2.Transform):
     """Replace an image by a diffusion super-resolution sample of it, served from the SR cache.
 
@@ -167,30 +192,21 @@ class SRAugment(v2.Transform):
             if self.core.mode == "resynthesize" and not params["augment"][0]:
                 return self._pil_not_augmented(inpt)
             return PIL.Image.fromarray(self._many([pil_to_rgb(inpt)], params)[0])
+        out = self._tensor_images(as_batch(inpt), params)
         if inpt.ndim == 3:
-            out = self._tensor_images(inpt[None], params)[0]
-        elif inpt.ndim == 4:
-            out = self._tensor_images(inpt, params)
-        else:
-            raise ImageShapeError(f"SRAugment: expected a CHW image or an NCHW batch, got a tensor of shape "
-                                  f"{tuple(inpt.shape)}")
+            out = out[0]
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
     _transform = transform
 
     def _tensor_images(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-        if batch.shape[1] not in (1, 3, 4):
-            raise ImageShapeError(f"SRAugment: expected 1, 3 or 4 channels (CHW), got shape {tuple(batch.shape[1:])}")
-        check_dtype(batch.dtype)
+        check_batch(batch)
         if batch.shape[0] == 0:  # an empty batch: empty in the output's size
             size = tuple(batch.shape[2:])
             size = samples.output_size(size, self.core.mode, self.core.scale, self.core.output_size) or size
             return batch.new_empty((0, 3, *size))
         source = batch.detach().cpu()
-        # the engine side's numpy: uint8 and uint16 as they are, every float through float32 (numpy has no bfloat16)
-        arrays = (source.float() if source.is_floating_point() else source).permute(0, 2, 3, 1).numpy()
-        images = [array_to_rgb(a, "SRAugment input tensor") for a in arrays]
-        results = self.core.apply_many(images, params)
+        results = self.core.apply_many(tensor_to_rgb(source), params)
         if batch.shape[1] == 3 and all(result is None for result in results):
             return batch  # nothing augmented (resynthesize mode): the input itself, exactly
         size = next((result.shape[:2] for result in results if result is not None), tuple(batch.shape[2:]))
@@ -222,6 +238,16 @@ class SRAugment(v2.Transform):
     def _many(self, images: list[np.ndarray], params: dict[str, Any]) -> list[np.ndarray]:
         results = self.core.apply_many(images, params)
         return [image if result is None else result for image, result in zip(images, results)]
+
+    def rgb_images(self, inpt: Any) -> list[np.ndarray]:
+        """The conversion hook: the uint8 HWC RGB images this transform keys for one image (PIL, a CHW
+        image or an NCHW batch tensor, `tv_tensors.Image`), with the checks and conversion its lookups
+        run. `warm` calls it; nothing is looked up or drawn."""
+        if isinstance(inpt, PIL.Image.Image):
+            return [pil_to_rgb(inpt)]
+        batch = as_batch(inpt)
+        check_batch(batch)
+        return tensor_to_rgb(batch.detach().cpu())
 
     def warm(self, data, *, batch_size: int = 8, progress: bool = True):
         """Generate and cache every variant of every image in `data` that is not cached yet, with exactly
