@@ -27,7 +27,7 @@ import numpy as np
 from PIL import PngImagePlugin, WebPImagePlugin
 
 from sr_augment.cache import codec, entrymeta
-from sr_augment.cache.shards import FORMAT, IMAGE_EXTS, MEMBER, key_of, pixels_digest
+from sr_augment.cache.shards import CONFLICT, FORMAT, IMAGE_EXTS, MEMBER, key_of, pixels_digest
 from sr_augment.errors import Refused  # noqa: F401  (defined in errors, named here too)
 
 MAX_JSON_BYTES = 64 * 1024
@@ -98,6 +98,8 @@ def rebuild(sample: Sample, manifest_row: dict | None) -> bytes:
         raise Refused(present, "a sample needs one .json and one .webp or .png member; this one is incomplete")
     json_name, image_name = sample.members["json"], sample.members[image_ext]
     image = sample.data[image_ext]
+    if manifest_row is not None and manifest_row.get(CONFLICT):  # which of the two rows is true cannot be told
+        raise Refused(image_name, f"{manifest_row[CONFLICT]}; not imported")
     if manifest_row is not None:
         for ext, name in (("json", json_name), (image_ext, image_name)):
             column = "json" if ext == "json" else "image"

@@ -150,7 +150,8 @@ class ShardWriter:
         self.shards: list[str] = []
         self.samples = 0
         self.bytes = 0
-        self._index, self._file, self._tar, self._rows = 0, None, None, []
+        self._index, self._file, self._tar, self._rows, self._part = 0, None, None, [], None
+        self.leftovers = remove_leftovers(self.fs, self.root)  # of writers that crashed here, never a live one's
 
     def add(self, key: str, record: bytes) -> None:
         if not isinstance(key, str) or not entrymeta.KEY.fullmatch(key):
@@ -177,7 +178,10 @@ class ShardWriter:
         name = f"{self.prefix}-{self._index:06d}.tar"
         self._index += 1
         self.shards.append(name)
-        self._file = self.fs.open(f"{self.root}/{name}", "wb")
+        if _is_local(self.fs):  # a temporary name, renamed when complete: no cut-off shard under a final name
+            self._file, self._part = _temporary(self.root, name)
+        else:  # object stores have no rename: written in place, removed on failure (`abort`)
+            self._file = self.fs.open(f"{self.root}/{name}", "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.USTAR_FORMAT)
 
     def _member(self, name: str, data: bytes) -> tuple[int, str]:
@@ -193,24 +197,152 @@ class ShardWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        shard = f"{self.root}/{self.shards[-1]}"
         self._tar.close()
+        self._file.flush()
+        if self._part is not None:
+            os.replace(self._part, shard)  # still locked: a cleaner never takes a complete shard for a leftover
+            self._part = None
         self._file.close()
+        self._tar, self._file = None, None
         table = pa.Table.from_pylist(self._rows, schema=manifest_schema())
-        with self.fs.open(f"{self.root}/{MANIFEST_DIR}/{self.shards[-1][:-4]}.parquet", "wb") as fh:
-            pq.write_table(table, fh)  # after the tar: the manifest part is the shard's commit mark
-        self._tar, self._file, self._rows = None, None, []
+        manifest = f"{self.root}/{MANIFEST_DIR}/{self.shards[-1][:-4]}.parquet"
+        try:  # after the tar: the manifest part is the shard's commit mark
+            if _is_local(self.fs):
+                fh, part = _temporary(f"{self.root}/{MANIFEST_DIR}", posixpath.basename(manifest))
+                try:
+                    with fh:
+                        pq.write_table(table, fh)
+                    os.replace(part, manifest)
+                except BaseException:
+                    _remove(part)
+                    raise
+            else:
+                with self.fs.open(manifest, "wb") as fh:
+                    pq.write_table(table, fh)
+        except BaseException:  # not committed: the tar goes too, so nothing is left that no manifest lists
+            self.shards.pop()
+            try:
+                self.fs.rm(shard)
+            except OSError:
+                pass
+            raise
+        self._rows = []
 
     def close(self) -> list[str]:
-        """Finish the open shard; returns the shard names written (relative to `out`)."""
+        """Finish the open shard; returns the shard names written (relative to `out`). On an error (a full
+        disk) the open shard is removed (`abort`) before the error is raised."""
         if self._tar is not None:
-            self._finish_shard()
+            try:
+                self._finish_shard()
+            except BaseException:
+                self.abort()
+                raise
         return list(self.shards)
+
+    def abort(self) -> None:
+        """Drop the open shard (after a failed write, an interrupt): its partial tar is removed, committed
+        shards stay. Never raises."""
+        tar, fh, part = self._tar, self._file, self._part
+        self._tar, self._file, self._part, self._rows = None, None, None, []
+        if fh is None:
+            return
+        name = self.shards.pop()
+        for close in (getattr(tar, "close", None), fh.close):
+            try:  # the tar's close writes its end blocks: on a full disk it fails too
+                if close is not None:
+                    close()
+            except Exception:  # noqa: BLE001  (the file is dropped either way)
+                pass
+        if part is not None:
+            _remove(part)
+            return
+        try:
+            self.fs.rm(f"{self.root}/{name}")
+        except Exception:  # noqa: BLE001  (an object store may never have made it)
+            pass
 
     def __enter__(self) -> "ShardWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, *exc) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+LEFTOVER = re.compile(r"\.([A-Za-z0-9][A-Za-z0-9._-]{0,100}-[0-9]{6}\.(?:tar|parquet))\.[0-9a-f]{16}\.part")
+"""The temporary names a local `ShardWriter` writes a shard or manifest part under before renaming it."""
+
+
+def _temporary(folder: str, name: str):
+    """(a new file opened for writing, its path): `folder/.<name>.<16 hex>.part`, created exclusively
+    (O_EXCL | O_NOFOLLOW, so nothing planted there is written through) and locked (flock) for as long as
+    it is open, so `remove_leftovers` tells a crashed writer's file (unlocked) from a live one's."""
+    import fcntl
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = f"{folder}/.{name}.{secrets.token_hex(8)}.part"
+        fd = os.open(path, flags, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.samestat(os.fstat(fd), os.lstat(path)):  # not removed as a leftover before it was locked
+                return os.fdopen(fd, "wb"), path
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            _remove(path)
+            raise
+        os.close(fd)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_leftovers(fs, root: str) -> list[str]:
+    """Remove the temporary files (`LEFTOVER` names, regular files) that local shard writers which crashed
+    left under `root` and its manifest folder; a live writer's file is locked and stays. Returns the
+    paths removed. Object stores have none (shards are written in place there)."""
+    if not _is_local(fs):
+        return []
+    import fcntl
+
+    removed = []
+    for folder in (root, f"{root}/{MANIFEST_DIR}"):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if not LEFTOVER.fullmatch(name):
+                continue
+            path = f"{folder}/{name}"
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            except OSError:  # a link, gone meanwhile, not ours to read: left alone
+                continue
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # a live writer holds it
+                    continue
+                if os.path.samestat(os.fstat(fd), os.lstat(path)):
+                    os.unlink(path)
+                    removed.append(path)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+    return removed
 
 
 def _is_local(fs) -> bool:
@@ -260,16 +392,37 @@ def _manifest_parts(fs, root: str) -> tuple[list[tuple[str, list[dict]]], list[s
     return parts, problems
 
 
+def parts_listing(out: str, shard: str, storage_options: dict | None = None) -> list[str]:
+    """Names of the manifest parts under `out` with a row of `shard`."""
+    fs, root = filesystem(out, storage_options)
+    return sorted(posixpath.basename(path) for path, rows in _manifest_parts(fs, root)[0]
+                  if any(row["shard"] == shard for row in rows))
+
+
+CONFLICT = "conflict"
+"""The field `read_manifest` adds to the row of a key a shard's manifest lists twice with different rows."""
+
+
 def read_manifest(out: str, storage_options: dict | None = None, fs=None) -> tuple[dict[str, dict], list[str]]:
     """({shard name: {key: manifest row}}, problems) of the manifest parts under `out`. Parts that cannot
     be read, are not regular files or have the wrong columns are reported and ignored (their shards are
-    then read without the member checksums). With `fs`, `out` is a path on that filesystem."""
+    then read without the member checksums). With `fs`, `out` is a path on that filesystem.
+
+    A key listed twice for one shard with identical rows (a part copied twice, a row duplicated) is
+    harmless: one row stands for both. A key listed twice for one shard with different rows cannot be
+    told true from forged: its row carries `CONFLICT` (why), `import` refuses that sample by name and
+    `export` writes the shard again. One key in two shards is normal (a sample written again)."""
     fs, root = (fs, out) if fs is not None else filesystem(out, storage_options)
     parts, problems = _manifest_parts(fs, root)
     by_shard: dict[str, dict] = {}
     for _, rows in parts:
         for row in rows:
-            by_shard.setdefault(row["shard"], {})[row["key"]] = row
+            listed = by_shard.setdefault(row["shard"], {})
+            first = listed.get(row["key"])
+            if first is None:
+                listed[row["key"]] = row
+            elif {k: v for k, v in first.items() if k != CONFLICT} != row:
+                listed[row["key"]] = {**first, CONFLICT: "listed twice in the shard's manifest with different rows"}
     return by_shard, problems
 
 
@@ -299,28 +452,87 @@ def lost_shards(fs, root: str, by_shard: dict[str, dict]) -> dict[str, str]:
     return lost
 
 
+_MAX_JSON_MEMBER = 64 * 1024  # as `shard_reader.MAX_JSON_BYTES`: a JSON member is read whole to check it
+
+
+def _layout_problem(fh, rows: dict) -> str | None:
+    """Why the open shard `fh` does not hold exactly what its manifest rows list (None when it does): every
+    member a tar header of the listed name and size at the listed offset, one after the other from byte
+    0 with no member between them and the end of the archive after the last; each JSON member's bytes
+    match their SHA-256. Reads the tar headers and the small JSON members, never the images' pixels."""
+    members = []
+    for key, row in sorted(rows.items()):
+        if row.get(CONFLICT):
+            return f"its manifest lists {key} twice with different rows"
+        for column, exts in (("image", IMAGE_EXTS), ("json", ("json",))):
+            name, at, size = row.get(f"{column}_member"), row.get(f"{column}_offset"), row.get(f"{column}_size")
+            match = MEMBER.fullmatch(name) if isinstance(name, str) else None
+            if (match is None or match.group(1) != stem_of(key) or match.group(2) not in exts or type(at) is not int
+                    or type(size) is not int or size < 0 or (column == "json" and size > _MAX_JSON_MEMBER)):
+                return f"its manifest row of {key} is not one a shard writer makes"
+            members.append((at, size, name, row.get("json_sha256") if column == "json" else None))
+    at_header = 0
+    for at, size, name, sha in sorted(members):
+        if at != at_header + _TAR_HEADER:
+            return f"{name} is not at byte {at} where its manifest lists it (members missing, added or moved)"
+        fh.seek(at_header)
+        try:
+            info = tarfile.TarInfo.frombuf(fh.read(_TAR_HEADER), "utf-8", "surrogateescape")
+        except tarfile.TarError:
+            return f"no tar header of {name} at byte {at_header}"
+        if info.name != name or info.size != size or not info.isreg():
+            return f"holds {info.name!r} ({info.size} bytes) where its manifest lists {name} ({size} bytes)"
+        if sha is not None and hashlib.sha256(fh.read(size)).hexdigest() != sha:
+            return f"{name} does not match its SHA-256 in the manifest (changed after export)"
+        at_header = at + -(-size // _TAR_HEADER) * _TAR_HEADER
+    fh.seek(at_header)
+    if fh.read(_TAR_HEADER) != bytes(_TAR_HEADER):
+        return f"holds a member its manifest does not list, or breaks off, at byte {at_header}"
+    return None
+
+
+def bad_shards(fs, root: str, by_shard: dict[str, dict]) -> dict[str, str]:
+    """{shard: why} of the shards the manifest lists that do not hold what it lists: `lost_shards` (gone,
+    cut short, not a regular file), then each one left read for its layout (`_layout_problem`: tar
+    headers and JSON members, not pixels). What an export rerun must write again. Image bytes changed in
+    place at the same size are not seen here; `import` refuses them by their SHA-256."""
+    bad = lost_shards(fs, root, by_shard)
+    for shard, rows in by_shard.items():
+        if shard in bad:
+            continue
+        try:
+            with open_regular(fs, f"{root.rstrip('/')}/{shard}") as fh:
+                why = _layout_problem(fh, rows)
+        except (OSError, ValueError) as exc:
+            why = f"cannot be read ({type(exc).__name__}: {exc})"
+        if why:
+            bad[shard] = f"does not hold what its manifest lists: {why}"
+    return bad
+
+
 def written_keys(out: str, storage_options: dict | None = None, lost: dict | None = None) -> set[str]:
-    """Keys of the committed shards under `out` (those with a manifest part) whose tar is there and
-    complete: what a rerun may skip. The manifest is the truth of what should be there, so the keys of a
-    shard it lists that is gone or cut short are not written; with `lost`, it is filled {shard: (why,
-    [its keys])} so the caller can say so and `retire` the stale parts after writing the keys again."""
+    """Keys of the committed shards under `out` (those with a manifest part) that hold what their manifest
+    lists (`bad_shards`): what a rerun may skip. The manifest is the truth of what should be there, so the
+    keys of a shard it lists that is gone, cut short or not as listed are not written; with `lost`, it is
+    filled {shard: (why, [its keys])} so the caller can say so and `retire` those shards after writing the
+    keys again."""
     fs, root = filesystem(out, storage_options)
     by_shard, _ = read_manifest(root, fs=fs)
-    gone = lost_shards(fs, root, by_shard)
+    gone = bad_shards(fs, root, by_shard)
     if lost is not None:
         lost.update({shard: (why, sorted(by_shard[shard])) for shard, why in gone.items()})
     return {key for shard, rows in by_shard.items() if shard not in gone for key in rows}
 
 
-def retire(out: str, lost: dict, storage_options: dict | None = None) -> list[str]:
-    """Remove the manifest parts (then what is left of the tar) of shards found lost (`written_keys`'s
-    `lost`) whose every key is now written again in complete shards, so the manifest lists only what is
-    there; a lost shard with a key not written again keeps its part (`import` keeps reporting it
-    missing). Only a part named after its shard and listing no other shard is removed, and only names a
-    shard writer makes. Returns the parts removed."""
+def retire(out: str, lost: dict, storage_options: dict | None = None, written: set | None = None) -> list[str]:
+    """Remove the manifest parts (then the tar) of shards found lost or bad (`written_keys`'s `lost`)
+    whose every key is now written again in good shards (`written`: those keys; default: `written_keys`
+    read again), so the manifest lists only what is there; a lost shard with a key not written again
+    keeps its part (`import` keeps reporting it). Only a part named after its shard and listing no other
+    shard is removed, and only names a shard writer makes. Returns the parts removed."""
     fs, root = filesystem(out, storage_options)
     root = root.rstrip("/")
-    written = written_keys(out, storage_options)
+    written = written_keys(out, storage_options) if written is None else written
     parts, _ = _manifest_parts(fs, root)
     removed = []
     for path, rows in parts:

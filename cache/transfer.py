@@ -13,6 +13,7 @@ FIFO never blocks), and `export --images` never writes through a link planted in
 from __future__ import annotations
 
 import csv
+import errno
 import fnmatch
 import os
 import posixpath
@@ -28,8 +29,10 @@ from tqdm.auto import tqdm
 
 from sr_augment.cache import codec, entrymeta, rows
 from sr_augment.cache.shard_reader import Refused, rebuild, samples
-from sr_augment.cache.shards import (DEFAULT_SHARD_SIZE, NotAFile, ShardWriter, filesystem, open_regular, read_manifest,
-                                     retire, stem_of, written_keys)
+from sr_augment.cache.disk import FULL_ERRNOS
+from sr_augment.errors import ExportWriteError
+from sr_augment.cache.shards import (DEFAULT_SHARD_SIZE, MANIFEST_DIR, NotAFile, ShardWriter, filesystem, open_regular,
+                                     parts_listing, read_manifest, retire, stem_of, written_keys)
 
 _SHOWN = 50
 """Problems listed by name in a report (the counts cover all)."""
@@ -103,30 +106,90 @@ def _require_cache(directory) -> Path:
     return directory
 
 
+_READ_ERRORS = (rows.CacheUnavailable, rows.DatabaseDamaged)
+"""Errors of the source cache, not of the output: raised as they are (the CLI names the cache)."""
+
+
+def _write_error(where, exc: OSError) -> ExportWriteError:
+    full = getattr(exc, "errno", None) in FULL_ERRNOS
+    hint = (" The disk (or a quota or file-size limit) looks full: free space and run the export again; it "
+            "resumes." if full else " Fix that and run the export again; it resumes.")
+    error = ExportWriteError(f"cannot write to {where}: {type(exc).__name__}: {exc.strerror or exc}.{hint} Nothing "
+                             f"half-written was left under a final name.")
+    error.errno = getattr(exc, "errno", None) or errno.EIO
+    return error
+
+
 def export_cache(cache_dir, out: str, *, shard_size: int = DEFAULT_SHARD_SIZE, prefix: str | None = None,
                  progress: bool = True, storage_options: dict | None = None) -> TransferReport:
-    """Write every entry of the cache at `cache_dir` not yet under `out` as shards (`shards`)."""
+    """Write every entry of the cache at `cache_dir` not yet under `out` as shards (`shards`).
+
+    The manifest is the truth, for export as for import: a key counts as already there only in a shard
+    that holds what the manifest lists for it (`shards.bad_shards`: there, complete, every member where
+    the manifest says, JSON members matching their SHA-256). The samples of a shard that does not are
+    exported again and the shard retired (`shards.retire`); one that cannot be retired (its manifest part
+    lists other shards too) is reported `refused` by name, and listed samples this cache no longer holds
+    `missing`, so exit 0 means an `import` of `out` gets every sample its manifest lists. A write that
+    fails (a full disk) raises `ExportWriteError` naming `out`; the open shard is removed first."""
     cache_dir = _require_cache(cache_dir)
     report, start = TransferReport(), time.perf_counter()
     lost: dict = {}
-    done = written_keys(out, storage_options, lost)  # a shard listed but gone or cut short: its keys again
+    done = written_keys(out, storage_options, lost)  # a shard listed but gone, cut short or not as listed: again
     for shard, (why, keys) in sorted(lost.items()):
         report.note({"source": str(out), "reason": f"{shard} is listed in the manifest but {why}; its {len(keys)} "
-                                                    f"samples are exported again and its manifest part retired"})
-    writer = ShardWriter(out, prefix=prefix, shard_size=shard_size, storage_options=storage_options)
-    with _bar(count_entries(cache_dir), "export", progress, unit="entry") as bar:
-        for key, record in iter_records(cache_dir, report):
-            bar.update(1)
-            if key in done:
-                report.present += 1
-                continue
-            writer.add(key, record)
-            report.copied += 1
-    report.shards = writer.close()
-    if lost:  # after the keys are committed again: the manifest then lists only what is there
-        retire(out, lost, storage_options)
+                                                    f"samples are exported again, then the shard is retired where that is safe"})
+    writer, written = None, set(done)
+    try:
+        writer = ShardWriter(out, prefix=prefix, shard_size=shard_size, storage_options=storage_options)
+        for path in writer.leftovers:
+            report.note({"source": str(out), "reason": f"removed {posixpath.basename(path)}, left by an export that "
+                                                        f"was interrupted"})
+        with _bar(count_entries(cache_dir), "export", progress, unit="entry") as bar:
+            for key, record in iter_records(cache_dir, report):
+                bar.update(1)
+                if key in done:
+                    report.present += 1
+                    continue
+                writer.add(key, record)
+                written.add(key)
+                report.copied += 1
+        report.shards = writer.close()
+        removed = retire(out, lost, storage_options, written) if lost else []
+    except BaseException as exc:
+        if writer is not None:
+            writer.abort()
+        if isinstance(exc, OSError) and not isinstance(exc, _READ_ERRORS):
+            raise _write_error(out, exc) from None
+        raise
+    _unretired(out, lost, removed, written, report, storage_options)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _unretired(out: str, lost: dict, removed: list, written: set, report: TransferReport,
+               storage_options: dict | None = None) -> None:
+    """Report the lost or bad shards `retire` could not remove: their samples that are written nowhere are
+    `missing` (not in this cache any more); a shard whose samples are all written again but whose manifest
+    part cannot be removed safely is `refused`, to be removed by hand (an import would refuse it)."""
+    retired = {posixpath.basename(path)[: -len(".parquet")] + ".tar" for path in removed}
+    for shard, (why, keys) in sorted(lost.items()):
+        if shard in retired:
+            continue
+        unwritten = [key for key in keys if key not in written]
+        if unwritten:
+            report.missing += len(unwritten)
+            report.note({"source": str(out), "member": shard, "kind": "missing",
+                         "reason": f"{len(unwritten)} of its samples are not in this cache, so they were not exported "
+                                   f"again (the manifest keeps listing them; an import reports them missing): "
+                                   f"{', '.join(unwritten[:5])}{' ...' if len(unwritten) > 5 else ''}"})
+        else:
+            report.refused += 1
+            parts = [f"{MANIFEST_DIR}/{name}" for name in parts_listing(out, shard, storage_options)]
+            report.note({"source": str(out), "member": shard,
+                         "reason": f"{why}; its samples are exported again, but its rows stay in the manifest because "
+                                   f"its manifest part ({', '.join(parts) or 'none found'}) lists other shards or is not "
+                                   f"named after it: remove {shard} and its rows by hand (an import of this folder "
+                                   f"refuses them)"})
 
 
 def _shard_paths(fs, root: str) -> tuple[list[str], str, str]:
@@ -289,8 +352,19 @@ def export_images(cache_dir, out_dir, *, progress: bool = True) -> TransferRepor
     what is known of the source, and only for entries stored with their meta."""
     cache_dir = _require_cache(cache_dir)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report, start = TransferReport(), time.perf_counter()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_images(cache_dir, out_dir, report, progress)
+    except OSError as exc:  # a full disk: every file is written under a temporary name, so none is left half-written
+        if isinstance(exc, _READ_ERRORS):
+            raise
+        raise _write_error(out_dir, exc) from None
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write_images(cache_dir: Path, out_dir: Path, report: TransferReport, progress: bool) -> None:
     with _new_file(out_dir, "index.csv", "w", newline="") as fh, _bar(count_entries(cache_dir), "images", progress, "entry") as bar:
         table = csv.DictWriter(fh, IMAGE_COLUMNS)
         table.writeheader()
@@ -307,6 +381,8 @@ def export_images(cache_dir, out_dir, *, progress: bool = True) -> TransferRepor
                 with _new_file(out_dir, name, "wb") as image_file:
                     Image.fromarray(pixels).save(image_file, format="PNG", compress_level=1)
             except OSError as exc:  # e.g. a folder planted under the file's name: that entry only
+                if exc.errno in FULL_ERRNOS:  # a full disk: every later file fails too
+                    raise
                 report.refused += 1
                 report.note({"source": str(out_dir), "entry": key, "reason": f"{name} not written ({exc})"})
                 continue
@@ -317,5 +393,3 @@ def export_images(cache_dir, out_dir, *, progress: bool = True) -> TransferRepor
                             "source_size": f"{source[0]}x{source[1]}" if source else "",
                             "size": f"{pixels.shape[0]}x{pixels.shape[1]}", "fingerprint": meta.get("fingerprint", "")})
             report.copied += 1
-    report.seconds = time.perf_counter() - start
-    return report

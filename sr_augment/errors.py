@@ -29,7 +29,7 @@ __all__ = [
     "CacheMiss", "CacheWriteError", "CacheReadOnly", "CacheInUse", "EntryTooLarge", "CacheUnavailable",
     "DatabaseDamaged", "DamagedEntry", "UntrustedRow", "CacheMissRateWarning", "NetworkFilesystemWarning",
     # shards
-    "NotAFile", "Refused",
+    "NotAFile", "Refused", "ExportWriteError",
     # Ray
     "RayUnavailable",
 ]
@@ -150,6 +150,12 @@ class NetworkFilesystemWarning(SRAugmentWarning):
 
 class NotAFile(ValueError, SRAugmentError):
     """A path that is not a regular file (a FIFO, a device, a folder, a socket): never opened for reading."""
+
+
+class ExportWriteError(OSError, SRAugmentError):
+    """An export could not write its output (a full disk, a quota or file-size limit, no permission): the
+    message names the folder and the cause. Nothing half-written is left under a shard's or file's final
+    name, what was committed before stays, and a rerun with space resumes."""
 
 
 class Refused(ValueError, SRAugmentError):

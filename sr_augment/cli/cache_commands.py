@@ -75,9 +75,17 @@ def _print_report(report, args, verb: str) -> int:
     return 1 if report.refused or report.missing else 0
 
 
+def _exit(exc: BaseException) -> SystemExit:
+    """The CLI's exit with a clear one-line error; names come from the command line and shard folders:
+    printed `printable` (escaped)."""
+    from sr_augment.cache.inventory import printable
+
+    return SystemExit(printable(f"sr-augment: {exc}"))
+
+
 def cmd_export(args) -> int:
     from sr_augment.cache.shards import parse_size
-    from sr_augment.cache.transfer import export_cache, export_images
+    from sr_augment.cache.transfer import ExportWriteError, export_cache, export_images
 
     if (args.out is None) == (args.images is None):
         raise SystemExit("sr-augment: export needs exactly one of --out URI (shards) or --images DIR (PNG files)")
@@ -89,8 +97,8 @@ def cmd_export(args) -> int:
             report = export_cache(_cache_dir(args), args.out, shard_size=parse_size(args.shard_size),
                                   progress=not args.no_progress)
             verb = f"exported in {len(report.shards)} shards to {args.out}"
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"sr-augment: {exc}") from None
+    except (FileNotFoundError, ValueError, ExportWriteError) as exc:  # a full disk: named, no half-written shard
+        raise _exit(exc) from None
     return _print_report(report, args, verb)
 
 
@@ -102,7 +110,7 @@ def cmd_import(args) -> int:
         try:
             report = import_shards(args.uris, cache, progress=not args.no_progress)
         except (FileNotFoundError, ValueError) as exc:
-            raise SystemExit(f"sr-augment: {exc}") from None
+            raise _exit(exc) from None
     return _print_report(report, args, "imported")
 
 
@@ -114,7 +122,7 @@ def cmd_merge(args) -> int:
         try:
             report = merge_caches(args.sources, cache, progress=not args.no_progress)
         except (FileNotFoundError, ValueError) as exc:
-            raise SystemExit(f"sr-augment: {exc}") from None
+            raise _exit(exc) from None
     return _print_report(report, args, f"merged into {args.into}")
 
 
