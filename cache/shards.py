@@ -62,8 +62,8 @@ def key_of(stem: str) -> str:
     return f"{base}:{variant}"
 
 
-def parse_size(text) -> int:
-    """Bytes from `1GB`, `500MiB`, `2e9` or an int."""
+def parse_byte_size(text) -> int:
+    """A number of bytes from `1GB`, `500MiB`, `2e9` or an int."""
     if isinstance(text, int):
         return text
     match = re.fullmatch(r"\s*([0-9.e+]+)\s*([kmgt]?)(i?b?)\s*", str(text).lower())

@@ -41,7 +41,7 @@ from sr_augment.cache import clearing, entrymeta, rows, writers
 from sr_augment.cache.counters import META_TIMEOUT, Counters
 from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheReadOnly, CacheWriteError
 from sr_augment.cache.reader import Reader, Row
-from sr_augment.cache.results import CacheMiss, CacheStats, EntryRequest, entry_request  # noqa: F401  (their home before)
+from sr_augment.cache.results import CacheStats, EntryRequest, entry_request
 from sr_augment.cache.filesystem import default_cache_dir, warn_if_network_filesystem
 from sr_augment.images import ImageInput, to_rgb
 from sr_augment.modes import engine_input, mode_result
@@ -146,9 +146,6 @@ class SRCache:
         if len(variants) != len(images):
             raise ValueError(f"got {len(images)} images but {len(variants)} variants")
         return self._lookup_many([self._request(to_rgb(img), engine, mode, v) for img, v in zip(images, variants)])
-
-    def _lookup(self, request: EntryRequest) -> np.ndarray | None:
-        return self._lookup_many([request])[0]
 
     def _lookup_many(self, requests: Sequence[EntryRequest]) -> list[np.ndarray | None]:
         stored = self._reader.rows([r.key for r in requests])

@@ -84,7 +84,7 @@ def _exit(exc: BaseException) -> SystemExit:
 
 
 def cmd_export(args) -> int:
-    from sr_augment.cache.shards import parse_size
+    from sr_augment.cache.shards import parse_byte_size
     from sr_augment.cache.transfer import ExportWriteError, export_cache, export_images
 
     if (args.out is None) == (args.images is None):
@@ -94,7 +94,7 @@ def cmd_export(args) -> int:
             report = export_images(_cache_dir(args), args.images, progress=not args.no_progress)
             verb = f"written to {args.images}"
         else:
-            report = export_cache(_cache_dir(args), args.out, shard_size=parse_size(args.shard_size),
+            report = export_cache(_cache_dir(args), args.out, shard_size=parse_byte_size(args.shard_size),
                                   progress=not args.no_progress)
             verb = f"exported in {len(report.shards)} shards to {args.out}"
     except (FileNotFoundError, ValueError, ExportWriteError) as exc:  # a full disk: named, no half-written shard

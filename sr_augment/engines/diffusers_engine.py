@@ -22,7 +22,7 @@ from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerp
 from sr_augment.engines.pipeline_weights import BUILTIN, resolve_weights
 from sr_augment.engines.specs import HUB_ALIASES
 from sr_augment.engines.tiling import upscale_to_scale
-from sr_augment.sampling import eta_step_kwargs
+from sr_augment.ddim_noise import eta_step_kwargs
 from sr_augment.torch_device import resolve_device, resolve_dtype
 
 
@@ -173,14 +173,14 @@ class DiffusersEngine:
         from diffusers import DiffusionPipeline
 
         folder, scheduler, class_name = self._folder, self._scheduler_choice, self.class_name
-        dtype_kw = {_dtype_keyword(): getattr(torch, self.dtype)}
+        dtype_kw = {dtype_keyword(): getattr(torch, self.dtype)}
         extra = {}
         if class_name == _SD_CLASS:
             extra = {"safety_checker": None, "watermarker": None, "feature_extractor": None}
             if self.dtype != "float32":  # the x4 upscaler's VAE overflows in fp16: load it in fp32
                 from diffusers import AutoencoderKL
 
-                extra["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", **{_dtype_keyword(): torch.float32})
+                extra["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", **{dtype_keyword(): torch.float32})
         pipeline_cls = DiffusionPipeline
         if class_name == _SR4_CLASS:
             from sr_augment.sr4.pipeline import SR4Pipeline as pipeline_cls
@@ -268,8 +268,8 @@ class DiffusersEngine:
         return ((torch.clamp(decoded, -1.0, 1.0) + 1.0) / 2.0).float().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _dtype_keyword() -> str:
-    """`dtype` on diffusers that deprecate `torch_dtype` (0.36+), else `torch_dtype`."""
+def dtype_keyword() -> str:
+    """The keyword `from_pretrained` takes a torch dtype by: `dtype` on diffusers that deprecate `torch_dtype` (0.36+), else `torch_dtype`."""
     from diffusers.utils import deprecation_utils
 
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"

@@ -231,10 +231,10 @@ class OneStepEngine:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        from sr_augment.engines.diffusers_engine import _dtype_keyword
+        from sr_augment.engines.diffusers_engine import dtype_keyword
         from sr_augment.engines.onestep_lora import FORMATS, apply_lora, merge_adapters
 
-        folder, fp32 = self._folder, {_dtype_keyword(): torch.float32}
+        folder, fp32 = self._folder, {dtype_keyword(): torch.float32}
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **fp32).eval()
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **fp32).eval()
         scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")

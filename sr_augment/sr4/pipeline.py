@@ -19,7 +19,7 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from sr_augment.sampling import eta_step_kwargs
+from sr_augment.ddim_noise import eta_step_kwargs
 from sr_augment.sr4.ops import condition, unet_to_residual, upsample
 
 DEFAULT_STEPS = 10

@@ -13,12 +13,12 @@ import argparse
 import json
 import sys
 
-from sr_augment.warm.tv_geometry import Preprocess, parse_size
+from sr_augment.warm.tv_geometry import Preprocess, parse_image_size
 
 
 def _size(text: str):
     try:
-        return parse_size(text)
+        return parse_image_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

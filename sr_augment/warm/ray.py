@@ -196,7 +196,7 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
         codec: record codec ("webp", "png"; as `SRCache`).
         preprocess: a picklable callable applied to each decoded image before keying (`warm --resize
             --center-crop`: `tv_geometry.Preprocess`), as `warm` does.
-        shard_size: bytes per shard file (`cache.shards.parse_size` forms: "256MB"); default 1 GB. A
+        shard_size: bytes per shard file (`cache.shards.parse_byte_size` forms: "256MB"); default 1 GB. A
             preempted run loses at most the shard it had open.
     """
     from sr_augment.cache import shards as _shards
@@ -205,7 +205,7 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
     check_mode(mode)
     if variants < 1 or batch_size < 1 or actors < 1:
         raise ValueError(f"variants, batch_size and actors must be >= 1, got {variants}, {batch_size} and {actors}")
-    shard_size = _shards.DEFAULT_SHARD_SIZE if shard_size is None else _shards.parse_size(shard_size)
+    shard_size = _shards.DEFAULT_SHARD_SIZE if shard_size is None else _shards.parse_byte_size(shard_size)
     if not isinstance(engine_spec, str):
         raise TypeError("ray_warm needs the engine as a spec string (each actor builds its own), "
                         f"got {type(engine_spec).__name__}")

@@ -25,8 +25,8 @@ from PIL import Image
 Size = tuple  # (side,) for "shorter side to side", or (height, width)
 
 
-def parse_size(text: str) -> Size:
-    """"N" (Resize: the shorter side to N; CenterCrop: N x N) or "HxW" (exactly height x width)."""
+def parse_image_size(text: str) -> Size:
+    """An image size: "N" (Resize: the shorter side to N; CenterCrop: N x N) or "HxW" (exactly height x width)."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(text))
     if not match or int(match.group(1)) < 1 or (match.group(2) is not None and int(match.group(2)) < 1):
         raise ValueError(f"a size must be N or HxW with positive integers, e.g. 256 or 224x320; got {text!r}")

@@ -1,4 +1,4 @@
-"""Per-image noise for diffusers sampling loops, shared by the sr4 pipeline and the LDM engine.
+"""Per-image DDIM eta noise for diffusers sampling loops, shared by the sr4 pipeline and the LDM engine.
 
 An engine promises that an image's output depends only on (image, seed, settings), never on what else
 shared its batch. DDIM's eta noise breaks that when it comes from one RNG for the whole batch, so both
