@@ -4,6 +4,7 @@ import and merge live in `cache_commands`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,55 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (default: %(default)s)")
     group.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
                        help="engine parameter, e.g. --set noise_level=30 --set prompt='a photo' (repeatable)")
+
+
+def size_limit(text: str) -> int:
+    """`--size-limit`: a positive whole number of bytes; anything else is argparse's usage error (exit 2),
+    never a traceback from `SRCache`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of bytes, got {value}")
+    return value
+
+
+def _escaped(text) -> str:
+    """Text for the terminal: control characters escaped as `printable` does (a name may come from a shared
+    folder or a crafted argument: it must not move the cursor, retitle the terminal or forge lines), except
+    newline and tab, and carriage return (the progress bar redraws its line with it)."""
+    return "".join(c if c.isprintable() or c in "\n\t\r" else repr(c)[1:-1] for c in str(text))
+
+
+class _EscapingStream:
+    """stdout / stderr while a command runs: every write escaped (`_escaped`), everything else the stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(_escaped(text))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _escaped_output():
+    """Escape what the command (and argparse, warnings, logging) prints; a `SystemExit` message too (Python
+    prints it after `main` returns, outside this block)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _EscapingStream(sys.stdout), _EscapingStream(sys.stderr)
+    try:
+        yield
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            raise SystemExit(_escaped(exc.code)) from None
+        raise
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +137,9 @@ def cmd_warm(args) -> int:
         print(f"warning: {evicted} entries were evicted to stay under the cache size limit; "
               f"raise --size-limit or the warmed set will not all stay cached", file=sys.stderr)
     if report.error:
-        print(f"error: {report.error}", file=sys.stderr)
+        from sr_augment.cache.inventory import printable  # the error names an image and the cache
+
+        print(printable(f"error: {report.error}"), file=sys.stderr)
     if report.interrupted:
         print(f"interrupted ({report.stopped_by or 'stopped'}): every finished batch is cached; run the same "
               f"command again to resume", file=sys.stderr)
@@ -100,6 +152,8 @@ def cmd_warm(args) -> int:
 
 
 def cmd_clear(args) -> int:
+    from sr_augment.cache.inventory import printable  # names: printed escaped
+
     if not args.yes:
         if not sys.stdin.isatty():
             raise SystemExit("sr-augment: clear deletes every cached SR image; pass --yes to confirm")
@@ -114,7 +168,7 @@ def cmd_clear(args) -> int:
     if not can_write(directory):
         raise SystemExit(f"sr-augment: the cache {directory} is read-only for this user; nothing deleted")
     removed = clear_cache(directory)  # works on a damaged database too: removes the cache's own files
-    print(f"removed {removed} entries from {directory}")
+    print(printable(f"removed {removed} entries from {directory}"))
     return 0
 
 
@@ -128,17 +182,19 @@ def cmd_verify(args) -> int:
 
         if not can_write(directory):
             raise SystemExit(f"sr-augment: the cache {directory} is read-only for this user; verify it without --repair")
+    from sr_augment.cache.inventory import printable  # names from the cache folder: printed escaped
+
     report = verify(directory, repair=args.repair, progress=not (args.json or args.no_progress))
     if args.json:
         print(json.dumps(report.as_dict()))
     elif report.unchecked:  # the disk, not the cache: no advice to delete anything
         done = "the repair stopped part way, no entry was deleted" if report.repaired else "nothing was changed"
-        print(f"sr-augment: could not check the cache {directory}, {done}: {report.unchecked}", file=sys.stderr)
+        print(printable(f"sr-augment: could not check the cache {directory}, {done}: {report.unchecked}"), file=sys.stderr)
     else:
         for problem in report.problems:
-            print(f"{problem['kind']}: {problem['where']}: {problem['reason']}", file=sys.stderr)
+            print(printable(f"{problem['kind']}: {problem['where']}: {problem['reason']}"), file=sys.stderr)
         if report.database_damaged:
-            print(f"error: {report.database_damaged}", file=sys.stderr)
+            print(printable(f"error: {report.database_damaged}"), file=sys.stderr)
         print(f"{report.rows} rows: {report.ok} ok, {report.damaged} damaged, {report.missing} missing, "
               f"{report.untrusted} untrusted, {report.orphans} orphan value files, {report.settings} bad settings"
               + (" (repaired)" if report.repaired else "" if report.clean else "; run with --repair to fix them"))
@@ -179,11 +235,13 @@ def cmd_eval_sr(args) -> int:
                              progress=not args.no_progress)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"sr-augment: {exc}") from None
+    from sr_augment.cache.inventory import printable  # file and engine names: printed escaped
+
     for reason in report.skipped:
-        print(f"skipped: {reason}", file=sys.stderr)
+        print(printable(f"skipped: {reason}"), file=sys.stderr)
     paths = write_report(report, Path(args.out))
-    print(summary_markdown(report))
-    print(f"wrote {paths['csv']}, {paths['json']}, {paths['markdown']}")
+    print("\n".join(printable(line) for line in summary_markdown(report).split("\n")))
+    print(printable(f"wrote {paths['csv']}, {paths['json']}, {paths['markdown']}"))
     return 0
 
 
@@ -241,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=int, default=1, help="stochastic samples per image (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per engine call (default: %(default)s)")
     _add_cache_options(p)
-    p.add_argument("--size-limit", type=int, default=None, help="cache size limit in bytes, remembered by the cache folder (default: the folder's, else 20 GiB)")
+    p.add_argument("--size-limit", type=size_limit, default=None, help="cache size limit in bytes, remembered by the cache folder (default: the folder's, else 20 GiB)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object last")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     warm_options.add_arguments(p)  # --resize, --center-crop, --dry-run
@@ -323,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=int, default=2, help="SR samples per image shown in the grid (default: %(default)s)")
     p.add_argument("--out", default="sr-augment-demo", help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
+    for command in sub.choices.values():  # every command's --size-limit (cache_commands' too): positive only
+        for action in command._actions:
+            if action.dest == "size_limit":
+                action.type = size_limit
     return parser
 
 
@@ -330,12 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     from sr_augment.cache import CacheWriteError
     from sr_augment.cache.rows import CacheUnavailable, DatabaseDamaged
 
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (DatabaseDamaged, CacheWriteError, CacheUnavailable) as exc:  # clear errors naming the folder and the way out
-        print(f"sr-augment: {exc}", file=sys.stderr)
-        return 1
+    with _escaped_output():  # names in any message (a folder, a file, an argument) never reach the terminal raw
+        args = build_parser().parse_args(argv)
+        try:
+            return args.func(args)
+        except (DatabaseDamaged, CacheWriteError, CacheUnavailable) as exc:  # clear errors naming the folder and the way out
+            print(_escaped(f"sr-augment: {exc}"), file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":
