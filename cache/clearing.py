@@ -15,11 +15,11 @@ from pathlib import Path
 
 from diskcache.core import DBNAME
 
-from sr_augment.cache import rows, writers
+from sr_augment.cache import layout, rows, writers
 from sr_augment.cache.counters import META_TIMEOUT
 from sr_augment.cache.disk import CacheWriteError
 
-FOLDERS = ("entries", "meta")
+FOLDERS = layout.FOLDERS
 """The diskcache folders of a cache."""
 
 
@@ -69,7 +69,7 @@ def remove_planted_links(folder: Path, names) -> int:
 def size_limit_of(directory: Path):
     """The size limit stored in a cache folder, or None (none stored, or unreadable)."""
     try:
-        limit = rows.read_meta(Path(directory) / "meta").get("size_limit")
+        limit = rows.read_meta(Path(directory) / layout.META).get("size_limit")
     except rows.DatabaseDamaged:
         return None
     return limit if type(limit) is int and limit > 0 else None
@@ -86,7 +86,7 @@ def remove_cache_files(directory: Path) -> int:
 
 
 def _remove_cache_files(directory: Path) -> int:
-    removed = rows.count_rows(directory / "entries")
+    removed = rows.count_rows(directory / layout.ENTRIES)
     for name in FOLDERS:
         folder = directory / name
         if folder.is_symlink():
@@ -117,7 +117,7 @@ def clear_cache(directory: Path) -> int:
         removed = _remove_cache_files(Path(directory))
         if limit is not None:
             try:
-                meta = writers.open_writer(Path(directory) / "meta", timeout=META_TIMEOUT, eviction_policy="none")
+                meta = writers.open_writer(Path(directory) / layout.META, timeout=META_TIMEOUT, eviction_policy="none")
                 try:
                     meta.set("size_limit", limit, retry=True)
                 finally:

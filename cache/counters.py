@@ -33,6 +33,7 @@ from typing import Callable
 
 import diskcache
 
+from sr_augment.cache import layout
 from sr_augment.cache.disk import CacheWriteError, write_error
 from sr_augment.cache.rows import UntrustedRow, read_meta
 
@@ -123,7 +124,7 @@ class Counters:
     def totals(self) -> tuple[dict[str, int], dict[str, dict]]:
         """The persistent counts (all processes, as last flushed) plus this process's pending ones:
         ({counter: n}, {fingerprint: {"name", "generated"}}). Read as plain SQL rows, never unpickled."""
-        stored = read_meta(self._directory / "meta", True if self._open_meta is None else None)
+        stored = read_meta(self._directory / layout.META, True if self._open_meta is None else None)
         with self._lock:
             counts = {name: _int(stored.get(name)) + self._pending[name] for name in COUNTERS}
             pending_engines = {fp: list(entry) for fp, entry in self._pending_engines.items()}

@@ -12,12 +12,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sr_augment.cache import codec, entrymeta, rows
+from sr_augment.cache import codec, entrymeta, layout, rows
 
 
 def by_engine(directory, immutable: bool | None = None) -> list[dict]:
     """[{engine, mode, scale, fingerprint, entries, bytes}] of the cache at `directory`, largest first."""
-    entries = Path(directory) / "entries"
+    entries = Path(directory) / layout.ENTRIES
     con = rows.connect_readonly(entries, immutable)
     if con is None:
         return []

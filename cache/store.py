@@ -37,7 +37,7 @@ import diskcache
 import numpy as np
 
 from sr_augment.cache import codec as _codec
-from sr_augment.cache import clearing, entrymeta, rows, writers
+from sr_augment.cache import clearing, entrymeta, layout, rows, writers
 from sr_augment.cache.counters import META_TIMEOUT, Counters
 from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheReadOnly, CacheWriteError
 from sr_augment.cache.reader import Reader, Row
@@ -93,13 +93,13 @@ class SRCache:
         self._writers: dict[str, diskcache.Cache] = {}
         self._writers_lock = threading.Lock()
         immutable = True if self.read_only else None  # read-only: SQLite makes no -wal/-shm file either
-        self._reader = Reader(self.directory / "entries", immutable)
-        stored = rows.read_meta(self.directory / "meta", immutable).get("size_limit")
+        self._reader = Reader(self.directory / layout.ENTRIES, immutable)
+        stored = rows.read_meta(self.directory / layout.META, immutable).get("size_limit")
         stored = stored if type(stored) is int and stored > 0 else None
         self.size_limit = int(size_limit) if size_limit is not None else stored or DEFAULT_SIZE_LIMIT
         if size_limit is not None and stored != self.size_limit and not self.read_only:
-            self._writer("meta").set("size_limit", self.size_limit, retry=True)
-        self._counters = Counters(self.directory, None if self.read_only else lambda: self._writer("meta"))
+            self._writer(layout.META).set("size_limit", self.size_limit, retry=True)
+        self._counters = Counters(self.directory, None if self.read_only else lambda: self._writer(layout.META))
 
     def _writer(self, name: str) -> diskcache.Cache:
         """The diskcache.Cache of `entries` or `meta`, opened on the first write (`writers`)."""
@@ -107,18 +107,18 @@ class SRCache:
             raise self._read_only_error()
         with self._writers_lock:
             if name not in self._writers:
-                if name == "meta":
+                if name == layout.META:
                     settings = dict(timeout=META_TIMEOUT, eviction_policy="none")
                 else:
                     settings = dict(size_limit=self.size_limit, eviction_policy="least-recently-stored")
                 self._writers[name] = writers.open_writer(self.directory / name, **settings)
-                if name == "entries":  # it holds the writer lock now: read the database a clear may have replaced
+                if name == layout.ENTRIES:  # it holds the writer lock now: read the database a clear may have replaced
                     self._reader.reset()
             return self._writers[name]
 
     @property
     def _entries(self) -> diskcache.Cache:
-        return self._writer("entries")
+        return self._writer(layout.ENTRIES)
 
     def _read_only_error(self, what: str = "store new entries") -> CacheReadOnly:
         return CacheReadOnly(
@@ -187,7 +187,7 @@ class SRCache:
         if self.read_only:
             return
         try:
-            if rows.delete_rows(self.directory / "entries", [(row.rowid, row.filename, row.value)]):
+            if rows.delete_rows(self.directory / layout.ENTRIES, [(row.rowid, row.filename, row.value)]):
                 self._counters.count("removed")
         except (sqlite3.Error, OSError) as exc:  # best effort: a busy database, a full disk
             log.warning("sr-augment cache %s: could not remove entry %s: %s", self.directory, key, exc)
@@ -311,7 +311,7 @@ class SRCache:
         """`generate`, and how many results this call stored (the others another writer stored first)."""
         if self.read_only:
             raise self._read_only_error(f"generate {len(requests)} missing entries")
-        self._writer("entries")  # opened before the engine runs: a cache that cannot be written fails first
+        self._writer(layout.ENTRIES)  # opened before the engine runs: a cache that cannot be written fails first
         inputs = [engine_input(r.image, mode, engine.scale) for r in requests]
         outputs = engine.upscale(inputs, [r.seed for r in requests])
         results, stored = [], 0

@@ -27,7 +27,7 @@ from typing import Iterator
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sr_augment.cache import codec, entrymeta, rows
+from sr_augment.cache import codec, entrymeta, layout, rows
 from sr_augment.cache.shard_reader import Refused, rebuild, samples
 from sr_augment.cache.disk import FULL_ERRNOS
 from sr_augment.errors import ExportWriteError
@@ -63,13 +63,13 @@ class TransferReport:
 
 
 def count_entries(directory) -> int:
-    return rows.count_rows(Path(directory) / "entries")
+    return rows.count_rows(Path(directory) / layout.ENTRIES)
 
 
 def iter_records(directory, report: TransferReport) -> Iterator[tuple[str, bytes]]:
     """(key, record) of every entry of the cache at `directory` whose checksum holds; others are noted
     in `report` and skipped (rows sr-augment never writes, lost value files, damaged records)."""
-    entries = Path(directory) / "entries"
+    entries = Path(directory) / layout.ENTRIES
     con = rows.connect_readonly(entries)
     if con is None:
         return

@@ -29,15 +29,15 @@ from pathlib import Path
 from diskcache.core import DBNAME, DEFAULT_SETTINGS
 from tqdm.auto import tqdm
 
-from sr_augment.cache import clearing, codec, rows, writers
+from sr_augment.cache import clearing, codec, layout, rows, writers
 from sr_augment.cache.counters import META_TIMEOUT
 
 ORPHAN_AGE = 15 * 60
 """Seconds after which a value file that no row names is an orphan (writes retry for at most ~5 min)."""
 _SHOWN = 20
 """Problems listed by name in a report (the counts cover all)."""
-LIBRARY_SETTINGS = {"entries": dict(DEFAULT_SETTINGS),
-                    "meta": {**DEFAULT_SETTINGS, "eviction_policy": "none"}}
+LIBRARY_SETTINGS = {layout.ENTRIES: dict(DEFAULT_SETTINGS),
+                    layout.META: {**DEFAULT_SETTINGS, "eviction_policy": "none"}}
 """What `--repair` resets a bad Settings row to (SRCache passes its size limit and eviction policy on open)."""
 
 
@@ -76,7 +76,7 @@ class VerifyReport:
 def verify(directory, repair: bool = False, progress: bool = True) -> VerifyReport:
     """Check (and with `repair`, fix) the cache at `directory`; see the module docstring."""
     directory = Path(directory)
-    entries = directory / "entries"
+    entries = directory / layout.ENTRIES
     report = VerifyReport(str(directory))
     try:
         return _verify(directory, entries, report, repair, progress)
@@ -102,7 +102,7 @@ def _verify(directory: Path, entries: Path, report: VerifyReport, repair: bool, 
     settings = _check_settings(directory, report)
     if report.database_damaged:  # meta only: the entries are fine
         if repair:
-            _remove_database(directory / "meta")
+            _remove_database(directory / layout.META)
             report.repaired = True
         return report
     links = clearing.planted_links(entries)
@@ -142,11 +142,11 @@ def _check_settings(directory: Path, report: VerifyReport) -> dict[str, list]:
     """The bad Settings keys of each database (noted in the report); a damaged `meta` database is
     noted as `database_damaged`."""
     found = {}
-    for name in ("entries", "meta"):
+    for name in layout.FOLDERS:
         try:
             bad = rows.bad_settings(directory / name, fallback=False)
         except rows.DatabaseDamaged as exc:
-            if name == "entries":
+            if name == layout.ENTRIES:
                 raise
             report.database_damaged = str(exc)
             bad = []
@@ -175,7 +175,7 @@ def _count_removed(directory: Path, count: int) -> None:
     row was lost with its database), so `info` reports no phantom evictions."""
     if count:
         try:
-            meta = writers.open_writer(directory / "meta", timeout=META_TIMEOUT, eviction_policy="none")
+            meta = writers.open_writer(directory / layout.META, timeout=META_TIMEOUT, eviction_policy="none")
             try:
                 meta.incr("removed", count)
             finally:

@@ -24,11 +24,11 @@ from pathlib import Path
 import diskcache
 from diskcache.core import DBNAME
 
-from sr_augment.cache import rows
+from sr_augment.cache import layout, rows
 from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheWriteError, SafeDisk, too_large, write_error
 from sr_augment.errors import CacheInUse  # noqa: F401  (defined in errors, named here too)
 
-LOCK_NAME = "writers.lock"
+LOCK_NAME = layout.WRITERS_LOCK
 """The advisory lock file (fcntl.flock) in a cache folder: every process with the cache's entries open
 for writing (warm, import, merge, an adapter generating misses) holds it shared until it closes them;
 `clear` holds it exclusive, so it refuses while any writer runs and no writer starts while it clears.
@@ -47,7 +47,7 @@ def can_write(directory: Path) -> bool:
     probe = directory
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    paths = [probe] + [directory / sub / name for sub in ("entries", "meta") for name in ("", DBNAME)]
+    paths = [probe] + [directory / sub / name for sub in layout.FOLDERS for name in ("", DBNAME)]
     return all(writable(path) for path in paths if path.exists())
 
 
@@ -87,7 +87,7 @@ def open_writer(folder: Path, lock: bool | None = None, **settings) -> diskcache
     `lock` (default: for `entries`): hold the cache's writer lock (`LOCK_NAME`) until it is closed;
     `CacheInUse` when a `clear` holds it longer than `LOCK_WAIT`."""
     folder = Path(folder)
-    lock = folder.name == "entries" if lock is None else lock
+    lock = folder.name == layout.ENTRIES if lock is None else lock
     fd = None
     try:
         rows.refuse_links(folder)  # before anything is created: a planted link must not be followed
@@ -311,5 +311,5 @@ def add_unless_present(entries: diskcache.Cache, directory: Path, key: str, reco
             raise write_error(directory, exc) from exc
         except sqlite3.DatabaseError as exc:  # malformed: no retry helps
             disk.discard_unpublished()
-            raise rows.damaged(Path(directory) / "entries", str(exc)) from exc
+            raise rows.damaged(Path(directory) / layout.ENTRIES, str(exc)) from exc
     raise write_error(directory, TimeoutError(f"the database stayed locked through {WRITE_ATTEMPTS} attempts"))

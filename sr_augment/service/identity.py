@@ -17,9 +17,10 @@ import threading
 import warnings
 from pathlib import Path
 
+from sr_augment.cache import layout
 from sr_augment.service.common import engine_config, service_id
 
-FOLDER = "identities"
+FOLDER = layout.IDENTITIES
 _MAX_BYTES = 64 * 1024
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from sr_augment.cache import layout
 from sr_augment.cache.disk import CacheWriteError
 from sr_augment.errors import CacheInUse
 from sr_augment.cache.results import EntryRequest
@@ -241,7 +242,7 @@ def _hold_writer(cache) -> None:
     (`CacheInUse`) still stops it: planning while the entries are removed would count them as cached."""
     if not getattr(cache, "read_only", True) and callable(getattr(cache, "_writer", None)):
         try:
-            cache._writer("entries")
+            cache._writer(layout.ENTRIES)
         except CacheInUse:
             raise
         except CacheWriteError:
