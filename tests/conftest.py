@@ -26,17 +26,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+"""Real colour photos bundled with scikit-image (a dependency): no download, so every clone runs the tests."""
 
 
-def shared_data(*parts: str) -> Path:
-    """A folder of ../shared/data, or skip the test with the reason. The real images (Set5, Set14, T91,
-    BSD200, hymenoptera) are kept beside the project, never copied into it."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real test data not found at {path}: these real images live in ../shared/data, beside the "
-                    f"project, not in it")
-    return path
+def photo(name: str) -> np.ndarray:
+    """One of scikit-image's bundled photos (`skimage.data.<name>()`) as RGB uint8, height x width x 3."""
+    from skimage import data
+
+    image = getattr(data, name)()
+    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else np.ascontiguousarray(image[..., :3])
+
+
+def write_photos(folder: Path, names=PHOTOS, max_side: int | None = None) -> Path:
+    """`folder` holding each named photo as `<name>.png` (shrunk to fit `max_side` pixels if given): a
+    small real data set any clone has."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        image = Image.fromarray(photo(name))
+        if max_side is not None:
+            image.thumbnail((max_side, max_side), Image.BICUBIC)
+        image.save(folder / f"{name}.png")
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_data
+from conftest import write_photos
 from sr_augment.cli import main
 
 
@@ -22,12 +22,12 @@ def _warm(capsys, *args):
     return code, json.loads(out.out.strip().splitlines()[-1]), out.err
 
 
-def test_warm_set5_twice_second_run_generates_nothing(capsys, cache_dir):
-    set5 = shared_data("Set5")
-    code, first, _ = _warm(capsys, set5, "--cache-dir", cache_dir, "--engine", "bicubic", "--variants", "2")
+def test_warm_real_photos_twice_second_run_generates_nothing(capsys, cache_dir, tmp_path):
+    photos = write_photos(tmp_path / "photos", max_side=160)
+    code, first, _ = _warm(capsys, photos, "--cache-dir", cache_dir, "--engine", "bicubic", "--variants", "2")
     assert code == 0
     assert first["images"] == 5 and first["generated"] == 10 and first["cached"] == 0 and first["failed"] == 0
-    code, second, _ = _warm(capsys, set5, "--cache-dir", cache_dir, "--engine", "bicubic", "--variants", "2")
+    code, second, _ = _warm(capsys, photos, "--cache-dir", cache_dir, "--engine", "bicubic", "--variants", "2")
     assert code == 0 and second["generated"] == 0 and second["cached"] == 10
     assert set(second) == {"images", "generated", "cached", "failed", "failures", "seconds", "interrupted",
                            "stopped_by", "error"}

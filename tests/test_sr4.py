@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_data
+from conftest import photo
 from sr_augment.cli import main
 from sr_augment.engines import DEFAULT_ENGINE, get_engine
+from sr_augment.images import center_crop
 from sr_augment.metrics import psnr_y
 
 
@@ -141,8 +142,10 @@ def test_builtin_sr4_is_the_default_and_loads_offline():
     assert np.abs(out.astype(int) - 90).mean() < 2 and np.abs(out.astype(int) - 90).max() < 16
 
 
-def test_builtin_sr4_beats_bicubic_on_a_set5_crop():
-    hr = np.asarray(Image.open(shared_data("Set5") / "baby.png").convert("RGB"))[128:256, 128:256]
+def test_builtin_sr4_beats_bicubic_on_a_real_photo_crop():
+    """Y-PSNR on the 128x128 centre of scikit-image's coffee photo from 32x32 (measured: bicubic 28.74 dB,
+    sr4 30.37 and 30.31 dB for seeds 0 and 1)."""
+    hr = center_crop(photo("coffee"), 128)
     lr = np.asarray(Image.fromarray(hr).resize((32, 32), Image.BICUBIC))
     bicubic = get_engine("bicubic").upscale([lr], seeds=[0])[0]
     variants = get_engine("sr4").upscale([lr, lr], seeds=[0, 1])
