@@ -4,8 +4,8 @@
 
 Protocol: the crops of `bench_scaleout.write_crops` (BSD200 photos from ../shared/data, else seeded noise).
 One local Ray cluster is started first (`ray.init(num_cpus=cores + 2)`: more logical CPUs than actors,
-DESIGN.md section 7) and is not timed. Each Ray row is one `ray_warm(...)` call into a fresh shard folder
-(1 variant, batch 8): its seconds include starting the actors, building the engine in each, reading the
+as Ray Data needs free CPUs for its own tasks or stalls) and is not timed. Each Ray row is one
+`ray_warm(...)` call into a fresh shard folder (1 variant, batch 8): its seconds include starting the actors, building the engine in each, reading the
 images, generating and writing the shards, which is what a user waits for. Each actor holds one logical
 CPU, so Ray gives it OMP_NUM_THREADS=1: 1 actor uses one core, 2 actors two. The reference row is
 `sr_augment.warm.warm` in this process into a fresh cache (torch's default threads: every core). With

@@ -88,7 +88,7 @@ def test_the_diskcache_core_constants_the_cache_uses():
     assert {"least-recently-stored", "least-recently-used", "least-frequently-used", "none"} <= set(core.EVICTION_POLICY)
     assert {"size_limit", "eviction_policy", "sqlite_journal_mode"} <= set(core.DEFAULT_SETTINGS)
     assert {"count", "size", "hits", "misses"} <= set(core.METADATA)
-    assert callable(core.Disk.filename) and callable(core.Disk.remove)  # cache.disk overrides both
+    assert callable(core.Disk.filename) and callable(core.Disk.remove)  # cache.disk builds on both
 
 
 def test_the_pin_is_declared():

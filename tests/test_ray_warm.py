@@ -37,7 +37,8 @@ def _ray_processes(session: str) -> list[int]:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local cluster for the module (about 10 s to start): 4 logical CPUs for 2 one-CPU actors, so Ray
-    Data keeps CPUs for its own tasks (DESIGN.md section 7). Teardown checks that nothing is left running."""
+    Data keeps CPUs for its own tasks (`num_cpus=2` with two 1-CPU actors deadlocks a
+    `map_batches` + aggregate). Teardown checks that nothing is left running."""
     ray = pytest.importorskip("ray", reason="the Ray warm needs Ray Data: pip install 'sr-augment[ray]'")
     pytest.importorskip("ray.data")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

@@ -1,6 +1,6 @@
 """Warm on a Ray cluster: generate every (image, variant) with an actor pool, write portable shards.
 
-Why this shape (DESIGN.md section 5):
+Why this shape:
 - The inputs become a Ray dataset of (path, variant) work items; `map_batches` runs them through a
   callable class that builds the engine ONCE per actor (`num_gpus=1` per actor where the cluster has
   GPUs, else one CPU), `batch_size` items per engine call, `actors` actors.
@@ -238,7 +238,8 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
 def _connect(ray, address: str | None, actors: int) -> str | None:
     """Initialise Ray unless this process already did; the private folder it was started from when this call
     started it, else None. A local cluster started here gets more logical CPUs than actors: with every CPU
-    held by an actor, Ray Data has none left for its own tasks and stalls (DESIGN.md section 7).
+    held by an actor, Ray Data has none left for its own tasks and stalls (measured: `ray.init(num_cpus=2)`
+    with two 1-CPU actors deadlocks a `map_batches` followed by an aggregate; `num_cpus=4` runs).
 
     Ray puts the driver's working folder on every worker's `sys.path` (and starts a local cluster's workers
     in it), so a module planted where the user runs (`argparse.py` in a team folder) would load in the
