@@ -69,7 +69,7 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     if img.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:  # else skip exif_transpose's full copy
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
+        arr = np.asarray(img, dtype=np.int64 if img.mode == "I" else np.uint16)
         arr = np.clip(arr, 0, 65535).astype(np.float64) if img.mode == "I" else arr
         arr8 = np.round(np.asarray(arr, dtype=np.float64) / 257.0).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(arr8[:, :, None], 3, axis=2))

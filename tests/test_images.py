@@ -78,3 +78,14 @@ def test_iter_image_files_recurses_and_filters(tmp_path):
     assert found == ["3.bmp", "a/1.png", "a/b/2.JPG"]
     with pytest.raises(FileNotFoundError, match="missing"):
         iter_image_files([tmp_path / "missing"])
+
+
+def test_negative_values_of_a_32_bit_integer_image_are_clipped_to_black_not_wrapped_to_white():
+    """Mode "I" is signed: -5 is below black, so it clips to 0 (read as unsigned it wrapped to white)."""
+    from PIL import Image as PILImage
+
+    from sr_augment.images import pil_to_rgb
+
+    img = PILImage.fromarray(np.array([[-5, 0], [257 * 100, 70000]], dtype=np.int32), mode="I")
+    out = pil_to_rgb(img)
+    assert out[:, :, 0].tolist() == [[0, 0], [100, 255]]
