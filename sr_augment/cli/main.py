@@ -100,21 +100,22 @@ def cmd_warm(args) -> int:
     from sr_augment.warm.accelerate import accelerate_job
     from sr_augment.cache import CacheWriteError
     from sr_augment.warm.local import warm
-    from sr_augment.warm.options import dry_run, preprocess
+    from sr_augment.warm.options import WarmOptions, dry_run
 
-    if args.dry_run:  # plans against the local cache; nothing runs or is written
-        return dry_run(args, _build_engine)
-    if args.ray is not None or args.out:  # a Ray cluster writing shards (sr_augment.warm.ray)
-        from sr_augment.warm.ray import cmd_ray_warm
-        return cmd_ray_warm(args)
+    options = WarmOptions.from_args(args)  # the one read of the namespace: every path below takes `options`
+    if options.dry_run:  # plans against the local cache; nothing runs or is written
+        return dry_run(options)
+    if options.ray is not None or options.out:  # a Ray cluster writing shards (sr_augment.warm.ray)
+        from sr_augment.warm.ray import run_ray_warm
+        return run_ray_warm(options)
     job = accelerate_job()  # None unless `accelerate launch` started several processes: each then warms a share
-    engine = job.build_engine(_build_engine, args) if job else _build_engine(args, args.batch_size)
-    with _open_cache(args) as cache:
+    engine = job.build_engine(options) if job else options.build_engine()
+    with _open_cache(options) as cache:  # its cache_dir and size_limit
         before = cache.stats().evictions
         try:
-            report = (job.warm if job else warm)(args.paths, engine, cache, mode=args.mode, variants=args.variants,
-                                                 batch_size=args.batch_size, progress=not args.no_progress,
-                                                 preprocess=preprocess(args))
+            report = (job.warm if job else warm)(list(options.paths), engine, cache, mode=options.mode,
+                                                 variants=options.variants, batch_size=options.batch_size,
+                                                 progress=options.progress, preprocess=options.preprocess)
         except FileNotFoundError as exc:
             raise SystemExit(f"sr-augment: {exc}") from None
         try:
@@ -143,7 +144,7 @@ def cmd_warm(args) -> int:
     if report.interrupted:
         print(f"interrupted ({report.stopped_by or 'stopped'}): every finished batch is cached; run the same "
               f"command again to resume", file=sys.stderr)
-    if args.json:
+    if options.json:
         print(json.dumps(report.as_dict()))
     else:
         print(f"{report.images} images: {report.generated} generated, {report.cached} already cached, "

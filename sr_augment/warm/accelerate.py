@@ -83,15 +83,12 @@ class AccelerateJob:
         self.rank, self.processes = state.process_index, state.num_processes
         self.is_main, self.device = state.is_main_process, str(state.device)
 
-    def build_engine(self, build, args):
-        """`build(args, args.batch_size)` with `--device auto` meaning this process's device. The engine's
-        remembered settings keep the device the user asked for, so the identity record in the cache is
-        the one a plain warm, or an adapter with the same settings, looks up."""
-        requested, args.device = args.device, self.device if args.device == "auto" else args.device
-        try:
-            engine = build(args, args.batch_size)
-        finally:
-            args.device = requested
+    def build_engine(self, options):
+        """The engine of `options` (a `WarmOptions`) with `--device auto` meaning this process's device. The
+        engine's remembered settings keep the device the user asked for, so the identity record in the cache
+        is the one a plain warm, or an adapter with the same settings, looks up."""
+        requested = options.device
+        engine = options.build_engine(device=self.device if requested == "auto" else requested)
         config = getattr(engine, "service_config", None)
         if isinstance(config, dict):
             config["device"] = requested

@@ -1,6 +1,9 @@
 """The options of `sr-augment warm` that shape what is keyed and whether anything runs: `--resize`,
 `--center-crop` (the deterministic resize of a torchvision pipeline, `tv_geometry`) and `--dry-run`.
 
+`WarmOptions` is what the command was asked, typed: the CLI builds it once from its argparse namespace
+and passes it to the local, accelerate, Ray and dry-run paths, so none of them reads the namespace.
+
 Kept out of `cli.py` so the command-line module stays a table of commands. A dry run opens the cache
 read-only (nothing is written, not even a counter or the engine's identity) and builds the engine from
 its spec without running it: the built-in and diffusers engines know their fingerprint from their
@@ -10,10 +13,13 @@ configs, so no model is loaded; a `module:Class` engine is constructed (its cons
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass, field
 
-from sr_augment.warm.tv_geometry import Preprocess, parse_image_size
+from sr_augment.engines import DEFAULT_ENGINE
+from sr_augment.warm.tv_geometry import Preprocess, Size, parse_image_size
 
 
 def _size(text: str):
@@ -37,21 +43,85 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def preprocess(args) -> Preprocess | None:
-    """The deterministic resize / centre crop the options ask for, or None."""
+    """The deterministic resize / centre crop the options (`WarmOptions` or a namespace) ask for, or None."""
     steps = Preprocess(getattr(args, "resize", None), getattr(args, "center_crop", None))
     return steps if steps else None
 
 
-def dry_run(args, build_engine) -> int:
+@dataclass(frozen=True)
+class WarmOptions:
+    """What `sr-augment warm` was asked, typed and checked once (`from_args`); the local, accelerate, Ray
+    and dry-run warms take this, never the argparse namespace. `engine_params` are the parsed `--set`."""
+    paths: tuple = ()
+    engine: str = DEFAULT_ENGINE
+    scale: int = 4
+    steps: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    engine_params: dict = field(default_factory=dict)
+    mode: str = "upscale"
+    variants: int = 1
+    batch_size: int = 8
+    cache_dir: str | None = None
+    size_limit: int | None = None
+    json: bool = False
+    progress: bool = True
+    resize: Size | None = None
+    center_crop: Size | None = None
+    dry_run: bool = False
+    ray: str | None = None
+    """--ray: None (not given), "" (start a local cluster) or an address."""
+    out: str | None = None
+    actors: int = 2
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "WarmOptions":
+        """The options of a parsed `warm` command line; `SystemExit` for a malformed `--set`."""
+        return cls(paths=tuple(args.paths), engine=args.engine, scale=args.scale, steps=args.steps, device=args.device,
+                   dtype=args.dtype, engine_params=engine_params(args.params), mode=args.mode, variants=args.variants,
+                   batch_size=args.batch_size, cache_dir=args.cache_dir, size_limit=args.size_limit, json=args.json,
+                   progress=not args.no_progress, resize=args.resize, center_crop=args.center_crop,
+                   dry_run=args.dry_run, ray=args.ray, out=args.out, actors=args.actors)
+
+    @property
+    def preprocess(self) -> Preprocess | None:
+        """The deterministic resize / centre crop asked for, or None."""
+        return preprocess(self)
+
+    def engine_kwargs(self) -> dict:
+        """The engine parameters with `--batch-size` as the engine's batch size (unless `--set` gave one;
+        bicubic has none)."""
+        params = dict(self.engine_params)
+        if self.engine != "bicubic":
+            params.setdefault("batch_size", self.batch_size)
+        return params
+
+    def build_engine(self, device: str | None = None):
+        """The engine asked for (on `device` instead of `--device` when given); `SystemExit` saying why
+        when it cannot be built."""
+        from sr_augment.engines import EngineUnavailable, get_engine
+
+        try:
+            return get_engine(self.engine, scale=self.scale, steps=self.steps, device=device or self.device,
+                              dtype=self.dtype, **self.engine_kwargs())
+        except (EngineUnavailable, ValueError, TypeError) as exc:
+            raise SystemExit(f"sr-augment: {exc}") from None
+
+    def replace(self, **changes) -> "WarmOptions":
+        return dataclasses.replace(self, **changes)
+
+
+def dry_run(options: WarmOptions) -> int:
     """`warm --dry-run`: the summary of a warm that generates nothing (`generated`: what it would)."""
     from sr_augment.cache import SRCache
     from sr_augment.warm.local import warm
 
-    engine = build_engine(args, args.batch_size)
-    cache = SRCache(args.cache_dir, read_only=True)  # opening creates nothing; damaged entries are left alone
+    engine = options.build_engine()
+    cache = SRCache(options.cache_dir, read_only=True)  # opening creates nothing; damaged entries are left alone
     try:
-        report = warm(args.paths, engine, cache, mode=args.mode, variants=args.variants, batch_size=args.batch_size,
-                      progress=not args.no_progress, preprocess=preprocess(args), dry_run=True)
+        report = warm(list(options.paths), engine, cache, mode=options.mode, variants=options.variants,
+                      batch_size=options.batch_size, progress=options.progress, preprocess=options.preprocess,
+                      dry_run=True)
     except FileNotFoundError as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
     finally:
@@ -59,7 +129,7 @@ def dry_run(args, build_engine) -> int:
     for failure in report.failures:
         error = failure["error"]
         print(f"failed: {error if error.startswith(failure['path']) else failure['path'] + ': ' + error}", file=sys.stderr)
-    if args.json:
+    if options.json:
         print(json.dumps({**report.as_dict(), "dry_run": True}))
     else:
         print(f"dry run: {report.images} images: {report.generated} entries would be generated, {report.cached} "

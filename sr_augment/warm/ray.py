@@ -317,40 +317,38 @@ def _collect(ds, out: str, report: RayWarmReport, *, total: int, shard_size: int
         report.shards.extend(writer.close())
 
 
-def cmd_ray_warm(args) -> int:
-    """`sr-augment warm PATH... --ray [ADDRESS] --out URI`: the CLI's warm command on a Ray cluster."""
+def run_ray_warm(options) -> int:
+    """`sr-augment warm PATH... --ray [ADDRESS] --out URI`: the CLI's warm command on a Ray cluster, from its
+    `WarmOptions`."""
     import json
     import sys
 
-    from sr_augment.warm.options import engine_params
     from sr_augment.engines import check_spec
-    from sr_augment.warm.options import preprocess
 
-    if args.ray is None:
+    if options.ray is None:
         raise SystemExit("sr-augment: warm --out writes shards from a Ray cluster: add --ray [ADDRESS] "
                          "(without --ray, warm fills the local cache: --cache-dir)")
-    if not args.out:
+    if not options.out:
         raise SystemExit("sr-augment: warm --ray writes shards, not a cache: give --out FOLDER_OR_URI "
                          "(then `sr-augment import` it where training runs)")
     try:
         _import_ray()
-        check_spec(args.engine)  # a misspelt engine fails here, not in every actor
+        check_spec(options.engine)  # a misspelt engine fails here, not in every actor
     except (RayUnavailable, ValueError, TypeError) as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
-    params = engine_params(args.params)
-    if args.engine != "bicubic":
-        params.setdefault("batch_size", args.batch_size)
-    params.update(steps=args.steps, device=args.device, dtype=args.dtype)
+    params = options.engine_kwargs()
+    params.update(steps=options.steps, device=options.device, dtype=options.dtype)
     try:
-        report = ray_warm(args.paths, args.engine, args.out, address=args.ray or None, actors=args.actors,
-                          mode=args.mode, scale=args.scale, variants=args.variants, batch_size=args.batch_size,
-                          engine_params=params, preprocess=preprocess(args), progress=not args.no_progress)
+        report = ray_warm(list(options.paths), options.engine, options.out, address=options.ray or None,
+                          actors=options.actors, mode=options.mode, scale=options.scale, variants=options.variants,
+                          batch_size=options.batch_size, engine_params=params, preprocess=options.preprocess,
+                          progress=options.progress)
     except FileNotFoundError as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
     from sr_augment.cache.inventory import printable
 
     for shard in report.lost:
-        print(printable(f"warning: {args.out}: {shard} is listed in the manifest but gone or cut short: its samples "
+        print(printable(f"warning: {options.out}: {shard} is listed in the manifest but gone or cut short: its samples "
                         f"were generated again"), file=sys.stderr)
     for failure in report.failures:  # paths and errors name user files: printed escaped
         error = failure["error"]
@@ -359,10 +357,10 @@ def cmd_ray_warm(args) -> int:
     if report.interrupted:
         print("interrupted: every shard closed so far is complete; run the same command again to resume",
               file=sys.stderr)
-    if args.json:
+    if options.json:
         print(json.dumps(report.as_dict()))
     else:
         print(printable(f"{report.images} images: {report.generated} generated into {len(report.shards)} shards at "
-                        f"{args.out}, {report.cached} already there, {report.failed} failed in {report.seconds:.1f} s "
+                        f"{options.out}, {report.cached} already there, {report.failed} failed in {report.seconds:.1f} s "
                         f"({report.actors} Ray actors)"))
     return 130 if report.interrupted else 1 if report.failed else 0
