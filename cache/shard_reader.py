@@ -28,7 +28,7 @@ from PIL import PngImagePlugin, WebPImagePlugin
 
 from sr_augment.cache import codec, entrymeta
 from sr_augment.cache.shards import CONFLICT, FORMAT, IMAGE_EXTS, MEMBER, key_of, pixels_digest
-from sr_augment.errors import Refused  # noqa: F401  (defined in errors, named here too)
+from sr_augment.errors import SampleRefused  # noqa: F401  (defined in errors, named here too)
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_IMAGE_BYTES = 1 << 30
@@ -90,21 +90,21 @@ def samples(fh, shard: str, problems: list) -> Iterator[Sample]:
 
 
 def rebuild(sample: Sample, manifest_row: dict | None) -> bytes:
-    """The record of a sample, its checksum verified; `Refused` naming the member at fault otherwise.
+    """The record of a sample, its checksum verified; `SampleRefused` naming the member at fault otherwise.
     The caller decodes it (`SRCache.add_record`) before it enters a cache."""
     image_ext = next((e for e in IMAGE_EXTS if e in sample.data), None)
     if "json" not in sample.data or image_ext is None:
         present = ", ".join(sample.members.values())
-        raise Refused(present, "a sample needs one .json and one .webp or .png member; this one is incomplete")
+        raise SampleRefused(present, "a sample needs one .json and one .webp or .png member; this one is incomplete")
     json_name, image_name = sample.members["json"], sample.members[image_ext]
     image = sample.data[image_ext]
     if manifest_row is not None and manifest_row.get(CONFLICT):  # which of the two rows is true cannot be told
-        raise Refused(image_name, f"{manifest_row[CONFLICT]}; not imported")
+        raise SampleRefused(image_name, f"{manifest_row[CONFLICT]}; not imported")
     if manifest_row is not None:
         for ext, name in (("json", json_name), (image_ext, image_name)):
             column = "json" if ext == "json" else "image"
             if manifest_row.get(f"{column}_member") != name or hashlib.sha256(sample.data[ext]).hexdigest() != manifest_row.get(f"{column}_sha256"):
-                raise Refused(name, "does not match its SHA-256 in the shard's manifest (changed after export)")
+                raise SampleRefused(name, "does not match its SHA-256 in the shard's manifest (changed after export)")
     try:
         info = json.loads(sample.data["json"])
         if not isinstance(info, dict) or info.get("format") != FORMAT:
@@ -120,21 +120,21 @@ def rebuild(sample: Sample, manifest_row: dict | None) -> bytes:
                                                             and all(type(n) is int and n > 0 for n in shape) and shape[2] == 3):
             raise ValueError("record_header is not a header sr-augment writes")
     except RecursionError:  # the C decoder too: planted [[[[...]]]] is refused, not a crash of the import
-        raise Refused(json_name, "unusable sample JSON (nested too deeply to parse)") from None
+        raise SampleRefused(json_name, "unusable sample JSON (nested too deeply to parse)") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise Refused(json_name, f"unusable sample JSON ({exc})") from None
+        raise SampleRefused(json_name, f"unusable sample JSON ({exc})") from None
     too_large = entrymeta.over_pixel_limit(shape[0], shape[1])  # the limit every path uses, checked before decoding
     if too_large:
-        raise Refused(json_name, too_large)
+        raise SampleRefused(json_name, too_large)
     _check_declared_size(image, image_ext, shape, image_name)
     if header["codec"] == image_ext:  # the stored payload, byte for byte: the record must be the exported one
         record = codec.join(header_text.encode(), image)
         if zlib.crc32(record[8:]) != crc:
-            raise Refused(image_name, "the rebuilt record's CRC32 is not the exported one (the image or its JSON was changed)")
+            raise SampleRefused(image_name, "the rebuilt record's CRC32 is not the exported one (the image or its JSON was changed)")
     else:  # exported as PNG from another codec (raw): the pixels must be the exported ones
         pixels = _decode(image, image_ext, image_name)
         if pixels.shape != tuple(shape) or pixels_digest(pixels) != info.get("pixels_blake2b"):
-            raise Refused(image_name, "its pixels are not the exported ones (digest mismatch)")
+            raise SampleRefused(image_name, "its pixels are not the exported ones (digest mismatch)")
         record = codec.encode(pixels, header["codec"], header.get("meta") if isinstance(header.get("meta"), dict) else None)
     return record  # not decoded here: `SRCache.add_record` decodes it once before publishing it
 
@@ -145,9 +145,9 @@ def _check_declared_size(image: bytes, ext: str, shape: list, name: str) -> None
         with _READERS[ext](io.BytesIO(image)) as img:
             size = img.size
     except Exception as exc:  # Pillow raises many types on garbage
-        raise Refused(name, f"not a readable {ext.upper()} ({type(exc).__name__}: {exc})") from None
+        raise SampleRefused(name, f"not a readable {ext.upper()} ({type(exc).__name__}: {exc})") from None
     if size != (shape[1], shape[0]):
-        raise Refused(name, f"declares {size[0]}x{size[1]} pixels, not the record's {shape[1]}x{shape[0]}")
+        raise SampleRefused(name, f"declares {size[0]}x{size[1]} pixels, not the record's {shape[1]}x{shape[0]}")
 
 
 def _decode(image: bytes, ext: str, name: str) -> np.ndarray:
@@ -155,5 +155,5 @@ def _decode(image: bytes, ext: str, name: str) -> np.ndarray:
         with _READERS[ext](io.BytesIO(image)) as img:
             return np.array(img.convert("RGB"), dtype=np.uint8)
     except Exception as exc:
-        raise Refused(name, f"does not decode ({type(exc).__name__}: {exc})") from None
+        raise SampleRefused(name, f"does not decode ({type(exc).__name__}: {exc})") from None
 

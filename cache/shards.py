@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from sr_augment.cache import codec, entrymeta
-from sr_augment.errors import NotAFile  # noqa: F401  (defined in errors, named here too)
+from sr_augment.errors import NotARegularFile  # noqa: F401  (defined in errors, named here too)
 
 FORMAT = "sr-augment-shard/1"
 DEFAULT_SHARD_SIZE = 1 << 30
@@ -352,20 +352,20 @@ def _is_local(fs) -> bool:
 
 
 def open_regular(fs, path: str):
-    """`path` on `fs` opened for reading in binary mode, if it is a regular file; `NotAFile` naming it
+    """`path` on `fs` opened for reading in binary mode, if it is a regular file; `NotARegularFile` naming it
     otherwise. Locally the file is opened with O_NONBLOCK and checked with fstat before a byte is read
     (as `rows.read_value_file` does for value files), so a FIFO named `x.tar` cannot block the open or
     the read, and the file checked is the file read (no race with a swap after the check)."""
     if not _is_local(fs):
         kind = fs.info(path).get("type")
         if kind != "file":
-            raise NotAFile(f"{path}: not a regular file ({kind}); not read")
+            raise NotARegularFile(f"{path}: not a regular file ({kind}); not read")
         return fs.open(path, "rb")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotAFile(f"{path}: not a regular file (a FIFO, device, folder or socket); not read")
+            raise NotARegularFile(f"{path}: not a regular file (a FIFO, device, folder or socket); not read")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

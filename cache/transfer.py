@@ -28,10 +28,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sr_augment.cache import codec, entrymeta, layout, rows
-from sr_augment.cache.shard_reader import Refused, rebuild, samples
+from sr_augment.cache.shard_reader import SampleRefused, rebuild, samples
 from sr_augment.cache.disk import FULL_ERRNOS
 from sr_augment.errors import ExportWriteError
-from sr_augment.cache.shards import (DEFAULT_SHARD_SIZE, MANIFEST_DIR, NotAFile, ShardWriter, filesystem, open_regular,
+from sr_augment.cache.shards import (DEFAULT_SHARD_SIZE, MANIFEST_DIR, NotARegularFile, ShardWriter, filesystem, open_regular,
                                      parts_listing, read_manifest, retire, stem_of, written_keys)
 
 _SHOWN = 50
@@ -233,7 +233,7 @@ def import_shards(uris, cache, *, progress: bool = True, storage_options: dict |
             problems: list = []
             try:
                 fh = open_regular(fs, path)
-            except (NotAFile, OSError) as exc:
+            except (NotARegularFile, OSError) as exc:
                 report.refused += 1
                 report.note({"source": folder, "member": shard, "reason": str(exc).removeprefix(f"{path}: ")})
                 continue
@@ -249,9 +249,9 @@ def import_shards(uris, cache, *, progress: bool = True, storage_options: dict |
                         continue
                     try:
                         if manifest is not None and sample.key not in manifest:
-                            raise Refused(", ".join(sample.members.values()), "not in the shard's manifest (added after export)")
+                            raise SampleRefused(", ".join(sample.members.values()), "not in the shard's manifest (added after export)")
                         record = rebuild(sample, None if manifest is None else manifest[sample.key])
-                    except Refused as exc:
+                    except SampleRefused as exc:
                         report.refused += 1
                         report.note({"source": path, "member": exc.member, "reason": exc.reason})
                         continue

@@ -29,7 +29,7 @@ __all__ = [
     "CacheMiss", "CacheWriteError", "CacheReadOnly", "CacheInUse", "EntryTooLarge", "CacheUnavailable",
     "DatabaseDamaged", "DamagedEntry", "UntrustedRow", "CacheMissRateWarning", "NetworkFilesystemWarning",
     # shards
-    "NotAFile", "Refused", "ExportWriteError",
+    "NotARegularFile", "SampleRefused", "ExportWriteError",
     # Ray
     "RayUnavailable",
 ]
@@ -148,7 +148,7 @@ class NetworkFilesystemWarning(SRAugmentWarning):
 
 # --- shards ---------------------------------------------------------------------------------------------
 
-class NotAFile(ValueError, SRAugmentError):
+class NotARegularFile(ValueError, SRAugmentError):
     """A path that is not a regular file (a FIFO, a device, a folder, a socket): never opened for reading."""
 
 
@@ -158,7 +158,7 @@ class ExportWriteError(OSError, SRAugmentError):
     name, what was committed before stays, and a rerun with space resumes."""
 
 
-class Refused(ValueError, SRAugmentError):
+class SampleRefused(ValueError, SRAugmentError):
     """A shard sample that may not enter a cache; `member` names the shard member at fault."""
 
     def __init__(self, member: str, reason: str):
