@@ -143,6 +143,7 @@ def test_a_plain_warm_is_not_distributed_and_imports_neither_accelerate_nor_torc
     assert result == {"rc": 0, "loaded": []} and summary["generated"] == 3 and "processes" not in summary
 
 
+@pytest.mark.slow  # accelerate launch
 def test_two_launched_processes_each_warm_their_pixel_share_into_one_cache_and_report_once(tmp_path):
     files = _images(tmp_path / "imgs")
     cache_dir, log = tmp_path / "cache", tmp_path / "log"
@@ -179,6 +180,7 @@ def test_two_launched_processes_each_warm_their_pixel_share_into_one_cache_and_r
     assert summary["generated"] == 0 and summary["cached"] == entries
 
 
+@pytest.mark.slow  # accelerate launch
 def test_a_killed_process_loses_only_its_batch_in_flight_and_a_rerun_finishes_the_job(tmp_path):
     files = _images(tmp_path / "imgs")
     cache_dir, log = tmp_path / "cache", tmp_path / "log"

@@ -28,6 +28,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=280)
 
 
+@pytest.mark.slow  # the benchmark script in a subprocess
 def test_the_tiny_run_prints_both_models_side_by_side_and_says_its_numbers_are_not_gpu_numbers():
     done = _run("--tiny")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -47,6 +48,7 @@ def test_the_tiny_run_prints_both_models_side_by_side_and_says_its_numbers_are_n
     assert "2 steps, guidance 9" in naive_sd[4]
 
 
+@pytest.mark.slow  # the benchmark script in a subprocess
 def test_without_cuda_and_without_tiny_it_exits_with_a_clear_message():
     done = _run()
     assert done.returncode == 2

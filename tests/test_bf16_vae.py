@@ -15,6 +15,8 @@ pytest.importorskip("diffusers", reason="the SD x4 engine needs diffusers: pip i
 
 from sr_augment import get_engine  # noqa: E402
 
+pytestmark = pytest.mark.slow  # tiny diffusion pipelines in two dtypes
+
 # Measured on the tiny pipeline, 16x16 -> 64x64, 1 step, seed 0, 5 random images (torch 2.14, CPU): bf16 vs fp32
 # differ by 0.55-0.58 grey levels on average and 4-6 at most, while seed 1 instead of 0 moves the fp32 output by
 # about 42 on average.

@@ -59,6 +59,7 @@ def test_warm_duplicate_pixels_generate_once(capsys, cache_dir, tmp_path, rng):
     assert code == 0 and report["generated"] == 1 and report["cached"] == 2
 
 
+@pytest.mark.slow  # a tiny diffusion model
 def test_warm_with_tiny_diffusers_engine_batches_across_images(capsys, cache_dir, tmp_path, tiny_sd_dir, rng):
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
@@ -99,6 +100,7 @@ def test_info_and_clear(capsys, cache_dir, tmp_path, rng, monkeypatch):
     assert json.loads(capsys.readouterr().out)["entries"] == 0
 
 
+@pytest.mark.slow  # a subprocess and a tiny diffusion model
 def test_demo_console_script_writes_grid_and_timings(tmp_path):
     beside = Path(sys.executable).with_name("sr-augment")  # the venv's script, even when PATH lacks it
     exe = str(beside) if beside.exists() else shutil.which("sr-augment") or pytest.skip("console script not installed")

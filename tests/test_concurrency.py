@@ -27,6 +27,7 @@ from sr_augment.cache.codec import decode
 from sr_augment.images import bicubic_resize
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # warms and DataLoader workers in subprocesses
 
 TESTS = Path(__file__).resolve().parent
 

@@ -75,6 +75,7 @@ def _check_every_entry(cache_dir, pixels: dict[str, np.ndarray], variants: int) 
         return len(keys)
 
 
+@pytest.mark.slow  # warm in subprocesses
 def test_sigkill_at_random_points_then_rerun_resumes_with_every_entry_intact(tmp_path, rng):
     pixels = _images(tmp_path / "data", rng, 30)  # 30 batches of 0.1 s: a loaded machine still kills mid-run
     cache_dir, log = tmp_path / "cache", tmp_path / "log"
@@ -103,6 +104,7 @@ def test_sigkill_at_random_points_then_rerun_resumes_with_every_entry_intact(tmp
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.slow  # warm in subprocesses
 def test_sigterm_and_sigint_finish_the_batch_in_flight_print_the_summary_and_exit_nonzero(tmp_path, rng, sig, code):
     pixels = _images(tmp_path / "data", rng, 24)  # 8 batches of 0.45 s: the signal lands long before the end
     cache_dir, log = tmp_path / "cache", tmp_path / "log"
@@ -121,6 +123,7 @@ def test_sigterm_and_sigint_finish_the_batch_in_flight_print_the_summary_and_exi
 
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE (POSIX)")
+@pytest.mark.slow  # warm in subprocesses
 def test_a_full_disk_stops_warm_with_a_clear_error_and_leaves_the_cache_readable(tmp_path, rng):
     """The file-size limit makes every write past 300 kB fail (EFBIG), as a full disk does (ENOSPC)."""
     sizes = {"0.png": 8, "1.png": 8, "2.png": 8, "3.png": 8,  # small results: stored inline in SQLite

@@ -43,6 +43,7 @@ def test_registry_rejects_bad_specs(tmp_path):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_sd_dir", "tiny_ldm_dir"])
+@pytest.mark.slow  # tiny diffusion pipelines
 def test_diffusers_engine_scale_seed_and_variants(request, fixture, rng):
     engine = get_engine(request.getfixturevalue(fixture), steps=2)
     assert engine.scale == 4 and engine.dtype == "float32" and engine.device == "cpu"
@@ -88,6 +89,7 @@ def test_weights_identity_changes_with_the_files(tiny_ldm_dir, tmp_path):
     assert get_engine(copy, steps=2).fingerprint != same
 
 
+@pytest.mark.slow  # tiny diffusion pipelines
 def test_ldm_eta_noise_is_per_image(tiny_ldm_dir, rng):
     """diffusers' LDM pipeline draws eta noise from the global RNG; ours is seeded per image."""
     import torch
@@ -154,6 +156,7 @@ def test_tiling_blends_overlaps_exactly():
     assert np.all(stitcher.result() == 77)  # weights normalise: overlaps never brighten or darken
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_missing_weights_offline_give_one_plain_paragraph(tmp_path):
     """No weights and no hub: a short message naming the model and how to provide it, no traceback."""
     code = (
@@ -200,6 +203,7 @@ def test_a_missing_local_folder_is_named_not_looked_up_on_the_hub(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # out of memory: smaller batches, then one at a time, then a clear error
 # ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # tiny diffusion pipelines
 def test_out_of_memory_halves_the_batch_then_runs_per_image_and_remembers(tiny_ldm_dir, rng):
     import torch
 

@@ -43,6 +43,7 @@ def test_one_folder_is_split_stratified_80_10_10(tmp_path, rng):
 
 
 @pytest.mark.parametrize("framework", ["torch", "keras"])
+@pytest.mark.slow  # trains a classifier
 def test_experiment_end_to_end_writes_every_output(tmp_path, cache_dir, capsys, rng, framework):
     root = tmp_path / "data"
     _image_folder(root / "train", rng, per_class=6)

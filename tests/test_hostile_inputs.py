@@ -164,6 +164,7 @@ def test_a_result_over_the_bomb_limit_is_stored_and_read_back_not_taken_for_dama
         assert cache.stats().damaged == 0
 
 
+@pytest.mark.slow  # the built-in diffusion model
 def test_tiny_images_go_through_the_builtin_diffusion_engine():
     pytest.importorskip("diffusers")
     from sr_augment.engines import get_engine

@@ -197,6 +197,7 @@ SEEDED_SCRIPT = """
 """
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_set_random_seed_repeats_the_draws_of_an_unseeded_layer_across_processes(tmp_path):
     first, again = _run_parallel((SEEDED_SCRIPT, [tmp_path / "a"]), (SEEDED_SCRIPT, [tmp_path / "b"]))
     assert first == again
@@ -215,6 +216,7 @@ def test_on_miss_error_in_tf_data_is_an_unknown_error_carrying_the_key_and_the_h
     assert "warm the cache first" in caught.value.message
 
 
+@pytest.mark.slow  # trains a model
 def test_a_model_with_an_upscale_layer_trains_with_fit_and_predicts(cache_dir):
     engine = CountingEngine()
     augment = SRAugment(engine=engine, mode="upscale", scale=2, cache_dir=cache_dir, name="sr")
@@ -278,6 +280,7 @@ BACKEND_SCRIPT = """
 
 
 @pytest.mark.parametrize("backend, module", [("jax", "jax"), ("torch", "torch")])
+@pytest.mark.slow  # fresh interpreters
 def test_the_layer_runs_eagerly_on_the_jax_and_torch_backends(tmp_path, backend, module):
     if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode != 0:
         pytest.skip(f"{module} is not installed: the {backend} backend cannot be tested (pip install 'jax[cpu]')")

@@ -227,6 +227,7 @@ def _close(a, b, tolerance=1):
 
 # -- OSEDiff ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # one-step diffusion models
 def test_osediff_follows_the_authors_procedure(base, loras, rng):
     image = _image(rng, 12, 16)
     engine = get_engine("osediff", base=str(base), lora=str(loras["osediff"]), color_fix="none", **FAST)
@@ -280,6 +281,7 @@ def test_adain_colour_fix_matches_the_enlarged_inputs_colours(base, loras, rng):
 
 # -- PiSA-SR ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # one-step diffusion models
 def test_pisa_follows_the_authors_procedure_and_its_scales_vary_the_output(base, loras, rng):
     image = _image(rng, 8, 12)
     outputs, fingerprints = [], set()
@@ -295,6 +297,7 @@ def test_pisa_follows_the_authors_procedure_and_its_scales_vary_the_output(base,
     assert len(fingerprints) == 3
 
 
+@pytest.mark.slow  # one-step diffusion models
 def test_pisa_two_calls_in_bfloat16(base, loras, rng):
     image = _image(rng, 8, 8)
     engine = get_engine("pisa-sr", base=str(base), lora=str(loras["pisa"]), lambda_pix=0.5, lambda_sem=1.5,

@@ -101,6 +101,7 @@ def test_a_file_that_cannot_be_read_is_reported_by_path_and_the_others_are_warme
     assert report.failures[0]["path"] == str(root / "ants" / "broken.png")
 
 
+@pytest.mark.slow  # the engine service
 def test_the_tiny_ldm_pipeline_is_warmed_through_the_engine_service(tiny_ldm_dir, tmp_path, rng, cache_dir):
     images = [Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)) for _ in range(3)]
     settings = dict(engine=str(tiny_ldm_dir), steps=1, mode="upscale", variants=2, cache_dir=cache_dir)
@@ -153,6 +154,7 @@ def test_a_healthy_warmed_pipeline_and_a_cold_cache_do_not_warn(cache_dir, tmp_p
 # ---------------------------------------------------------------------------------------------------------
 # Keras (in this process: conftest imports torch first)
 # ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a Keras layer over tf.data
 def test_keras_layer_warm_of_the_dataset_before_the_map_makes_an_on_miss_error_epoch_pass(cache_dir, rng):
     tf = pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")

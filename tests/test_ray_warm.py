@@ -114,6 +114,7 @@ def _assert_the_first_answer_stays(out: Path, local_dir: Path, local_answers: di
             np.testing.assert_array_equal(codec.decode(local.record(key)), pixels)
 
 
+@pytest.mark.slow  # a Ray cluster
 def test_the_cli_warms_on_ray_into_shards_that_import_as_a_local_cache_names_a_bad_file_and_reruns_write_nothing(
         ray_cluster, images, tmp_path, capsys):
     out, bad = tmp_path / "shards", tmp_path / "bad.png"
@@ -139,6 +140,7 @@ def test_the_cli_warms_on_ray_into_shards_that_import_as_a_local_cache_names_a_b
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written, nothing touched
 
 
+@pytest.mark.slow  # a Ray cluster
 def test_a_diffusion_engine_on_two_actors_gives_the_pixels_a_local_cache_would_hold(ray_cluster, images, tmp_path,
                                                                                      tiny_ldm_dir):
     out = tmp_path / "shards"
@@ -157,6 +159,7 @@ def test_a_diffusion_engine_on_two_actors_gives_the_pixels_a_local_cache_would_h
                                   imported.get(first, engine, "resynthesize", 1))
 
 
+@pytest.mark.slow  # a Ray cluster
 def test_a_rerun_after_preemption_generates_only_the_shard_that_was_never_committed(ray_cluster, images, tmp_path):
     out = tmp_path / "shards"
     first = ray_warm([images], "bicubic", str(out), actors=2, variants=2, batch_size=2, shard_size=20_000,
@@ -221,6 +224,7 @@ def test_warm_ray_without_out_and_out_without_ray_are_refused_with_the_way_out(t
         main(["warm", str(tmp_path), "--engine", "bicubic", "--out", str(tmp_path / "o")])
 
 
+@pytest.mark.slow  # a Ray cluster
 def test_an_actor_keys_the_preprocessed_pixels_as_warm_resize_center_crop_does(images, tmp_path):
     import pyarrow as pa
 

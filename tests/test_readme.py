@@ -41,6 +41,7 @@ def _run(code: str, tmp_path: Path, name: str) -> str:
 
 
 @pytest.mark.parametrize("name, expected", [("torch", "torch.Size([16, 3, 64, 64])"), ("keras", "(None, 64, 64, 3)")])
+@pytest.mark.slow  # the README's examples in subprocesses
 def test_readme_example_runs_as_written(name, expected, tmp_path):
     pytest.importorskip("torchvision" if name == "torch" else "keras")
     code = _examples(README).get(name)

@@ -25,6 +25,7 @@ from sr_augment.service.identity import identity_config, identity_stamp, record_
 from sr_augment.service.launcher import ServiceLauncher
 
 pytest.importorskip("diffusers")
+pytestmark = pytest.mark.slow  # engine services in subprocesses
 
 
 @pytest.fixture

@@ -211,6 +211,7 @@ def test_a_failed_start_never_removes_a_socket_of_another_user(slow, service_fol
 
 
 # -- the start lock ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # the engine service
 def test_a_client_stopped_while_holding_the_start_lock_gives_a_clear_error_not_a_hang(slow, service_folder, tmp_path):
     engine = RemoteEngine(slow, tmp_path / "cache", start_timeout=1, connect_timeout=1)
     holder = subprocess.Popen(

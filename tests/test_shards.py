@@ -129,6 +129,7 @@ def test_a_shard_cut_off_midway_imports_the_samples_before_the_break(capsys, tmp
     assert code == 1 and report["copied"] == 5 and "breaks off" in err
 
 
+@pytest.mark.slow  # imports webdataset and pyarrow
 def test_shards_are_read_by_webdataset_and_pyarrow_without_sr_augment(capsys, tmp_path, rng):
     entries = _warmed(tmp_path / "cache", rng)
     main(["export", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "shards"), "--shard-size", "30KB",

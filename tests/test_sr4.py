@@ -40,6 +40,7 @@ def trained(tmp_path_factory):
     return data, root / "run"
 
 
+@pytest.mark.slow  # trains a tiny sr4
 def test_train_writes_checkpoints_sample_grids_log_and_a_loadable_model(trained, capsys):
     _, run = trained
     index = json.loads((run / "model_index.json").read_text())
@@ -62,6 +63,7 @@ def test_train_writes_checkpoints_sample_grids_log_and_a_loadable_model(trained,
     assert out.shape == (40, 52, 3) and out.dtype == np.uint8
 
 
+@pytest.mark.slow  # trains a tiny sr4
 def test_train_refuses_to_overwrite_a_run_and_resume_matches_an_uninterrupted_run(trained, tmp_path):
     from safetensors.numpy import load_file
 
@@ -87,6 +89,7 @@ def test_train_refuses_to_overwrite_a_run_and_resume_matches_an_uninterrupted_ru
         main(["train", str(data), "--out", str(tmp_path / "bad"), "--checkpoint-every", "0", "--no-progress"])
 
 
+@pytest.mark.slow  # trains a tiny sr4
 def test_sr4_pipeline_seeds_eta_and_batch_independence(trained, rng):
     _, run = trained
     image = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
@@ -113,6 +116,7 @@ def test_strength_is_rejected_for_models_other_than_sr4(tiny_ldm_dir):
         get_engine(tiny_ldm_dir, steps=1, strength=0.5)
 
 
+@pytest.mark.slow  # trains a tiny sr4
 def test_sr4_pipeline_rejects_sizes_the_unet_cannot_take(trained):
     from sr_augment.sr4.pipeline import SR4Pipeline
 

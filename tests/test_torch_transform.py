@@ -148,6 +148,7 @@ class _Images(torch.utils.data.Dataset):
 
 
 @pytest.mark.parametrize("start_method", ["spawn", "fork"])
+@pytest.mark.slow  # DataLoader worker processes and the engine service
 def test_dataloader_workers_share_one_model_and_return_cached_images(start_method, tiny_ldm_dir, tmp_path, rng, monkeypatch):
     monkeypatch.setenv("SR_AUGMENT_SERVICE_LINGER", "2")
     cache_dir = tmp_path / "cache"
