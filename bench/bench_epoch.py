@@ -105,7 +105,7 @@ print("RESULT " + json.dumps(out))
 def keras_epochs(files: list[str], engine: str, cache_dir: str, epochs: int) -> dict:
     args = json.dumps([files, engine, cache_dir, epochs, SIZE])
     out = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, args], capture_output=True, text=True, timeout=3600)
-    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    line = [text for text in out.stdout.splitlines() if text.startswith("RESULT ")]
     if out.returncode != 0 or not line:
         raise SystemExit(f"keras benchmark failed:\n{out.stdout}\n{out.stderr[-3000:]}")
     return json.loads(line[0][len("RESULT "):])

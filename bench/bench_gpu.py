@@ -91,8 +91,9 @@ TINY = {  # the shapes of tests/tiny_pipelines.py and tests/test_onestep_engine.
 def build_models(configs: dict, device: str):
     """(unet, vae, text encoder, tokenizer) with seeded random weights, initialised on `device` (fast on a GPU)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from tiny_pipelines import _tiny_clip_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tiny_pipelines import _tiny_clip_tokenizer
 
     tokenizer = _tiny_clip_tokenizer()  # character-level, 514 tokens: the prompt is "" anyway
     torch.manual_seed(0)

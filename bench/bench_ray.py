@@ -3,12 +3,12 @@
     python bench/bench_ray.py [--crops 32] [--crop 64] [--engine sr4] [--repeats 1] [--json out.json]
 
 Protocol: the crops of `bench_scaleout.write_crops` (BSD200 photos from ../shared/data, else seeded noise).
-One local Ray cluster is started first (`ray.init(num_cpus=cores + 2)`: more logical CPUs than actors,
-as Ray Data needs free CPUs for its own tasks or stalls) and is not timed. Each Ray row is one
-`ray_warm(...)` call into a fresh shard folder (1 variant, batch 8): its seconds include starting the actors, building the engine in each, reading the
-images, generating and writing the shards, which is what a user waits for. Each actor holds one logical
-CPU, so Ray gives it OMP_NUM_THREADS=1: 1 actor uses one core, 2 actors two. The reference row is
-`sr_augment.warm.warm` in this process into a fresh cache (torch's default threads: every core). With
+One local Ray cluster is started first (`ray.init(num_cpus=cores + 2)`: more logical CPUs than actors, as Ray
+Data needs free CPUs for its own tasks or stalls) and is not timed. Each Ray row is one `ray_warm(...)` call
+into a fresh shard folder (1 variant, batch 8): its seconds include starting the actors, building the engine
+in each, reading the images, generating and writing the shards, which is what a user waits for. Each actor
+holds one logical CPU, so Ray gives it OMP_NUM_THREADS=1: 1 actor uses one core, 2 actors two. The reference
+row is `sr_augment.warm.warm` in this process into a fresh cache (torch's default threads: every core). With
 `--repeats R` each row runs R times in turn and its fastest run counts.
 """
 
@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402,F401  (before anything that might import tensorflow)
-
 from bench_scaleout import write_crops  # noqa: E402
 
 
@@ -74,9 +73,9 @@ def main() -> None:
             source = write_crops(tmp / "crops", args.crops, args.crop)
             local_row(tmp / "crops", tmp / "heat", args)  # weights into the page cache; not counted
             for repeat in range(args.repeats):
-                for name, run in (("local warm (no Ray)", lambda: local_row(tmp / "crops", tmp / f"c{repeat}", args)),
-                                  ("Ray, 1 actor", lambda: ray_row(tmp / "crops", tmp / f"o1-{repeat}", 1, args)),
-                                  ("Ray, 2 actors", lambda: ray_row(tmp / "crops", tmp / f"o2-{repeat}", 2, args))):
+                for name, run in (("local warm (no Ray)", lambda r=repeat: local_row(tmp / "crops", tmp / f"c{r}", args)),
+                                  ("Ray, 1 actor", lambda r=repeat: ray_row(tmp / "crops", tmp / f"o1-{r}", 1, args)),
+                                  ("Ray, 2 actors", lambda r=repeat: ray_row(tmp / "crops", tmp / f"o2-{r}", 2, args))):
                     row = run()
                     print(f"{name}: {row}", flush=True)
                     if name not in rows or row["seconds"] < rows[name]["seconds"]:

@@ -2,12 +2,12 @@
 
     python bench/bench_shards.py --entries 2000 --side 64 --repeats 3
 
-Builds a cache of N bicubic x4 results of random images (side -> 4*side, the cache's default codec,
-printed; noise is the worst case for a codec, so entries are large; raw records are exported as PNG), then times, for each repeat: `export` to a fresh shard
-folder, `import` of those shards into a fresh cache (every record rebuilt, checksummed and decoded),
-and `merge` of the cache into a fresh one; and, as the reference, reading every record of the cache
-(`iter_records`, the export's input side) and a plain file copy of the cache folder. MB are the
-records' bytes (the same for every row), medians over the repeats.
+Builds a cache of N bicubic x4 results of random images (side -> 4*side, the cache's default codec, printed;
+noise is the worst case for a codec, so entries are large; raw records are exported as PNG), then times, for
+each repeat: `export` to a fresh shard folder, `import` of those shards into a fresh cache (every record
+rebuilt, checksummed and decoded), and `merge` of the cache into a fresh one; and, as the reference, reading
+every record of the cache (`iter_records`, the export's input side) and a plain file copy of the cache folder.
+MB are the records' bytes (the same for every row), medians over the repeats.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         size, codecs = build(tmp / "cache", args.entries, args.side)
-        print(f"cache: {args.entries} entries ({args.side}->{4 * args.side} px, stored as {codecs}), {size / 1e6:.1f} MB of records")
+        print(f"cache: {args.entries} entries ({args.side}->{4 * args.side} px, stored as {codecs}), "
+              f"{size / 1e6:.1f} MB of records")
         times: dict[str, list[float]] = {"read records (reference)": [], "copy folder (reference)": [], "export": [],
                                          "import": [], "merge": []}
         for repeat in range(args.repeats):

@@ -64,7 +64,7 @@ def score(engine, data, seed: int = 0) -> dict:
 
 def variants(engine, data, bicubic_rows, count: int) -> dict:
     diffs, margins = [], []
-    for (name, hr, lr), base in zip(data, bicubic_rows):
+    for (_name, hr, lr), base in zip(data, bicubic_rows):
         outs = engine.upscale([lr] * count, seeds=list(range(count)))
         diffs += [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in itertools.combinations(outs, 2)]
         margins += [psnr_y(o, hr, SCALE) - (base["psnr"] - 0.5) for o in outs]

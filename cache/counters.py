@@ -4,7 +4,8 @@ Why a module of its own: counting must cost a read nothing and must survive proc
 every way a training job ends them. So counts are kept in memory and added to a small persistent
 store (a diskcache folder, "meta": plain ints and JSON text, never a pickle, read back through
 `rows.read_meta`) every `_FLUSH_EVERY` events or `_FLUSH_SECONDS`, on `flush()`,
-when the cache is dropped and at process exit; a hit never waits on SQLite for bookkeeping. A read-only cache keeps its counts in memory only.
+when the cache is dropped and at process exit; a hit never waits on SQLite for bookkeeping. A read-only
+cache keeps its counts in memory only.
 
 Process exit and fork are the subtle part:
 - the main process flushes through `atexit`; a multiprocessing child (a DataLoader worker) leaves
@@ -28,8 +29,8 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import diskcache
 
@@ -194,7 +195,7 @@ def _engine_record(text, name: str) -> dict:
     return {"name": name, "generated": 0}
 
 
-_LIVE: "weakref.WeakSet[Counters]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Counters] = weakref.WeakSet()
 """Open counters of this process, held weakly: flushed at exit without being kept alive by it."""
 
 

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import warnings
 from pathlib import Path
+
 from sr_augment.errors import CacheUnavailable, NetworkFilesystemWarning  # noqa: F401  (defined in errors, named here too)
 
 

@@ -21,7 +21,6 @@ from typing import NamedTuple
 
 from sr_augment.cache import rows
 
-
 _BATCH = 500
 """Keys per `IN (...)` query: under SQLite's bound-parameter limit (999 before 3.32)."""
 FALLBACK_SECONDS = 5.0

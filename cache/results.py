@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
 from sr_augment.errors import CacheMiss  # noqa: F401  (defined in errors, named here too)
 
 

@@ -20,8 +20,8 @@ import io
 import json
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from PIL import PngImagePlugin, WebPImagePlugin
@@ -76,7 +76,8 @@ def samples(fh, shard: str, problems: list) -> Iterator[Sample]:
                 if current is None:
                     current = Sample(key, {}, {}, 0)
                 if ext in current.data or (ext != "json" and any(e in current.data for e in IMAGE_EXTS)):
-                    problems.append({"shard": shard, "member": member.name, "reason": "a second image or JSON of one sample; not read"})
+                    problems.append({"shard": shard, "member": member.name,
+                                     "reason": "a second image or JSON of one sample; not read"})
                     continue
                 current.data[ext] = tar.extractfile(member).read()
                 current.members[ext] = member.name
@@ -103,7 +104,8 @@ def rebuild(sample: Sample, manifest_row: dict | None) -> bytes:
     if manifest_row is not None:
         for ext, name in (("json", json_name), (image_ext, image_name)):
             column = "json" if ext == "json" else "image"
-            if manifest_row.get(f"{column}_member") != name or hashlib.sha256(sample.data[ext]).hexdigest() != manifest_row.get(f"{column}_sha256"):
+            if (manifest_row.get(f"{column}_member") != name
+                    or hashlib.sha256(sample.data[ext]).hexdigest() != manifest_row.get(f"{column}_sha256")):
                 raise SampleRefused(name, "does not match its SHA-256 in the shard's manifest (changed after export)")
     try:
         info = json.loads(sample.data["json"])
@@ -130,7 +132,8 @@ def rebuild(sample: Sample, manifest_row: dict | None) -> bytes:
     if header["codec"] == image_ext:  # the stored payload, byte for byte: the record must be the exported one
         record = codec.join(header_text.encode(), image)
         if zlib.crc32(record[8:]) != crc:
-            raise SampleRefused(image_name, "the rebuilt record's CRC32 is not the exported one (the image or its JSON was changed)")
+            raise SampleRefused(image_name,
+                                "the rebuilt record's CRC32 is not the exported one (the image or its JSON was changed)")
     else:  # exported as PNG from another codec (raw): the pixels must be the exported ones
         pixels = _decode(image, image_ext, image_name)
         if pixels.shape != tuple(shape) or pixels_digest(pixels) != info.get("pixels_blake2b"):

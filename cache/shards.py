@@ -262,7 +262,7 @@ class ShardWriter:
         except Exception:  # noqa: BLE001  (an object store may never have made it)
             pass
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, kind, *exc) -> None:

@@ -30,19 +30,19 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import diskcache
 import numpy as np
 
-from sr_augment.cache import codec as _codec
 from sr_augment.cache import clearing, entrymeta, layout, rows, writers
+from sr_augment.cache import codec as _codec
 from sr_augment.cache.counters import META_TIMEOUT, Counters
 from sr_augment.cache.disk import WRITE_ATTEMPTS, CacheReadOnly, CacheWriteError
+from sr_augment.cache.filesystem import default_cache_dir, warn_if_network_filesystem
 from sr_augment.cache.reader import Reader, Row
 from sr_augment.cache.results import CacheStats, EntryRequest, entry_request
-from sr_augment.cache.filesystem import default_cache_dir, warn_if_network_filesystem
 from sr_augment.images import ImageInput, to_rgb
 from sr_augment.modes import engine_input, mode_result
 
@@ -364,7 +364,7 @@ class SRCache:
         for writer in opened:
             writer.close()
 
-    def __enter__(self) -> "SRCache":
+    def __enter__(self) -> SRCache:
         return self
 
     def __exit__(self, *exc) -> None:

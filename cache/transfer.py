@@ -20,19 +20,30 @@ import posixpath
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from PIL import Image
 from tqdm.auto import tqdm
 
 from sr_augment.cache import codec, entrymeta, layout, rows
-from sr_augment.cache.shard_reader import SampleRefused, rebuild, samples
 from sr_augment.cache.disk import FULL_ERRNOS
+from sr_augment.cache.shard_reader import SampleRefused, rebuild, samples
+from sr_augment.cache.shards import (
+    DEFAULT_SHARD_SIZE,
+    MANIFEST_DIR,
+    NotARegularFile,
+    ShardWriter,
+    filesystem,
+    open_regular,
+    parts_listing,
+    read_manifest,
+    retire,
+    stem_of,
+    written_keys,
+)
 from sr_augment.errors import ExportWriteError
-from sr_augment.cache.shards import (DEFAULT_SHARD_SIZE, MANIFEST_DIR, NotARegularFile, ShardWriter, filesystem, open_regular,
-                                     parts_listing, read_manifest, retire, stem_of, written_keys)
 
 _SHOWN = 50
 """Problems listed by name in a report (the counts cover all)."""
@@ -249,7 +260,8 @@ def import_shards(uris, cache, *, progress: bool = True, storage_options: dict |
                         continue
                     try:
                         if manifest is not None and sample.key not in manifest:
-                            raise SampleRefused(", ".join(sample.members.values()), "not in the shard's manifest (added after export)")
+                            raise SampleRefused(", ".join(sample.members.values()),
+                                                "not in the shard's manifest (added after export)")
                         record = rebuild(sample, None if manifest is None else manifest[sample.key])
                     except SampleRefused as exc:
                         report.refused += 1
@@ -365,7 +377,8 @@ def export_images(cache_dir, out_dir, *, progress: bool = True) -> TransferRepor
 
 
 def _write_images(cache_dir: Path, out_dir: Path, report: TransferReport, progress: bool) -> None:
-    with _new_file(out_dir, "index.csv", "w", newline="") as fh, _bar(count_entries(cache_dir), "images", progress, "entry") as bar:
+    with (_new_file(out_dir, "index.csv", "w", newline="") as fh,
+          _bar(count_entries(cache_dir), "images", progress, "entry") as bar):
         table = csv.DictWriter(fh, IMAGE_COLUMNS)
         table.writeheader()
         for key, record in iter_records(cache_dir, report):

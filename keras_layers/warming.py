@@ -15,8 +15,8 @@ import sys
 import numpy as np
 
 from sr_augment.keras_layers import dict_inputs
-from sr_augment.warm.pipeline import adapter_images, warm_through
 from sr_augment.warm import WarmReport
+from sr_augment.warm.pipeline import adapter_images, warm_through
 
 
 def element_images(element):

@@ -16,8 +16,8 @@ if _sys.argv[:1] == ["-m"] and _sys.path[:1] == [_os.getcwd()]:
     del _sys.path[0]
 
 from sr_augment import errors  # noqa: E402
-from sr_augment.errors import *  # noqa: E402,F401,F403  (every error and warning, one base class)
 from sr_augment.engines import DEFAULT_ENGINE, Engine, get_engine  # noqa: E402
+from sr_augment.errors import *  # noqa: E402,F401,F403  (every error and warning, one base class)
 from sr_augment.images import load_image, to_rgb  # noqa: E402
 
 __version__ = "0.1.0"

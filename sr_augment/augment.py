@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
-from sr_augment.engines import BicubicEngine, DEFAULT_ENGINE, check_spec
+from sr_augment.engines import DEFAULT_ENGINE, BicubicEngine, check_spec
 from sr_augment.engines.base import warn_deterministic_variants
 from sr_augment.errors import CacheMissRateWarning  # noqa: F401  (defined in errors, named here too)
 from sr_augment.images import resize

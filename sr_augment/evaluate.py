@@ -24,7 +24,6 @@ from sr_augment.images import ImageDecodeError, center_crop, iter_image_files, l
 from sr_augment.metrics import gradient_magnitude, psnr_y, ssim_y
 from sr_augment.modes import engine_input, mode_result
 
-
 SSIM_WINDOW = 11
 """Side of SSIM's Gaussian window (sigma 1.5): the smallest image it can score."""
 

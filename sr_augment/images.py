@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from sr_augment.errors import ImageDecodeError, ImageShapeError  # noqa: F401  (defined in errors, named here too)
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 _TURNED = frozenset(range(2, 9))
 """EXIF orientations `ImageOps.exif_transpose` applies (1 and anything else: none)."""

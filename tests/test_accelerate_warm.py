@@ -23,11 +23,11 @@ import pytest
 from PIL import Image
 
 from faults import SlowEngine, read_log
-from sr_augment.warm.accelerate import accelerate_job, merge_reports
-from sr_augment.warm.balance import balanced_shares, image_pixels, split_by_pixels
 from sr_augment.cache import SRCache
 from sr_augment.cache.codec import decode
 from sr_augment.images import bicubic_resize, iter_image_files, load_image
+from sr_augment.warm.accelerate import accelerate_job, merge_reports
+from sr_augment.warm.balance import balanced_shares, image_pixels, split_by_pixels
 
 TESTS = Path(__file__).resolve().parent
 SIZES = [(8, 8), (16, 8), (8, 24), (12, 12), (8, 8), (20, 16), (8, 8), (10, 10), (8, 16), (16, 16), (24, 24), (8, 12)]

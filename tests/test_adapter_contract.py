@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sr_augment.cache import CacheMiss, SRCache
-
 from fakes import CountingEngine
+from sr_augment.cache import CacheMiss, SRCache
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (3, 6, 8, 3), dtype=np.uint8)  # NHWC, even sides
 

@@ -36,7 +36,7 @@ def test_the_tiny_run_prints_both_models_side_by_side_and_says_its_numbers_are_n
     rows = [ROW.match(line).groups() for line in done.stdout.splitlines() if ROW.match(line)]
     assert [(r[0], r[3].strip()) for r in rows] == [
         (model, label) for model in ("sd-x4", "osediff") for label in ("naive", "sr-augment defaults", "+ channels_last")]
-    for model, lr, hr, label, detail, ips, peak, ratio, hours in rows:
+    for _model, lr, hr, label, detail, ips, peak, ratio, hours in rows:
         assert (int(lr), int(hr)) == (8, 32) and peak.strip() == "n/a (CPU)"
         assert float(ips) > 0
         assert float(hours) == pytest.approx(3327 / float(ips) / 3600, rel=0.02, abs=0.006)  # the thesis projection

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import CountingEngine
 from sr_augment import get_engine
 from sr_augment.cache import CODECS, SRCache
 from sr_augment.cache.codec import DamagedEntry, decode, encode
-
-from fakes import CountingEngine
 
 
 @pytest.fixture
@@ -151,7 +150,7 @@ def test_codec_rejects_damaged_records(rng, damage):
 def test_size_limit_evicts_and_reports_evictions(cache_dir, rng):
     engine = CountingEngine(scale=8)
     with SRCache(cache_dir, size_limit=200_000, codec="raw") as cache:
-        for i in range(40):  # 40 x 48 KiB raw records > 200 kB
+        for _ in range(40):  # 40 x 48 KiB raw records > 200 kB
             cache.get_or_create(_image(rng, 16, 16), engine)
         stats = cache.stats()
     assert stats.entries < 40 and stats.evictions == 40 - stats.entries

@@ -126,7 +126,7 @@ def test_info_escapes_planted_control_characters_in_engine_names(tmp_path, rng, 
     cache_dir = tmp_path / "cache"
     _warmed(cache_dir, rng)
     name = "evil\x1b]0;retitled\x07\ncache      /etc/passwd"
-    _plant_meta(cache_dir, "engine:fp\x1b[2J", '{"name": %s, "generated": 1}' % json.dumps(name))
+    _plant_meta(cache_dir, "engine:fp\x1b[2J", f'{{"name": {json.dumps(name)}, "generated": 1}}')
     capsys.readouterr()
     assert main(["info", "--cache-dir", str(cache_dir)]) == 0
     out = capsys.readouterr().out

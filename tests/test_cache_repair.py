@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import CountingEngine
 from sr_augment.augment import AugmentCore
 from sr_augment.cache import SRCache
 from sr_augment.cache.verify import ORPHAN_AGE
 from sr_augment.cli import main
 from sr_augment.engines import BicubicEngine
-
-from fakes import CountingEngine
 from test_cache_security import _Payload
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import CountingEngine
 from sr_augment.cache import SRCache
 from sr_augment.cli import main
 from sr_augment.engines import BicubicEngine
-from fakes import CountingEngine
 
 
 def _images(rng, count: int, side: int = 8) -> list[np.ndarray]:
@@ -60,7 +60,8 @@ def test_export_images_writes_each_entry_as_png_with_an_index_of_key_engine_mode
     with SRCache(tmp_path / "cache") as cache:
         for row in rows:
             image, variant = keys[row["key"]]
-            assert (row["engine"], row["mode"], row["variant"], row["source_size"]) == ("bicubic", "resynthesize", str(variant), "8x8")
+            assert (row["engine"], row["mode"], row["variant"], row["source_size"]) == (
+                "bicubic", "resynthesize", str(variant), "8x8")
             assert np.array_equal(np.asarray(Image.open(out / row["file"])), cache.get(image, engine, "resynthesize", variant))
     with pytest.raises(SystemExit, match="no cache at"):
         main(["export", "--cache-dir", str(tmp_path / "missing"), "--images", str(tmp_path / "other")])

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 import sr_augment
-from sr_augment.engines import (REGISTRY, BicubicEngine, EngineKind, EngineSpecError, EngineUnavailable, check_spec,
-                                get_engine, is_hub_id, weights_stamp)
+from sr_augment.engines import (
+    REGISTRY,
+    BicubicEngine,
+    EngineKind,
+    EngineSpecError,
+    EngineUnavailable,
+    check_spec,
+    get_engine,
+    is_hub_id,
+    weights_stamp,
+)
 from sr_augment.engines.base import is_deterministic, make_fingerprint
 from sr_augment.engines.catalog import builtin_engines, format_table
 from sr_augment.engines.specs import deterministic_spec
@@ -80,7 +89,8 @@ def test_one_hub_id_test(spec, hub):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("sd-x4-upscalr", r"Unknown engine 'sd-x4-upscalr' \(did you mean 'sd-x4-upscaler'\?\)\. An engine is one of .*hub id 'owner/name'"),
+    ("sd-x4-upscalr", r"Unknown engine 'sd-x4-upscalr' \(did you mean 'sd-x4-upscaler'\?\)\. "
+                      r"An engine is one of .*hub id 'owner/name'"),
     ("bicubc", "did you mean 'bicubic'"),
     ("a b", "Unknown engine 'a b'. An engine is one of 'bicubic'"),
     ("no_such_package.module:Engine", "module 'no_such_package.module' .* cannot be found"),

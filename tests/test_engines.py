@@ -111,8 +111,8 @@ def test_large_inputs_are_tiled_without_seams(rng):
     """
     from PIL import Image
 
-    from sr_augment.images import bicubic_resize
     from sr_augment.engines.tiling import upscale_tiled
+    from sr_augment.images import bicubic_resize
 
     small = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
     image = np.asarray(Image.fromarray(small).resize((72, 60), Image.BICUBIC))  # smooth 60x72 photo-like

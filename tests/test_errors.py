@@ -101,7 +101,7 @@ def test_one_filter_silences_every_warning():
         warnings.filterwarnings("ignore", category=errors.SRAugmentWarning)
         for cls in ERROR_CLASSES:
             if issubclass(cls, Warning):
-                warnings.warn("x", cls)
+                warnings.warn("x", cls, stacklevel=2)
     assert caught == []
 
 

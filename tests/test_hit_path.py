@@ -13,11 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sr_augment.cache import SRCache
-from sr_augment.cache import codec
-from sr_augment.cache.codec import AUTO_RAW_PIXELS, DamagedEntry
-
 from fakes import CountingEngine
+from sr_augment.cache import SRCache, codec
+from sr_augment.cache.codec import AUTO_RAW_PIXELS, DamagedEntry
 
 
 def _image(rng, h=8, w=8):

@@ -21,11 +21,10 @@ keras = pytest.importorskip("keras")
 
 from keras.src import testing  # noqa: E402  (Keras' own layer test harness)
 
+from fakes import CountingEngine  # noqa: E402
 from sr_augment.cache import SRCache  # noqa: E402
 from sr_augment.engines import BicubicEngine  # noqa: E402
 from sr_augment.keras_layers import SRAugment  # noqa: E402
-
-from fakes import CountingEngine  # noqa: E402
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="needs the TensorFlow backend")
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +140,8 @@ def test_boxes_and_masks_follow_as_keras_resizing_moves_them_and_labels_pass(cac
         masks = np.asarray(out["segmentation_masks"])
         assert masks.dtype == np.uint8 and masks.shape == (2, *size, 1)
         np.testing.assert_array_equal(masks, np.asarray(expected["segmentation_masks"]))
-    if settings["mode"] == "upscale" and box_format != "xywh":  # scale 2, no clipping: every coordinate doubled (or kept, relative)
+    # scale 2, no clipping: every coordinate doubled (or kept, relative)
+    if settings["mode"] == "upscale" and box_format != "xywh":
         factor = 1 if box_format.startswith("rel") else 2
         np.testing.assert_allclose(expected["bounding_boxes"]["boxes"], data["bounding_boxes"]["boxes"] * factor)
 

@@ -17,11 +17,10 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from fakes import CountingEngine  # noqa: E402
 from sr_augment.cache import CacheMiss, SRCache  # noqa: E402
 from sr_augment.engines import BicubicEngine  # noqa: E402
 from sr_augment.keras_layers import SRAugment  # noqa: E402
-
-from fakes import CountingEngine  # noqa: E402
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="needs the TensorFlow backend")
 

@@ -166,7 +166,8 @@ def _authors_models(base, saved, vae_lora: bool):
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
     tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder").float()
-    ids = tokenizer("", max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer("", max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+                    return_tensors="pt").input_ids
     embeds = text_encoder(ids)[0]
     pisa = "lora_rank_unet_pix" in saved
     for key in [k for k in saved if k.startswith("unet_lora_")]:
@@ -179,7 +180,8 @@ def _authors_models(base, saved, vae_lora: bool):
         if "lora" in name or (not pisa and "conv_in" in name):
             param.data.copy_(saved["state_dict_unet"][name])
     if vae_lora:
-        vae.add_adapter(LoraConfig(r=saved["rank_vae"], init_lora_weights="gaussian", target_modules=saved["vae_lora_encoder_modules"]),
+        vae.add_adapter(LoraConfig(r=saved["rank_vae"], init_lora_weights="gaussian",
+                                   target_modules=saved["vae_lora_encoder_modules"]),
                         adapter_name="default_encoder")
         for name, param in vae.named_parameters():
             if "lora" in name:
@@ -196,7 +198,8 @@ def reference_osediff(base, lora, image, scale):
     unet.set_adapter(["default_encoder", "default_decoder", "default_others"])
     scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
     scheduler.set_timesteps(timesteps=[999])  # diffusers 0.25's set_timesteps(1) then step(t=999): prev_t = -1
-    lq = torch.from_numpy(np.array(resize(image, (image.shape[0] * scale, image.shape[1] * scale)))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    lq = torch.from_numpy(np.array(resize(image, (image.shape[0] * scale, image.shape[1] * scale))))
+    lq = lq.permute(2, 0, 1)[None].float() / 127.5 - 1
     latent = vae.encode(lq).latent_dist.mode() * vae.config.scaling_factor
     timesteps = torch.tensor([999]).long()
     pred = unet(latent, timesteps, encoder_hidden_states=embeds).sample
@@ -210,7 +213,8 @@ def reference_pisa(base, lora, image, scale, lambda_pix, lambda_sem):
     unet, vae, embeds = _authors_models(base, torch.load(lora, weights_only=True), vae_lora=False)
     pix = [f"default_{p}_pix" for p in ("encoder", "decoder", "others")]
     sem = [f"default_{p}_sem" for p in ("encoder", "decoder", "others")]
-    lq = torch.from_numpy(np.array(resize(image, (image.shape[0] * scale, image.shape[1] * scale)))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    lq = torch.from_numpy(np.array(resize(image, (image.shape[0] * scale, image.shape[1] * scale))))
+    lq = lq.permute(2, 0, 1)[None].float() / 127.5 - 1
     latent = vae.encode(lq).latent_dist.mode() * vae.config.scaling_factor
     unet.set_adapter(pix)
     pred_pix = unet(latent, 1, encoder_hidden_states=embeds).sample

@@ -15,8 +15,8 @@ from PIL import Image
 
 from sr_augment import get_engine
 from sr_augment.cache import SRCache, codec
-from sr_augment.cache.transfer import import_shards
 from sr_augment.cache.shards import MANIFEST_DIR, read_manifest, written_keys
+from sr_augment.cache.transfer import import_shards
 from sr_augment.cli import main
 from sr_augment.images import load_image
 from sr_augment.warm.ray import entry_request, list_inputs, ray_warm, read_image

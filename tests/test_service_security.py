@@ -169,7 +169,7 @@ def test_a_peer_of_another_user_is_refused_before_anything_is_sent(slow, service
     _foreign_owner(monkeypatch, fake, [service_folder, paths["socket"], paths["key"]])  # our files look like fake's
     monkeypatch.setattr(os, "getuid", lambda: fake)
     try:
-        with pytest.raises(ServiceError, match=rf"other end of the service socket .* runs as uid \d+, not as you"):
+        with pytest.raises(ServiceError, match=r"other end of the service socket .* runs as uid \d+, not as you"):
             engine.upscale([_image()], [0])
         deadline = time.monotonic() + 10
         while b"<closed>" not in received and time.monotonic() < deadline:

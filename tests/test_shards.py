@@ -203,7 +203,8 @@ def test_merge_joins_caches_verifies_every_record_and_refuses_a_damaged_one_by_k
     assert "checksum mismatch" in err and str(tmp_path / "b") in err
     with SRCache(tmp_path / "all") as merged, SRCache(tmp_path / "a") as a:
         for image, variant in first:
-            assert np.array_equal(merged.get(image, BicubicEngine(), variant=variant), a.get(image, BicubicEngine(), variant=variant))
+            assert np.array_equal(merged.get(image, BicubicEngine(), variant=variant),
+                                  a.get(image, BicubicEngine(), variant=variant))
     assert len(SRCache(tmp_path / "all")) == 15 and len(second) == 10
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from sr_augment.cache import SRCache, codec, entrymeta
-from sr_augment.cache.shards import MANIFEST_DIR, ShardWriter, written_keys
-from sr_augment.cache.transfer import TransferReport, import_shards, iter_records, merge_caches
+from sr_augment.cache.shards import MANIFEST_DIR, written_keys
+from sr_augment.cache.transfer import TransferReport, import_shards, iter_records
 from sr_augment.cli import main
 from sr_augment.engines import BicubicEngine
 

@@ -12,11 +12,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 from torchvision import tv_tensors  # noqa: E402
 
+from fakes import CountingEngine  # noqa: E402
 from sr_augment.cache import SRCache  # noqa: E402
 from sr_augment.images import bicubic_resize  # noqa: E402
 from sr_augment.torch_transforms import SRAugment  # noqa: E402
-
-from fakes import CountingEngine  # noqa: E402
 
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
 IMAGES = np.random.default_rng(3).integers(0, 256, (3, 6, 8, 3), dtype=np.uint8)  # NHWC

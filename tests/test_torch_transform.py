@@ -19,11 +19,10 @@ from torchvision import transforms as v1  # noqa: E402
 from torchvision import tv_tensors  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
+from fakes import CountingEngine  # noqa: E402
 from sr_augment.cache import CacheMiss, SRCache  # noqa: E402
 from sr_augment.images import ImageDecodeError, ImageShapeError, bicubic_resize  # noqa: E402
 from sr_augment.torch_transforms import SRAugment  # noqa: E402
-
-from fakes import CountingEngine  # noqa: E402
 
 
 def _hwc(rng, h=6, w=5):

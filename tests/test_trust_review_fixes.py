@@ -23,7 +23,6 @@ import pytest
 from PIL import Image
 
 from sr_augment.cache import SRCache
-from sr_augment.engines import BicubicEngine
 
 resource = pytest.importorskip("resource", reason="RLIMIT_FSIZE needs a POSIX system")
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from torch.utils._pytree import tree_flatten
 
-from sr_augment.warm.pipeline import adapter_images, indexed, warm_through
 from sr_augment.torch_transforms import samples
 from sr_augment.warm import WarmReport
+from sr_augment.warm.pipeline import adapter_images, indexed, warm_through
 
 
 def sample_images(transform, sample: Any) -> list:

@@ -143,8 +143,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the cache as WebDataset tar shards + a Parquet manifest (--out, any fsspec URL), "
                                       "or as PNG files + index.csv (--images)")
     p.add_argument("--cache-dir", default=None, help=cache_help)
-    p.add_argument("--out", default=None, metavar="URI", help="shard folder: a path or an fsspec URL such as s3://bucket/sr-shards; "
-                                                              "a rerun adds only entries not exported there yet")
+    p.add_argument("--out", default=None, metavar="URI",
+                   help="shard folder: a path or an fsspec URL such as s3://bucket/sr-shards; "
+                        "a rerun adds only entries not exported there yet")
     p.add_argument("--shard-size", default="1GB", help="bytes per shard, e.g. 1GB, 500MiB (default: %(default)s)")
     p.add_argument("--images", default=None, metavar="DIR", help="write every entry as a PNG file and index.csv instead")
     common(p)

@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from sr_augment.warm import options as warm_options
 from sr_augment.engines import DEFAULT_ENGINE, EngineUnavailable, get_engine
+from sr_augment.warm import options as warm_options
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -97,8 +97,8 @@ def _build_engine(args, batch_size: int | None = None):
 
 
 def cmd_warm(args) -> int:
-    from sr_augment.warm.accelerate import accelerate_job
     from sr_augment.cache import CacheWriteError
+    from sr_augment.warm.accelerate import accelerate_job
     from sr_augment.warm.local import warm
     from sr_augment.warm.options import WarmOptions, dry_run
 
@@ -220,8 +220,10 @@ def cmd_demo(args) -> int:
     engine = _build_engine(args)
     result = run_demo(engine, out_dir=args.out, variants=args.variants)
     print(f"wrote {result['grid']}")
-    print(f"{result['images']} images x {result['variants']} variants: generate {result['generate_ms_per_entry']:.1f} ms/entry, "
-          f"cache hit {result['hit_ms_per_entry']:.2f} ms/entry, PNG file decode {result['png_decode_ms_per_entry']:.2f} ms/entry")
+    print(f"{result['images']} images x {result['variants']} variants: "
+          f"generate {result['generate_ms_per_entry']:.1f} ms/entry, "
+          f"cache hit {result['hit_ms_per_entry']:.2f} ms/entry, "
+          f"PNG file decode {result['png_decode_ms_per_entry']:.2f} ms/entry")
     return 0
 
 
@@ -300,14 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=int, default=1, help="stochastic samples per image (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per engine call (default: %(default)s)")
     _add_cache_options(p)
-    p.add_argument("--size-limit", type=size_limit, default=None, help="cache size limit in bytes, remembered by the cache folder (default: the folder's, else 20 GiB)")
+    p.add_argument("--size-limit", type=size_limit, default=None,
+                   help="cache size limit in bytes, remembered by the cache folder (default: the folder's, else 20 GiB)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object last")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     warm_options.add_arguments(p)  # --resize, --center-crop, --dry-run
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="generate on a Ray cluster (ADDRESS; 'auto': the one running here; none: start one) into --out")
     p.add_argument("--out", default=None, metavar="URI", help="with --ray: folder or URI (s3://...) for the shards")
-    p.add_argument("--actors", type=int, default=2, help="with --ray: engine actors, one GPU each where there are GPUs (default: %(default)s)")
+    p.add_argument("--actors", type=int, default=2,
+                   help="with --ray: engine actors, one GPU each where there are GPUs (default: %(default)s)")
     p.set_defaults(func=cmd_warm)
 
     from sr_augment.cli import cache_commands
@@ -337,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hr", nargs="+", metavar="HR_DIR", help="folders or files of HR images")
     _add_engine_options(p)
     p.add_argument("--crop", type=int, default=512, help="HR crop side; smaller images are used whole (default: %(default)s)")
-    p.add_argument("--crops-per-image", type=int, default=1, help="1 = centre crop, N = N seeded random crops (default: %(default)s)")
+    p.add_argument("--crops-per-image", type=int, default=1,
+                   help="1 = centre crop, N = N seeded random crops (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="crops per engine call (default: %(default)s)")
     p.add_argument("--out", default="sr-augment-eval", help="report folder (default: %(default)s)")
     _add_cache_options(p)
@@ -347,14 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="train the same CNN on LR, SR, HR and HR+SRAugment data; metrics and McNemar tests")
     p.add_argument("data", metavar="DATA_DIR", help="class folders, or train/ and val/ (or test/) with class folders")
     _add_engine_options(p)
-    p.add_argument("--lr-factor", type=int, default=None, help="LR = HR downscaled by this; the engine upscales by it too (default: --scale)")
+    p.add_argument("--lr-factor", type=int, default=None,
+                   help="LR = HR downscaled by this; the engine upscales by it too (default: --scale)")
     p.add_argument("--seeds", type=int, default=3, help="training runs per arm (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=15, help="training epochs per run (default: %(default)s)")
     p.add_argument("--framework", choices=["torch", "keras"], default="torch",
                    help="which framework trains the CNN: the torchvision or the Keras SRAugment (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=128, help="square input side of the CNN (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size (default: %(default)s)")
-    p.add_argument("--variants", type=int, default=2, help="SRAugment variants per image in the HR+SRAugment arm (default: %(default)s)")
+    p.add_argument("--variants", type=int, default=2,
+                   help="SRAugment variants per image in the HR+SRAugment arm (default: %(default)s)")
     p.add_argument("--out", default="sr-augment-experiment", help="report folder (default: %(default)s)")
     _add_cache_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -8,8 +8,7 @@ already implements the `Engine` protocol (returned unchanged).
 
 from __future__ import annotations
 
-from sr_augment.engines.base import (Engine, EngineSpecError, EngineUnavailable, check_engine_spec,
-                                     make_fingerprint)
+from sr_augment.engines.base import Engine, EngineSpecError, EngineUnavailable, check_engine_spec, make_fingerprint
 from sr_augment.engines.bicubic import BicubicEngine
 from sr_augment.engines.kinds import REGISTRY
 from sr_augment.engines.registry import EngineKind, EngineRegistry
@@ -26,8 +25,8 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
     Args:
         spec: "sr4", "bicubic", "sd-x4-upscaler", "ldm-4x", a hub id ("owner/name"), a local folder holding a
             diffusers SR pipeline (`save_pretrained` output), a spandrel checkpoint file (.pth, .pt, .ckpt,
-            .safetensors: ESRGAN, SwinIR, HAT, DAT...; see `SpandrelEngine`), "dat-light" (x2/x3/x4), "package.module:Class" (built as
-            `Class(scale=..., **params)`), or an `Engine` object.
+            .safetensors: ESRGAN, SwinIR, HAT, DAT...; see `SpandrelEngine`), "dat-light" (x2/x3/x4),
+            "package.module:Class" (built as `Class(scale=..., **params)`), or an `Engine` object.
         scale: output size / input size. A diffusion model whose own factor differs runs at its own
             factor and its output is resized (bicubic), so `scale=4` always means 4x.
         steps: denoising steps (diffusion engines; None = the model's default).

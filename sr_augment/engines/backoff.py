@@ -8,7 +8,7 @@ smaller batches returns the same pixels.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from sr_augment.errors import EngineOutOfMemory, OutOfMemoryBackoffWarning  # noqa: F401  (defined in errors, named here too)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

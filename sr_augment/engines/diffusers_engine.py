@@ -11,20 +11,19 @@ from __future__ import annotations
 import inspect
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from sr_augment.ddim_noise import eta_step_kwargs
 from sr_augment.engines.backoff import BatchBackoff, tile_description
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.pipeline_weights import BUILTIN, resolve_weights
 from sr_augment.engines.specs import HUB_ALIASES
 from sr_augment.engines.tiling import upscale_to_scale
-from sr_augment.ddim_noise import eta_step_kwargs
 from sr_augment.torch_device import resolve_device, resolve_dtype
-
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -149,7 +148,7 @@ class DiffusersEngine:
             native_scale=self.native_scale, tile=self.tile, overlap=self.overlap, **sampler,
         )
 
-    def _native_scale(self, requested: int | None, config: "_ComponentConfigs") -> int:
+    def _native_scale(self, requested: int | None, config: _ComponentConfigs) -> int:
         if self.class_name == _SD_CLASS:
             return 2 ** (len(config.component("vae")["block_out_channels"]) - 1)
         if self.class_name == _LDM_CLASS:
@@ -196,7 +195,8 @@ class DiffusersEngine:
         return pipe
 
     def __repr__(self) -> str:
-        return f"DiffusersEngine({self.name!r}, {self.class_name}, scale={self.scale}, steps={self.steps}, device={self.device!r}, dtype={self.dtype!r})"
+        return (f"DiffusersEngine({self.name!r}, {self.class_name}, scale={self.scale}, steps={self.steps}, "
+                f"device={self.device!r}, dtype={self.dtype!r})")
 
     # -- the Engine contract ---------------------------------------------------------------------------
     def upscale(self, images: Sequence[np.ndarray], seeds: Sequence[int]) -> list[np.ndarray]:
@@ -269,7 +269,8 @@ class DiffusersEngine:
 
 
 def dtype_keyword() -> str:
-    """The keyword `from_pretrained` takes a torch dtype by: `dtype` on diffusers that deprecate `torch_dtype` (0.36+), else `torch_dtype`."""
+    """The keyword `from_pretrained` takes a torch dtype by: `dtype` on diffusers that deprecate `torch_dtype` (0.36+),
+    else `torch_dtype`."""
     from diffusers.utils import deprecation_utils
 
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"

@@ -17,7 +17,7 @@ This module imports nothing heavy and nothing of the kinds: they import it.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 from sr_augment.engines.base import Engine, EngineSpecError
 

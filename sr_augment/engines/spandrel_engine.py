@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -149,7 +149,8 @@ class SpandrelEngine:
         _require_spandrel(str(path))
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise EngineUnavailable(f"{self.path}: no such file (a spandrel engine is a {'/'.join(SPANDREL_SUFFIXES)} checkpoint)")
+            raise EngineUnavailable(
+                f"{self.path}: no such file (a spandrel engine is a {'/'.join(SPANDREL_SUFFIXES)} checkpoint)")
         if batch_size < 1 or overlap < 0 or (tile is not None and tile != 0 and (tile < 8 or overlap >= tile)):
             raise ValueError(f"need batch_size >= 1, tile >= 8 (or 0: no tiling) and 0 <= overlap < tile; "
                              f"got {batch_size}, {tile}, {overlap}")

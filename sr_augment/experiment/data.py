@@ -67,7 +67,7 @@ def discover(data_dir, seed: int = 0) -> ImageSet:
                              f"{', '.join(f'{c} has {n}' for c, n in small.items())}. Give train/ and test/ folders instead")
         train, rest = train_test_split(items, test_size=0.2, stratify=labels, random_state=seed)
         _, test = train_test_split(rest, test_size=0.5, stratify=[label for _, label in rest], random_state=seed)
-        layout = "one folder, stratified 80/10/10 split (seed %d)" % seed
+        layout = f"one folder, stratified 80/10/10 split (seed {seed:d})"
     if len(classes) < 2:
         raise ValueError(f"{root}: need at least 2 classes, found {classes}")
     return ImageSet(classes, train, test, layout)

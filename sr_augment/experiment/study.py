@@ -98,7 +98,8 @@ def run_experiment(data_dir, out, *, engine, cache, lr_factor: int = 4, seeds: i
                  "train_counts": np.bincount(y_train, minlength=len(data.classes)).tolist(),
                  "class_weights": weights.tolist(), "test_images": test_names, "test_labels": y_test.tolist()},
         "arms": {arm: {"runs": r, "mean": {m: statistics.mean(x[m] for x in r) for m in METRICS},
-                       "std": {m: statistics.stdev(x[m] for x in r) if len(r) > 1 else 0.0 for m in METRICS}} for arm, r in runs.items()},
+                       "std": {m: statistics.stdev(x[m] for x in r) if len(r) > 1 else 0.0 for m in METRICS}}
+                 for arm, r in runs.items()},
         "mcnemar": {f"{a} vs {b}": [{"seed": ra["seed"], **mcnemar_exact(np.array(ra["predictions"]) == y_test,
                                                                           np.array(rb["predictions"]) == y_test)}
                                     for ra, rb in zip(runs[a], runs[b])]

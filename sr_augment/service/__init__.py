@@ -39,8 +39,16 @@ the client side does.
 """
 
 from sr_augment.service.client import RemoteEngine
-from sr_augment.service.common import (CONNECT_TIMEOUT, DEFAULT_LINGER, REQUEST_TIMEOUT, START_TIMEOUT, ServiceError,
-                                       engine_config, service_dir, service_id)
+from sr_augment.service.common import (
+                                       CONNECT_TIMEOUT,
+                                       DEFAULT_LINGER,
+                                       REQUEST_TIMEOUT,
+                                       START_TIMEOUT,
+                                       ServiceError,
+                                       engine_config,
+                                       service_dir,
+                                       service_id,
+)
 from sr_augment.service.identity import identity_config, load_identity, remember_identity
 
 __all__ = ["CONNECT_TIMEOUT", "DEFAULT_LINGER", "REQUEST_TIMEOUT", "START_TIMEOUT", "RemoteEngine", "ServiceError",

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
 
 import numpy as np
 
 from sr_augment.service import common
-from sr_augment.service.common import (CONNECT_TIMEOUT, REQUEST_TIMEOUT, START_TIMEOUT, ServiceError, engine_config,
-                                       service_id)
+from sr_augment.service.common import CONNECT_TIMEOUT, REQUEST_TIMEOUT, START_TIMEOUT, ServiceError, engine_config, service_id
 from sr_augment.service.identity import load_identity, remember_identity
 from sr_augment.service.launcher import ServiceLauncher
 

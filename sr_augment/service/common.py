@@ -17,6 +17,7 @@ import stat
 import struct
 import tempfile
 from pathlib import Path
+
 from sr_augment.errors import ServiceError  # noqa: F401  (defined in errors, named here too)
 
 DEFAULT_LINGER = float(os.environ.get("SR_AUGMENT_SERVICE_LINGER", "10"))

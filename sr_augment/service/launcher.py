@@ -24,8 +24,16 @@ from contextlib import contextmanager
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 from pathlib import Path
 
-from sr_augment.service.common import (START_TIMEOUT, ServiceError, check_peer, check_private_file, read_key,
-                                       service_dir, service_paths, write_private)
+from sr_augment.service.common import (
+    START_TIMEOUT,
+    ServiceError,
+    check_peer,
+    check_private_file,
+    read_key,
+    service_dir,
+    service_paths,
+    write_private,
+)
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 

@@ -21,8 +21,15 @@ import time
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 from pathlib import Path
 
-from sr_augment.service.common import (DEFAULT_LINGER, ServiceError, check_peer, check_private_dir, read_key,
-                                       service_id, service_paths)
+from sr_augment.service.common import (
+    DEFAULT_LINGER,
+    ServiceError,
+    check_peer,
+    check_private_dir,
+    read_key,
+    service_id,
+    service_paths,
+)
 from sr_augment.service.launcher import same_folder
 
 

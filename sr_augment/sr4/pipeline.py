@@ -12,7 +12,7 @@ It saves and loads like any diffusers pipeline (`save_pretrained` / `SR4Pipeline
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

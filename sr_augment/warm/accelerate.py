@@ -26,8 +26,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sr_augment.warm.balance import split_by_pixels
 from sr_augment.images import iter_image_files
+from sr_augment.warm.balance import split_by_pixels
 from sr_augment.warm.local import WarmReport, warm
 
 _SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # as accelerate reads them
@@ -51,7 +51,7 @@ def launched_processes() -> int:
     return 1
 
 
-def accelerate_job() -> "AccelerateJob | None":
+def accelerate_job() -> AccelerateJob | None:
     """The job this process is one rank of, or None for a plain run (nothing imported: the launcher's
     environment variables say whether there is one)."""
     if launched_processes() <= 1:
@@ -211,7 +211,7 @@ class _JobProgress:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True) if show and folder else None
 
-    def __enter__(self) -> "_JobProgress":
+    def __enter__(self) -> _JobProgress:
         if self._thread:
             self._thread.start()
         return self

@@ -11,9 +11,9 @@ textbook LPT heuristic, within 4/3 of the best split, needs no library.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 from tqdm.auto import tqdm

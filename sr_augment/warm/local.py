@@ -21,18 +21,18 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from sr_augment.cache import layout
 from sr_augment.cache.disk import CacheWriteError
-from sr_augment.errors import CacheInUse
 from sr_augment.cache.results import EntryRequest
 from sr_augment.engines.base import warn_deterministic_variants
+from sr_augment.errors import CacheInUse
 from sr_augment.images import ImageDecodeError, iter_image_files, load_image, to_rgb
 
 Loader = Callable[[], "np.ndarray | Sequence[np.ndarray]"]
@@ -75,7 +75,7 @@ class _StopOnSignal:
         self.received: int | None = None
         self._announce, self._previous = announce, {}
 
-    def __enter__(self) -> "_StopOnSignal":
+    def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -75,7 +75,7 @@ class WarmOptions:
     actors: int = 2
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "WarmOptions":
+    def from_args(cls, args: argparse.Namespace) -> WarmOptions:
         """The options of a parsed `warm` command line; `SystemExit` for a malformed `--set`."""
         return cls(paths=tuple(args.paths), engine=args.engine, scale=args.scale, steps=args.steps, device=args.device,
                    dtype=args.dtype, engine_params=engine_params(args.params), mode=args.mode, variants=args.variants,
@@ -107,7 +107,7 @@ class WarmOptions:
         except (EngineUnavailable, ValueError, TypeError) as exc:
             raise SystemExit(f"sr-augment: {exc}") from None
 
-    def replace(self, **changes) -> "WarmOptions":
+    def replace(self, **changes) -> WarmOptions:
         return dataclasses.replace(self, **changes)
 
 

@@ -18,7 +18,8 @@ part of the transform that comes before SRAugment (decoding and deterministic re
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from sr_augment.warm.local import WarmReport, warm_items
 

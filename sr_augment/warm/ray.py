@@ -15,22 +15,22 @@ Why this shape:
 
 from __future__ import annotations
 
-import io
 import contextlib
+import io
 import math
 import os
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from sr_augment.cache.results import entry_request  # the same keys as SRCache, so shard keys are cache keys
+from sr_augment.errors import RayUnavailable  # noqa: F401  (defined in errors, named here too)
 from sr_augment.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, iter_image_files, load_image
 from sr_augment.warm.local import WarmReport
-from sr_augment.errors import RayUnavailable  # noqa: F401  (defined in errors, named here too)
 
 RAY_MISSING = ("`--ray` needs Ray Data, which is not installed: pip install 'sr-augment[ray]' "
                "(or pip install 'ray[data]>=2.9')")

@@ -48,7 +48,8 @@ class OneStepKind(EngineKind):
             elif lora is None or not lora.is_file():
                 reason = f"needs {info.file} ({info.source}): --set lora=PATH or {env_names(kind)[1]}=PATH"
             elif not Path(base).expanduser().is_dir() and not hub_cached(base):
-                reason = f"SD 2.1-base {base!r} is not a local folder nor in the Hugging Face cache: huggingface-cli download {base}"
+                reason = (f"SD 2.1-base {base!r} is not a local folder nor in the Hugging Face cache: "
+                          f"huggingface-cli download {base}")
             else:
                 reason = ""
             entries.append(EngineEntry(kind, f"{info.title}: one-step diffusion on SD 2.1-base + the authors' LoRA ({info.file})",

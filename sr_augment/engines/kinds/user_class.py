@@ -22,7 +22,7 @@ def module_exists(name: str) -> bool:
     if name in sys.modules:
         return True
     found = None
-    for depth, part in enumerate(name.split(".")):
+    for depth, _part in enumerate(name.split(".")):
         full = ".".join(name.split(".")[:depth + 1])
         if full in sys.modules:
             found = getattr(sys.modules[full], "__spec__", None)
