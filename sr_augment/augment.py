@@ -21,7 +21,7 @@ import numpy as np
 
 from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
 from sr_augment.engines import DEFAULT_ENGINE, BicubicEngine, check_spec
-from sr_augment.engines.base import warn_deterministic_variants
+from sr_augment.engines.determinism import warn_deterministic_variants
 from sr_augment.errors import CacheMissRateWarning  # noqa: F401  (defined in errors, named here too)
 from sr_augment.images import resize
 from sr_augment.miss_rate import MISS_WARNING_HIT_RATE, MISS_WARNING_LOOKUPS, MissRate  # noqa: F401

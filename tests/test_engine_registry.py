@@ -21,9 +21,9 @@ from sr_augment.engines import (
     is_hub_id,
     weights_stamp,
 )
-from sr_augment.engines.base import is_deterministic, make_fingerprint
-from sr_augment.engines.catalog import builtin_engines, format_table
-from sr_augment.engines.specs import deterministic_spec
+from sr_augment.engines.base import make_fingerprint
+from sr_augment.engines.determinism import deterministic_spec, is_deterministic
+from sr_augment.engines.listing import builtin_engines, format_table
 
 
 @pytest.fixture
@@ -241,8 +241,8 @@ def test_asking_every_kind_imports_no_torch(paths):
     code = (
         "import sys\n"
         "import sr_augment.engines as e\n"
-        "from sr_augment.engines.catalog import builtin_engines, format_table\n"
-        "from sr_augment.engines.specs import deterministic_spec\n"
+        "from sr_augment.engines.determinism import deterministic_spec\n"
+        "from sr_augment.engines.listing import builtin_engines, format_table\n"
         f"specs = {specs!r}\n"
         "assert sorted(specs) == sorted(k.id for k in e.REGISTRY.kinds), specs\n"
         "for kind_id, spec in specs.items():\n"

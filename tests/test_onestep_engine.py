@@ -22,8 +22,8 @@ pytest.importorskip("peft", reason="the one-step engines load the authors' LoRA 
 
 from sr_augment.cli import main  # noqa: E402
 from sr_augment.engines import EngineUnavailable, check_spec, get_engine, weights_stamp  # noqa: E402
-from sr_augment.engines.base import is_deterministic  # noqa: E402
-from sr_augment.engines.catalog import builtin_engines  # noqa: E402
+from sr_augment.engines.determinism import is_deterministic  # noqa: E402
+from sr_augment.engines.listing import builtin_engines  # noqa: E402
 from sr_augment.images import resize  # noqa: E402
 from tiny_pipelines import _seeded, _tiny_clip_tokenizer  # noqa: E402
 
@@ -369,7 +369,7 @@ def test_environment_variables_are_the_fallback(base, loras, monkeypatch, rng):
 def test_registry_catalog_and_stamps_import_no_torch(base, loras):
     assert check_spec("osediff") == "osediff" and check_spec("pisa-sr") == "pisa-sr"
     code = ("import sys, os; os.environ.pop('SR_AUGMENT_OSEDIFF_LORA', None); import sr_augment.engines as e; "
-            "from sr_augment.engines.catalog import builtin_engines; "
+            "from sr_augment.engines.listing import builtin_engines; "
             "entry = [x for x in builtin_engines() if x.spec == 'osediff'][0]; assert not entry.available, entry; "
             "assert 'SR_AUGMENT_OSEDIFF_LORA' in entry.reason; "
             f"stamp = e.weights_stamp('osediff', {{'base': {str(base)!r}, 'lora': {str(loras['osediff'])!r}}}); "

@@ -26,7 +26,7 @@ from conftest import PHOTOS, photo  # noqa: E402
 from sr_augment.cli import main  # noqa: E402
 from sr_augment.engines import EngineUnavailable, get_engine, weights_stamp  # noqa: E402
 from sr_augment.engines.base import DeterministicEngineWarning  # noqa: E402
-from sr_augment.engines.catalog import builtin_engines, format_table  # noqa: E402
+from sr_augment.engines.listing import builtin_engines, format_table  # noqa: E402
 from sr_augment.images import bicubic_resize, center_crop, resize  # noqa: E402
 from sr_augment.metrics import psnr_y  # noqa: E402
 
@@ -265,7 +265,7 @@ def test_the_catalog_lists_dat_light_and_checkpoint_files_as_deterministic():
 
 
 def test_importing_the_engines_and_stamping_a_checkpoint_imports_no_torch(checkpoints):
-    code = ("import sys; import sr_augment.engines as e; from sr_augment.engines.catalog import builtin_engines; "
+    code = ("import sys; import sr_augment.engines as e; from sr_augment.engines.listing import builtin_engines; "
             f"builtin_engines(); assert e.weights_stamp({str(checkpoints['esrgan'][0])!r}); "
             "assert 'torch' not in sys.modules and 'spandrel' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

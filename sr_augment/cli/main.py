@@ -207,7 +207,7 @@ VERIFY_UNCHECKED = 3
 
 
 def cmd_engines(args) -> int:
-    from sr_augment.engines.catalog import builtin_engines, format_table
+    from sr_augment.engines.listing import builtin_engines, format_table
 
     entries = builtin_engines()
     print(json.dumps([e.as_dict() for e in entries]) if args.json else format_table(entries))

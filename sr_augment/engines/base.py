@@ -8,7 +8,6 @@ cache key includes it, so changing any generation setting can never return a sta
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -32,34 +31,6 @@ class Engine(Protocol):
         count, batch); a float engine's last rounding may put a pixel 1 grey level apart under another
         thread count, batch or CPU. The cache keeps one answer per key, the first writer's."""
         ...
-
-
-def is_deterministic(engine) -> bool:
-    """Whether an engine (object or spec) gives the same pixels for every seed: an object's `deterministic`
-    attribute (absent = False), else, for a spec or an engine-service client, decided from the spec alone
-    without loading anything (see `specs.deterministic_spec`)."""
-    from sr_augment.engines.specs import deterministic_spec
-
-    if isinstance(engine, str) or hasattr(engine, "__fspath__"):
-        return deterministic_spec(str(engine))
-    if getattr(engine, "deterministic", False) is True:
-        return True
-    config = getattr(engine, "config", None)  # RemoteEngine: the spec the service builds its engine from
-    return isinstance(config, dict) and deterministic_spec(config.get("spec"))
-
-
-def warn_deterministic_variants(engine, variants: int, *, stacklevel: int = 3) -> bool:
-    """Warn (`DeterministicEngineWarning`) when `variants` > 1 are asked of a deterministic engine: the
-    variants would be identical, costing `variants` x the generation time and cache space for nothing.
-    Called once where an engine meets its `variants` (an adapter's constructor, `warm()`); returns
-    whether it warned."""
-    if int(variants) <= 1 or not is_deterministic(engine):
-        return False
-    name = engine if isinstance(engine, str) else getattr(engine, "name", type(engine).__name__)
-    warnings.warn(f"engine {name!r} is deterministic: all {int(variants)} variants of an image will be the same "
-                  f"pixels ({int(variants)}x the work and cache space for one result). Use variants=1, or a diffusion "
-                  f"engine (e.g. 'sr4') for varied samples.", DeterministicEngineWarning, stacklevel=stacklevel)
-    return True
 
 
 def make_fingerprint(**fields) -> str:

@@ -1,4 +1,6 @@
-"""What engines exist, what each needs, and whether it can run here: `sr-augment engines`.
+"""The facts `sr-augment engines` is made of: an `EngineEntry` row, which modules are installed, whether
+the Hugging Face cache holds a pipeline, where the dat-light weights are. The kinds describe their
+engines with them; `listing` asks every kind.
 
 Why a separate module: the answer must come without building any engine (no model load, no torch
 import, no network), so a user can see at once why an engine is unavailable and what to install.
@@ -58,26 +60,3 @@ def hub_cached(repo: str) -> bool:
         return False
     found = try_to_load_from_cache(repo, "model_index.json")
     return isinstance(found, str)
-
-
-def builtin_engines() -> list[EngineEntry]:
-    """The named engines, with availability checked on this machine without loading any of them: each
-    kind of the engine registry describes its own (`EngineKind.describe`), in listing order."""
-    from sr_augment.engines.registry import REGISTRY
-
-    return [entry for kind in REGISTRY.listing() for entry in kind.describe()]
-
-
-def format_table(entries: list[EngineEntry]) -> str:
-    """The `sr-augment engines` table of `entries`, then the spec forms that are patterns, not names."""
-    from sr_augment.engines.registry import REGISTRY
-
-    rows = [("engine", "available", "deterministic", "needs / why not")]
-    for e in entries:
-        rows.append((e.spec, "yes" if e.available else "no", "yes" if e.deterministic else "no",
-                     e.needs if e.available else e.reason))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
-    lines.append("")
-    lines += [f"{spec:<22}{what}" for spec, what in REGISTRY.forms()]
-    return "\n".join(lines)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from sr_augment.engines.base import EngineUnavailable
+from sr_augment.engines.registry import REGISTRY
 from sr_augment.engines.specs import HUB_ALIASES, is_hub_id
 
 BUILTIN = "sr4"
@@ -105,8 +106,6 @@ def resolve_weights(spec: str, revision: str | None = None) -> tuple[Path, str]:
         return local, f"local:{hash_folder(local)}"
     repo = HUB_ALIASES.get(spec, spec)
     if not is_hub_id(repo):  # the engine registry's one bad-spec error, as get_engine would raise it
-        from sr_augment.engines.registry import REGISTRY
-
         raise REGISTRY.unknown(spec)
     from diffusers import DiffusionPipeline
 

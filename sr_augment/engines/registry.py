@@ -5,13 +5,14 @@ importing torch (`check`), build the engine (`build`, heavy imports inside), sta
 (`weights_stamp`), say whether it is deterministic and what it needs, and describe its named engines
 for `sr-augment engines` (`describe`). `EngineRegistry.kind_of` returns the first kind, in order, whose
 `matches` accepts a spec, or raises the one bad-spec error, `EngineSpecError`. `get_engine`,
-`check_spec`, `weights_stamp`, `specs.deterministic_spec` and `catalog.builtin_engines` all ask it.
+`check_spec`, `weights_stamp`, `determinism.deterministic_spec` and `listing.builtin_engines` all ask it.
 
-The built-in kinds live in `sr_augment.engines.kinds`, one small module each, registered in order in
-`kinds/__init__.py` (spandrel's `ArchRegistry` of `ArchSupport` entries is the model). Adding a kind is
-one module and one registration there, or, from outside the package, `REGISTRY.register(kind, before=...)`.
+The built-in kinds live in `sr_augment.engines.kinds`, one small module each, registered in order into
+`REGISTRY` by `kinds/__init__.py` (spandrel's `ArchRegistry` of `ArchSupport` entries is the model), which
+every import of `sr_augment.engines` runs first. Adding a kind is one module and one registration there,
+or, from outside the package, `REGISTRY.register(kind, before=...)`.
 
-This module imports nothing heavy and nothing of the kinds: they import it.
+This module imports nothing heavy and nothing of the kinds: they import it (and register into `REGISTRY`).
 """
 
 from __future__ import annotations
@@ -154,9 +155,6 @@ class EngineRegistry:
         return kind
 
 
-def __getattr__(name: str):
-    if name == "REGISTRY":  # built in `kinds`, which imports this module: looked up on first use
-        from sr_augment.engines.kinds import REGISTRY
-
-        return REGISTRY
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+REGISTRY = EngineRegistry()
+"""The one registry of engine kinds. Empty here: `kinds/__init__.py` registers the built-in kinds, in
+matching order, when `sr_augment.engines` is imported (before any of its modules can be used)."""

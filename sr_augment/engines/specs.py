@@ -38,18 +38,3 @@ def is_hub_id(spec) -> bool:
     return (isinstance(spec, str) and not spec.startswith((".", "/", "~")) and spec.count("/") == 1
             and all(spec.split("/")) and not any(c.isspace() for c in spec))
 
-
-def deterministic_spec(spec) -> bool:
-    """Whether the engine named by `spec` returns the same pixels for every seed, decided from the spec
-    alone (nothing is loaded) by its kind in the engine registry: bicubic, dat-light, spandrel checkpoint
-    files and the one-step osediff / pisa-sr (no noise drawn) are; sampling diffusion is not; a spec that
-    names no engine is not."""
-    from sr_augment.engines.base import EngineSpecError
-    from sr_augment.engines.registry import REGISTRY
-
-    if not isinstance(spec, str):
-        return False
-    try:
-        return REGISTRY.kind_of(spec).deterministic(spec)
-    except EngineSpecError:
-        return False

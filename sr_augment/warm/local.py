@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from sr_augment.cache import layout
 from sr_augment.cache.disk import CacheWriteError
 from sr_augment.cache.results import EntryRequest
-from sr_augment.engines.base import warn_deterministic_variants
+from sr_augment.engines.determinism import warn_deterministic_variants
 from sr_augment.errors import CacheInUse
 from sr_augment.images import ImageDecodeError, iter_image_files, load_image, to_rgb
 

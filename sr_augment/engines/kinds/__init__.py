@@ -1,4 +1,5 @@
-"""The built-in engine kinds, one small module each, and `REGISTRY`: the one place their order is set.
+"""The built-in engine kinds, one small module each, and `REGISTRY` (defined in `registry`, empty there):
+registered here, the one place their order is set.
 
 Order matters, the first match wins: "package.module:Class", bicubic, the built-in sr4, dat-light, the
 one-step osediff / pisa-sr, a spandrel checkpoint file, a local diffusers folder (an existing one wins
@@ -11,9 +12,9 @@ Adding a kind: a module defining `KIND` (an `EngineKind`), and one line in the l
 from __future__ import annotations
 
 from sr_augment.engines.kinds import bicubic, builtin, dat_light, diffusers, onestep, spandrel, user_class
-from sr_augment.engines.registry import EngineRegistry
+from sr_augment.engines.registry import REGISTRY
 
-REGISTRY = EngineRegistry([
+BUILTIN_KINDS = (
     user_class.KIND,
     bicubic.KIND,
     builtin.KIND,
@@ -23,7 +24,12 @@ REGISTRY = EngineRegistry([
     diffusers.LOCAL_FOLDER,
     diffusers.HUB_ALIAS,
     diffusers.HUB_ID,
-])
+)
 """Every engine kind sr-augment knows, in matching order."""
+
+for _kind in BUILTIN_KINDS:
+    if _kind not in REGISTRY.kinds:  # registered once, even if this module is run again
+        REGISTRY.register(_kind)
+del _kind
 
 __all__ = ["REGISTRY"]
