@@ -99,8 +99,10 @@ def decode(record: bytes, expected_shape: tuple | None = None) -> np.ndarray:
         (header_len,) = struct.unpack_from("<H", body, 0)
         header = json.loads(bytes(body[2:2 + header_len]))
         payload = body[2 + header_len:]
+        if not _is_shape(header.get("shape")):
+            raise DamagedEntry(f"stored shape {str(header.get('shape'))[:80]} is not three non-negative integers")
         shape = tuple(header["shape"])
-        if len(shape) != 3 or shape[2] != 3:  # every codec holds RGB only (a raw RGBA must not pass)
+        if shape[2] != 3:  # every codec holds RGB only (a raw RGBA must not pass)
             raise DamagedEntry(f"stored shape {shape} is not an RGB image")
         if entrymeta.over_pixel_limit(shape[0], shape[1]):
             raise DamagedEntry(entrymeta.over_pixel_limit(shape[0], shape[1]))
@@ -138,6 +140,13 @@ def split(record: bytes) -> tuple[dict, bytes, memoryview]:
         header = json.loads(header_bytes)
     except (struct.error, ValueError, RecursionError) as exc:  # RecursionError: planted deeply nested JSON
         raise DamagedEntry(f"unreadable record header ({type(exc).__name__}: {exc})") from None
-    if not isinstance(header, dict) or header.get("codec") not in CODECS or not isinstance(header.get("shape"), list):
-        raise DamagedEntry("record header is not {codec, shape}")
+    if not isinstance(header, dict) or header.get("codec") not in CODECS or not _is_shape(header.get("shape")):
+        raise DamagedEntry("record header is not {codec, shape}: a codec name and three non-negative integers")
     return header, header_bytes, body[2 + header_len:]
+
+
+def _is_shape(shape) -> bool:
+    """Three plain non-negative integers: checked before any arithmetic on them (a planted ["x", 2e9, 3]
+    would make a string of gigabytes, a float or a bool would pass a size test it should fail)."""
+    return (isinstance(shape, list) and len(shape) == 3
+            and all(type(n) is int and 0 <= n < 2**31 for n in shape))

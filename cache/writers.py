@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shlex
 import shutil
 import sqlite3
 import stat
@@ -177,7 +178,8 @@ def _bad_lock(directory: Path, problem: str) -> CacheWriteError:
     message (not `write_error`'s, which would blame the disk) names the file and the fix."""
     error = CacheWriteError(f"the sr-augment cache {directory} cannot be locked for writing: its writer lock {problem} "
                             f"(the lock is always one; something was planted in its place). Nothing was written. "
-                            f"Remove it: `sr-augment verify --repair --cache-dir {directory}` (or `sr-augment clear`) does.")
+                            f"Remove it: `sr-augment verify --repair --cache-dir {shlex.quote(str(directory))}` does "
+                            f"(entries are kept).")
     error.errno = errno.EINVAL
     return error
 

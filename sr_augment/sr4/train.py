@@ -303,14 +303,23 @@ def check_config(config: TrainConfig) -> None:
 
 def _read_checkpoint(path: Path) -> dict:
     """The resume state as data (tensors, numbers, text): a run folder may be shared, so never unpickle code."""
+    from sr_augment.engines.weights_bounds import check_weights_file
+
     try:
+        check_weights_file(path)  # bounded before it is read: a zip record may claim to inflate to gigabytes
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
         raise ValueError(f"--resume: {path} is not a checkpoint this command wrote (only tensors, numbers and "
                          f"text are read, never code): {str(error).splitlines()[0]}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise ValueError(f"--resume: {path} is not a checkpoint this command wrote (no config)")
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state["config"], dict) or "data" not in state["config"]:
+        raise ValueError(f"--resume: {path} is not a checkpoint this command wrote "
+                         f"(missing: {', '.join(missing) or 'config data'})")
     return state
+
+
+_STATE_KEYS = ("config", "step", "residual_scale", "unet", "optimizer", "ema", "numpy_rng", "generator",
+               "validation_images")
 
 
 def train(data, out, *, resume: bool = False, device: str = "auto", progress: bool = True, log=print, **settings) -> Path:
