@@ -14,6 +14,7 @@ eviction are the well-kept part); these functions are the read side, the checks,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -278,14 +279,29 @@ def check_settings(folder: Path) -> None:
             f"{quoted(root)} --yes` to start it empty.")
 
 
+@contextlib.contextmanager
+def _write_transaction(folder: Path, timeout: float):
+    """A plain SQL connection to `folder`'s database inside one `BEGIN IMMEDIATE` transaction: committed
+    when the block ends, rolled back on any error, closed either way."""
+    con = sqlite3.connect(str(Path(folder) / DBNAME), timeout=timeout, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+
+
 def reset_settings(folder: Path, keys, library: dict, timeout: float = 60.0) -> int:
     """Reset Settings rows `keys` with SQL (never through diskcache, which would run them): a diskcache
     setting to `library`'s value, a counter diskcache keeps to what the table holds, any other key
     deleted. Returns the number of rows changed."""
-    con = sqlite3.connect(str(Path(folder) / DBNAME), timeout=timeout, isolation_level=None)
     changed = 0
-    try:
-        con.execute("BEGIN IMMEDIATE")
+    with _write_transaction(folder, timeout) as con:
         for key in keys:
             if key in library:
                 value = library[key]
@@ -300,13 +316,6 @@ def reset_settings(folder: Path, keys, library: dict, timeout: float = 60.0) -> 
                 changed += con.execute("DELETE FROM Settings WHERE key IS ?", (key,)).rowcount
                 continue
             changed += con.execute("UPDATE Settings SET value = ? WHERE key IS ?", (value, key)).rowcount
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
     return changed
 
 
@@ -329,22 +338,13 @@ def delete_rows(folder: Path, rows, timeout: float = 60.0) -> int:
     """Delete rows `(rowid, filename, value)` with SQL in one transaction (never through diskcache,
     which would unpickle), each only if still exactly as read (a row replaced since stays), then
     their value files by name shape. Returns the number of rows deleted."""
-    con = sqlite3.connect(str(Path(folder) / DBNAME), timeout=timeout, isolation_level=None)
     gone = []
-    try:
-        con.execute("BEGIN IMMEDIATE")
+    with _write_transaction(folder, timeout) as con:
         for rowid, filename, value in rows:
             cursor = con.execute("DELETE FROM Cache WHERE rowid = ? AND filename IS ? AND value IS ?",
                                  (rowid, filename, value))
             if cursor.rowcount:
                 gone.append(filename)
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
     for filename in gone:
         if filename is not None:
             remove_value_file(folder, filename)

@@ -7,7 +7,6 @@ refused by name (an identical duplicate row is harmless)."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
@@ -17,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sr_augment.cache import SRCache
 from sr_augment.cache.shards import MANIFEST_DIR, ShardWriter
 from sr_augment.cache.transfer import TransferReport, iter_records
 from sr_augment.cli import main
-from sr_augment.engines import BicubicEngine
+from test_shards_hostile import _run
+from test_shards_hostile import _warmed as warmed
 
 pa = pytest.importorskip("pyarrow", reason="shards need the [shards] extra (pyarrow)")
 pq = pytest.importorskip("pyarrow.parquet", reason="shards need the [shards] extra (pyarrow)")
@@ -32,16 +31,7 @@ ESC = "\x1b]0;PWNED\x07\x1b[31mred"
 
 
 def _warmed(cache_dir: Path, rng, sides=(8, 8, 8, 8)) -> list[np.ndarray]:
-    images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for side in sides]
-    with SRCache(cache_dir) as cache:
-        cache.get_or_create_many(images, BicubicEngine())
-    return images
-
-
-def _run(capsys, *argv) -> tuple[int, dict, str]:
-    code = main([*argv, "--json", "--no-progress"])
-    out, err = capsys.readouterr()
-    return code, json.loads(out.strip().splitlines()[-1]), err
+    return warmed(cache_dir, rng, sides)
 
 
 def _export(capsys, cache_dir: Path, out: Path) -> tuple[int, dict, str]:
