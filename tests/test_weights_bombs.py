@@ -21,7 +21,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sr_augment.engines.weights_bounds import WeightsTooLarge, check_weights_file  # noqa: E402
+from sr_augment.weights_bounds import WeightsTooLarge, check_weights_file  # noqa: E402
 
 INFLATED = 1 << 30
 GROWTH_LIMIT_MB = 300

@@ -54,7 +54,7 @@ def read_lora_file(path: Path, kind: str) -> tuple[dict, bytes]:
     and what is wrong. The bytes are what the fingerprint hashes: the weights used are the ones hashed."""
     import torch
 
-    from sr_augment.engines.weights_bounds import check_weights_file
+    from sr_augment.weights_bounds import check_weights_file
 
     check_weights_file(path)  # before reading: neither the file nor its records may inflate past its size
     data = path.read_bytes()

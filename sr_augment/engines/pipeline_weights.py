@@ -62,7 +62,7 @@ MAX_PIPELINE_FILE_BYTES = 64 << 30
 def check_pipeline_weights(folder: Path, files: list[Path] | None = None) -> None:
     """Every weight file of a pipeline folder bounded before diffusers reads it (`check_weights_file`):
     a ValueError naming the file that would inflate past its size."""
-    from sr_augment.engines.weights_bounds import check_weights_file
+    from sr_augment.weights_bounds import check_weights_file
 
     for path in pipeline_files(folder) if files is None else files:
         if path.suffix.lower() in WEIGHT_SUFFIXES:

@@ -26,8 +26,8 @@ from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerp
 from sr_augment.engines.catalog import dat_light_weights
 from sr_augment.engines.specs import DAT_LIGHT, DAT_LIGHT_SCALES, SPANDREL_INSTALL, SPANDREL_SUFFIXES
 from sr_augment.engines.tiling import pad_to_multiple, upscale_to_scale
-from sr_augment.engines.weights_bounds import check_weights_file
 from sr_augment.torch_device import resolve_device, resolve_dtype
+from sr_augment.weights_bounds import check_weights_file
 
 DEFAULT_TILE = 256
 """Tile side in input pixels (models whose spandrel descriptor discourages tiling run on whole images)."""

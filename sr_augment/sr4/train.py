@@ -303,7 +303,7 @@ def check_config(config: TrainConfig) -> None:
 
 def _read_checkpoint(path: Path) -> dict:
     """The resume state as data (tensors, numbers, text): a run folder may be shared, so never unpickle code."""
-    from sr_augment.engines.weights_bounds import check_weights_file
+    from sr_augment.weights_bounds import check_weights_file
 
     try:
         check_weights_file(path)  # bounded before it is read: a zip record may claim to inflate to gigabytes
