@@ -3,7 +3,9 @@
 The engines and the cache work on uint8 RGB. Keras' image layers take any dtype and say which values
 the input spans with `value_range` (default `(0, 255)`); a float image in [0, 1] after
 `Rescaling(1 / 255)` must be told apart from a dark [0, 255] image, so values far outside
-`value_range` are an error, never silently clipped.
+`value_range` are an error, never silently clipped. The one mistake no range check can see, float [0, 1]
+images with the default `(0, 255)`, is suspected by `unit_range_suspected` and the layer warns once
+(`ValueRangeWarning`): a dark [0, 255] batch may legally look the same.
 """
 
 from __future__ import annotations
@@ -61,6 +63,29 @@ def to_uint8(batch: np.ndarray, value_range) -> np.ndarray:
     if not _is_uint8_range(value_range):
         values = (values - low) * (255.0 / (high - low))
     return np.round(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+
+
+def unit_range_suspected(batch: np.ndarray, value_range) -> tuple[float, float] | None:
+    """`(min, max)` of a float `batch` that most likely holds [0, 1] images given the default `(0, 255)`
+    range: finite values, none negative, maximum above 0 and at most 1 (plus float rounding); else None.
+    Read in [0, 255] such a batch rounds to {0, 1}. An all-black batch is not suspected: either reading
+    gives the same result."""
+    if batch.dtype.name not in FLOAT_DTYPES or not _is_uint8_range(value_range) or not batch.size:
+        return None
+    lo, hi = float(batch.min()), float(batch.max())
+    if np.isfinite(lo) and np.isfinite(hi) and lo >= 0 and 0 < hi <= 1 + RANGE_TOLERANCE:
+        return lo, hi
+    return None
+
+
+def unit_range_message(layer_name: str, bounds: tuple[float, float]) -> str:
+    lo, hi = bounds
+    return (f"SRAugment layer {layer_name!r} got float images with values in [{lo:.4g}, {hi:.4g}] and "
+            f"value_range=(0, 255): they are read as [0, 255] pixels, so images in [0, 1] (e.g. after "
+            f"Rescaling(1 / 255)) come back as {{0, 1}}. If your images are in [0, 1], pass value_range=(0, 1), "
+            f"or put Rescaling(1 / 255) after SRAugment. If they really are very dark [0, 255] images, ignore "
+            f"this: warnings.filterwarnings('ignore', category=sr_augment.ValueRangeWarning). "
+            f"(Warned once per layer.)")
 
 
 def from_uint8(images: np.ndarray, value_range, dtype) -> np.ndarray:

@@ -18,15 +18,24 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 
 import keras
 import numpy as np
 
 from sr_augment.augment import AugmentCore
 from sr_augment.engines import DEFAULT_ENGINE
+from sr_augment.errors import ValueRangeWarning
 from sr_augment.images import ImageShapeError
 from sr_augment.keras_layers import dict_inputs
-from sr_augment.keras_layers.pixels import check_input, check_value_range, from_uint8, to_uint8
+from sr_augment.keras_layers.pixels import (
+    check_input,
+    check_value_range,
+    from_uint8,
+    to_uint8,
+    unit_range_message,
+    unit_range_suspected,
+)
 
 # Keyword arguments that belong to `keras.layers.Layer`; every other extra keyword is an engine setting.
 _LAYER_KWARGS = frozenset({"name", "dtype", "trainable", "autocast", "input_shape", "input_dim", "batch_size",
@@ -61,7 +70,10 @@ class SRAugment(keras.layers.Layer):
     Pixel values: `value_range` gives the input's range, as in Keras' image layers: `(0, 255)` by
     default, `(0, 1)` after `Rescaling(1 / 255)`. The input is mapped to uint8 for the engine and the
     output is mapped back: same dtype, same range. NaN, or values outside `value_range` (beyond float
-    rounding), raise a `ValueError` naming `value_range`.
+    rounding), raise a `ValueError` naming `value_range`. Float images whose batch maximum is at most 1
+    with the default `(0, 255)` (most likely [0, 1] images, which would come back as {0, 1}) give a
+    `sr_augment.ValueRangeWarning` naming the fix, once per layer, eagerly and in `tf.data` alike (not
+    an error: genuinely dark [0, 255] images can be that dark).
 
     Dict input, the Keras 3 convention: `{"images": ..., "labels": ..., "bounding_boxes": {"boxes":
     ..., "labels": ...}, "segmentation_masks": ...}` (any of the last three). Labels pass through. When
@@ -148,6 +160,7 @@ class SRAugment(keras.layers.Layer):
         self.bounding_box_format = bounding_box_format
         self.generator = keras.random.SeedGenerator(seed)  # seed=None: from Keras' global seed
         self._sr_rng_lock = None
+        self._sr_range_warned = False  # ValueRangeWarning: once per layer
         self.supports_jit = False  # Python per image: no XLA
         self._convert_input_args = False  # keep uint8 as uint8, tf.data tensors as they are
         self._allow_non_tensor_positional_args = True
@@ -222,7 +235,23 @@ class SRAugment(keras.layers.Layer):
         lookups run. `warm` calls it; nothing is looked up or drawn."""
         array = np.asarray(images)
         check_input(array.dtype.name, array.ndim, array.shape[-1] if array.ndim else None, array.shape)
-        return to_uint8(array if array.ndim == 4 else array[None], self.value_range)
+        rgb = to_uint8(array if array.ndim == 4 else array[None], self.value_range)
+        if not self._sr_range_warned:
+            self._warn_if_unit_range(array)
+        return rgb
+
+    def _warn_if_unit_range(self, array: np.ndarray) -> None:
+        """`ValueRangeWarning` once per layer for float [0, 1]-looking input with `value_range=(0, 255)`.
+        Every path (eager numpy, a tf.data map's `numpy_function`, another backend, `warm`) sees the
+        batch as numpy here, so the check is one place; the flag is set under the lock (tf.data threads)."""
+        bounds = unit_range_suspected(array, self.value_range)
+        if bounds is None:
+            return
+        with self._draw_lock():
+            if self._sr_range_warned:
+                return
+            self._sr_range_warned = True
+        warnings.warn(unit_range_message(self.name, bounds), ValueRangeWarning, stacklevel=3)
 
     # -- the work --------------------------------------------------------------------------------------
     def _call_images(self, inputs, training):

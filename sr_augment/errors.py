@@ -28,6 +28,8 @@ __all__ = [
     # cache
     "CacheMiss", "CacheWriteError", "CacheReadOnly", "CacheInUse", "EntryTooLarge", "CacheUnavailable",
     "DatabaseDamaged", "DamagedEntry", "UntrustedRow", "CacheMissRateWarning", "NetworkFilesystemWarning",
+    # adapters
+    "ValueRangeWarning",
     # shards
     "NotARegularFile", "SampleRefused", "ExportWriteError",
     # Ray
@@ -144,6 +146,15 @@ class CacheMissRateWarning(SRAugmentWarning):
 
 class NetworkFilesystemWarning(SRAugmentWarning):
     """The cache folder is on a network filesystem, where SQLite's locking is not reliable."""
+
+
+# --- adapters -------------------------------------------------------------------------------------------
+
+class ValueRangeWarning(SRAugmentWarning):
+    """Float images whose batch maximum is at most 1 reached a Keras `SRAugment` with the default
+    `value_range=(0, 255)`: most likely [0, 1] images (after `Rescaling(1 / 255)`), which would come back
+    as {0, 1}. The message names the fix (`value_range=(0, 1)`, or `Rescaling` after the layer). A warning,
+    not an error, because genuinely dark [0, 255] images can be that dark; emitted once per layer."""
 
 
 # --- shards ---------------------------------------------------------------------------------------------
