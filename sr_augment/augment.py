@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
-from sr_augment.engines import DEFAULT_ENGINE, BicubicEngine, check_spec
+from sr_augment.engines import DEFAULT_ENGINE, BicubicEngine, check_spec, with_steps
 from sr_augment.engines.determinism import warn_deterministic_variants
 from sr_augment.errors import CacheMissRateWarning  # noqa: F401  (defined in errors, named here too)
 from sr_augment.images import resize
@@ -80,7 +80,8 @@ class AugmentCore:
             raise ValueError(f"p must be in [0, 1], got {p}")
         if int(scale) < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
-        self.engine_spec = check_spec(engine)  # a misspelt engine fails here, not in the service
+        # a misspelt engine or engine parameter fails here, not in the service (nothing loaded, no torch)
+        self.engine_spec = check_spec(engine, with_steps(engine_params, steps))
         warn_deterministic_variants(self.engine_spec, int(variants), stacklevel=4)  # from the spec: nothing loaded
         self.mode, self.scale, self.variants, self.p = mode, int(scale), int(variants), float(p)
         self.output_size = normalise_output_size(output_size)

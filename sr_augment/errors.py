@@ -21,7 +21,7 @@ __all__ = [
     # images
     "ImageDecodeError", "ImageShapeError",
     # engines
-    "EngineUnavailable", "EngineSpecError", "EngineOutOfMemory", "WeightsTooLarge",
+    "EngineUnavailable", "EngineSpecError", "EngineParameterError", "EngineOutOfMemory", "WeightsTooLarge",
     "DeterministicEngineWarning", "OutOfMemoryBackoffWarning",
     # engine service
     "ServiceError",
@@ -68,6 +68,14 @@ class EngineSpecError(ValueError, EngineUnavailable):
     `get_engine`; both a `ValueError` and an `EngineUnavailable`, so either `except` catches it. The
     message names the problem, the closest name when there is one, and every form an engine may take."""
 
+
+
+class EngineParameterError(EngineSpecError, TypeError):
+    """An engine parameter its engine kind does not take (the message names the closest accepted one and
+    lists them all), a value of the wrong type or outside the accepted choices, or a required one missing
+    (the one-step engines' LoRA file). Raised where the spec is checked: an adapter's constructor,
+    `get_engine`, the CLI's `--set`; before any model is loaded. An `EngineSpecError` (so a `ValueError`
+    and an `EngineUnavailable`) and a `TypeError`, as an unexpected keyword argument would be."""
 
 class EngineOutOfMemory(RuntimeError, SRAugmentError):
     """One tile does not fit in accelerator memory even alone; the message says what to change."""

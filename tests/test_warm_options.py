@@ -22,16 +22,16 @@ def _parse(*argv):
 
 
 def test_from_args_types_every_option_once():
-    args = _parse("a", "b", "--engine", "bicubic", "--scale", "2", "--set", "noise_level=30", "--set", "prompt=a photo",
+    args = _parse("a", "b", "--engine", "sd-x4-upscaler", "--scale", "2", "--set", "noise_level=30", "--set", "prompt=a photo",
                   "--variants", "3", "--batch-size", "4", "--cache-dir", "/c", "--size-limit", "1000000000", "--json",
                   "--no-progress", "--resize", "64", "--center-crop", "32x48", "--dry-run", "--ray", "--out", "s3://x",
                   "--actors", "3")
     options = WarmOptions.from_args(args)
-    assert options == WarmOptions(paths=("a", "b"), engine="bicubic", scale=2, engine_params={"noise_level": 30,
+    assert options == WarmOptions(paths=("a", "b"), engine="sd-x4-upscaler", scale=2, engine_params={"noise_level": 30,
                                   "prompt": "a photo"}, variants=3, batch_size=4, cache_dir="/c", size_limit=10**9,
                                   json=True, progress=False, resize=(64,), center_crop=(32, 48), dry_run=True, ray="",
                                   out="s3://x", actors=3)
-    assert options.preprocess is not None and options.engine_kwargs() == {"noise_level": 30, "prompt": "a photo"}
+    assert options.preprocess is not None and options.engine_kwargs() == {"noise_level": 30, "prompt": "a photo", "batch_size": 4}
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.engine = "sr4"
 

@@ -44,7 +44,7 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
     if not isinstance(spec, str):
         return spec
     settings = {"spec": spec, "scale": scale, "steps": steps, "device": device, "dtype": dtype, "params": dict(params)}
-    kind = REGISTRY.check(spec, params)
+    kind = REGISTRY.check(spec, with_steps(params, steps))
     engine = kind.build(spec, scale=scale, steps=steps, device=device, dtype=dtype, **params)
     return _tag(engine, settings) if kind.remembers_settings else engine
 
@@ -59,9 +59,17 @@ def _tag(engine: Engine, settings: dict) -> Engine:
     return engine
 
 
-def check_spec(spec):
+def with_steps(params: dict, steps) -> dict:
+    """The engine parameters a kind checks: `params`, with `steps` when it is set."""
+    return dict(params) if steps is None else {**params, "steps": steps}
+
+
+def check_spec(spec, params: dict | None = None):
     """`spec` as `get_engine` would take it, or an `EngineSpecError` (a `ValueError` and an `EngineUnavailable`,
-    the same one `get_engine` raises) naming the problem, the closest name and what is accepted.
+    the same one `get_engine` raises) naming the problem, the closest name and what is accepted. With
+    `params` (the engine parameters, `steps` among them when set: `with_steps`), those are checked too, as
+    `get_engine` checks them: an `EngineParameterError` for a name the kind does not take ("did you mean"),
+    a wrong type or value, or a required one (the one-step engines' LoRA file) missing.
 
     Run when an adapter is constructed, in the caller's process, so a misspelt engine fails there and not
     at the first image inside the engine service. Starts nothing and imports nothing (a TensorFlow
@@ -81,7 +89,7 @@ def check_spec(spec):
     """
     spec = check_engine_spec(spec)
     if isinstance(spec, str):
-        REGISTRY.check(spec)
+        REGISTRY.check(spec, params)
     return spec
 
 
@@ -99,4 +107,4 @@ def weights_stamp(spec: str, params: dict | None = None) -> list:
 
 __all__ = ["DEFAULT_ENGINE", "REGISTRY", "BicubicEngine", "Engine", "EngineKind", "EngineRegistry", "EngineSpecError",
            "EngineUnavailable", "check_engine_spec", "check_spec", "get_engine", "is_hub_id", "make_fingerprint",
-           "weights_stamp"]
+           "weights_stamp", "with_steps"]

@@ -18,9 +18,84 @@ This module imports nothing heavy and nothing of the kinds: they import it (and 
 from __future__ import annotations
 
 import difflib
+import numbers
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sr_augment.engines.base import Engine, EngineSpecError
+from sr_augment.errors import EngineParameterError
+
+_TYPE_NAMES = {numbers.Integral: "an int", numbers.Real: "a number", str: "a str", os.PathLike: "a path",
+               bool: "a bool", type(None): "None"}
+
+OWN_ARGUMENTS = {"scale": "scale=", "device": "device=", "dtype": "engine_dtype="}
+"""Settings that are arguments of their own (of `get_engine`, the adapters, the CLI), never engine
+parameters: passing one among the parameters is refused with where it goes."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter an engine kind's engines take, checked by `EngineKind.check` without building anything.
+
+    Attributes:
+        name: the keyword the engine's constructor takes.
+        types: the accepted types (`numbers.Integral`, `numbers.Real`, `str`, `os.PathLike`, `type(None)`,
+            ...); a bool is never an int or a number unless `bool` is listed. Empty: any value.
+        required: whether it must be given.
+        choices: the accepted values, when they are few.
+        note: said instead of the type or choice problem (e.g. why a value never applies to this kind).
+    """
+
+    name: str
+    types: tuple = ()
+    required: bool = False
+    choices: tuple | None = None
+    note: str = ""
+
+    def problem(self, value) -> str | None:
+        """What is wrong with `value` for this parameter, or None."""
+        if self.choices is not None and value in self.choices and type(value) is not bool:
+            return None
+        if self.choices is None and (not self.types or any(_is(value, t) for t in self.types)):
+            return None
+        if self.note:
+            return f"{self.note}; got {self.name}={value!r}"
+        if self.choices is not None:
+            return f"{self.name} must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+        return f"{self.name} must be {' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in self.types)}, got {value!r}"
+
+
+def _is(value, kind) -> bool:
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+INT, NUMBER, TEXT, NONE = (numbers.Integral,), (numbers.Real,), (str,), (type(None),)
+"""Shorthands for `Parameter.types` (`INT + NONE`: an int or None)."""
+
+
+def check_parameters(spec: str, accepted: Iterable[Parameter], params: dict) -> None:
+    """`EngineParameterError` for the first parameter of `params` that `accepted` does not take, or takes
+    with another type or value, or for a required one missing; names the closest accepted name."""
+    accepted = {p.name: p for p in accepted}
+    for name, value in params.items():
+        if name in OWN_ARGUMENTS:
+            raise EngineParameterError(f"engine {spec!r}: {name} is not an engine parameter but a setting of its "
+                                       f"own: {OWN_ARGUMENTS[name]} (--{name} on the command line)")
+        if not accepted:
+            raise EngineParameterError(f"{spec} engine takes no parameters, got {', '.join(sorted(params))}")
+        if name not in accepted:
+            close = difflib.get_close_matches(name, list(accepted), n=1, cutoff=0.6)
+            raise EngineParameterError(f"engine {spec!r} takes no parameter {name!r}"
+                                       + (f" (did you mean {close[0]!r}?)" if close else "")
+                                       + f"; it takes {', '.join(sorted(accepted))}")
+        problem = accepted[name].problem(value)
+        if problem:
+            raise EngineParameterError(f"engine {spec!r}: {problem}")
+    for parameter in accepted.values():
+        if parameter.required and parameter.name not in params:
+            raise EngineParameterError(f"engine {spec!r} needs the parameter {parameter.name!r}"
+                                       + (f" ({parameter.note})" if parameter.note else ""))
 
 
 class EngineKind:
@@ -37,6 +112,8 @@ class EngineKind:
         listed: its place in listings: the table, the names and forms in the bad-spec message.
         remembers_settings: whether `get_engine` records on the built engine the settings it was
             built from (`service_config`: what the engine service would build it from).
+        parameters: the `Parameter`s its engines take (`steps` among them where it applies), read from
+            the engine's constructor; None: not described, any parameter is passed on unchecked.
     """
 
     id: str = ""
@@ -46,6 +123,7 @@ class EngineKind:
     needs: str = "nothing"
     listed: int = 100
     remembers_settings: bool = True
+    parameters: tuple[Parameter, ...] | None = None
 
     def matches(self, spec: str) -> bool:
         """Whether `spec` is of this kind (nothing imported, nothing loaded; may look at the disk)."""
@@ -53,8 +131,16 @@ class EngineKind:
 
     def check(self, spec: str, params: dict | None = None) -> None:
         """Raise `EngineSpecError(problem)` when `spec`, of this kind, cannot name an engine here (a
-        missing file, a module that cannot be found), or a `TypeError`/`ValueError` for parameters the
-        kind never takes. Imports no torch. The registry adds to the problem what an engine may be."""
+        missing file, a module that cannot be found), or `EngineParameterError` for `params` (when given:
+        None checks the spec alone) the kind's `accepted(spec)` parameters refuse. Imports no torch. The
+        registry adds to a spec problem what an engine may be. A kind overriding it calls `super().check`."""
+        accepted = self.accepted(spec)
+        if params is not None and accepted is not None:
+            check_parameters(spec, accepted, params)
+
+    def accepted(self, spec: str) -> tuple[Parameter, ...] | None:
+        """The parameters engines of `spec` take (default: `parameters`); None: unchecked."""
+        return self.parameters
 
     def build(self, spec: str, *, scale: int = 4, steps: int | None = None, device: str = "auto",
               dtype: str = "auto", **params) -> Engine:
@@ -150,6 +236,8 @@ class EngineRegistry:
         kind = self.kind_of(spec)
         try:
             kind.check(spec, params)
+        except EngineParameterError:  # the spec is right: no list of what an engine may be
+            raise
         except EngineSpecError as exc:
             raise EngineSpecError(self.explain(str(exc))) from None
         return kind

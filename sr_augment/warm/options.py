@@ -76,12 +76,26 @@ class WarmOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WarmOptions:
-        """The options of a parsed `warm` command line; `SystemExit` for a malformed `--set`."""
-        return cls(paths=tuple(args.paths), engine=args.engine, scale=args.scale, steps=args.steps, device=args.device,
-                   dtype=args.dtype, engine_params=engine_params(args.params), mode=args.mode, variants=args.variants,
-                   batch_size=args.batch_size, cache_dir=args.cache_dir, size_limit=args.size_limit, json=args.json,
-                   progress=not args.no_progress, resize=args.resize, center_crop=args.center_crop,
-                   dry_run=args.dry_run, ray=args.ray, out=args.out, actors=args.actors)
+        """The options of a parsed `warm` command line; `SystemExit` for a malformed `--set`, or an engine or
+        engine parameter its kind refuses (`check_engine`)."""
+        options = cls(paths=tuple(args.paths), engine=args.engine, scale=args.scale, steps=args.steps,
+                      device=args.device, dtype=args.dtype, engine_params=engine_params(args.params), mode=args.mode,
+                      variants=args.variants, batch_size=args.batch_size, cache_dir=args.cache_dir,
+                      size_limit=args.size_limit, json=args.json, progress=not args.no_progress, resize=args.resize,
+                      center_crop=args.center_crop, dry_run=args.dry_run, ray=args.ray, out=args.out, actors=args.actors)
+        options.check_engine()
+        return options
+
+    def check_engine(self) -> None:
+        """`SystemExit` saying what is wrong when the engine spec or its parameters (`--set`, `--steps`) are
+        refused by its kind: a misspelt name with the closest one, a wrong type, a missing LoRA file.
+        Nothing is loaded and torch is not imported, so this runs before any cache is opened or worker started."""
+        from sr_augment.engines import EngineUnavailable, check_spec, with_steps
+
+        try:
+            check_spec(self.engine, with_steps(self.engine_kwargs(), self.steps))
+        except (EngineUnavailable, ValueError, TypeError) as exc:
+            raise SystemExit(f"sr-augment: {exc}") from None
 
     @property
     def preprocess(self) -> Preprocess | None:
@@ -137,6 +151,10 @@ def dry_run(options: WarmOptions) -> int:
     return 1 if report.failed else 0
 
 
+OWN_OPTIONS = ("scale", "steps", "device", "dtype")
+"""Settings with an option of their own (`--scale`, ...), refused in `--set`, where they would collide with it."""
+
+
 def engine_params(pairs: list[str]) -> dict:
     """`--set KEY=VALUE` pairs as engine parameters (values parsed as JSON where they are JSON, else
     text), shared by the local, accelerate and Ray warms."""
@@ -145,6 +163,9 @@ def engine_params(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"sr-augment: --set expects KEY=VALUE, got {pair!r}")
+        if key in OWN_OPTIONS:
+            raise SystemExit(f"sr-augment: --set {key}: {key} is an option of its own, not an engine parameter: "
+                             f"use --{key}")
         try:
             params[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:

