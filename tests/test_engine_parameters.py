@@ -115,6 +115,7 @@ def test_a_valid_parameter_set_still_builds(tmp_path):
     AugmentCore(engine="sd-x4-upscaler", noise_level=30, prompt="a photo", guidance_scale=1, revision="main")
     AugmentCore(engine="dat-light", tile=0, batch_size=np.int64(2))
     assert get_engine("bicubic", scale=2).scale == 2
+    AugmentCore(engine="bicubic", steps=3)  # steps does not apply to bicubic and is ignored, as it always was
     assert "takes no parameter" in _message(get_engine, "bicubic", tile=64)
 
 
@@ -147,3 +148,24 @@ def test_the_check_imports_no_torch(tmp_path):
     env["PYTHONPATH"] = str(__import__("pathlib").Path(__file__).parent)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_scheduler_names_are_the_engines():
+    from sr_augment.engines.diffusers_engine import SCHEDULERS
+    from sr_augment.engines.kinds.diffusers import SCHEDULER_NAMES
+
+    assert SCHEDULER_NAMES == tuple(SCHEDULERS)
+
+
+def test_each_described_parameter_is_taken_by_the_engine_constructor():
+    import inspect
+
+    from sr_augment.engines.diffusers_engine import DiffusersEngine
+    from sr_augment.engines.onestep_engine import OneStepEngine
+    from sr_augment.engines.spandrel_engine import SpandrelEngine
+
+    for spec, cls in [("sr4", DiffusersEngine), ("dat-light", SpandrelEngine), ("pisa-sr", OneStepEngine)]:
+        taken = set(inspect.signature(cls).parameters) - {"self", "spec", "path", "kind", "scale", "device", "dtype",
+                                                          "steps"}  # steps: taken by get_engine (refused by some kinds)
+        described = {p.name for p in REGISTRY.kind_of(spec).accepted(spec)} - {"steps"}
+        assert described == taken, spec

@@ -13,6 +13,11 @@ class BicubicKind(EngineKind):
     remembers_settings = False  # runs in the caller's process: no engine service
     parameters = ()  # BicubicEngine(scale) only
 
+    def check(self, spec, params=None):
+        """No parameters; `steps` is let through and ignored, as it always was (a sweep over engines may
+        set it for all)."""
+        super().check(spec, None if params is None else {k: v for k, v in params.items() if k != "steps"})
+
     def build(self, spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):
         from sr_augment.engines.bicubic import BicubicEngine
 
