@@ -119,6 +119,16 @@ def test_a_valid_parameter_set_still_builds(tmp_path):
     assert "takes no parameter" in _message(get_engine, "bicubic", tile=64)
 
 
+def test_the_torch_adapter_keeps_its_engine_parameters_through_pickle():
+    import pickle
+
+    from torch_transforms import SRAugment
+
+    transform = SRAugment(engine="sd-x4-upscaler", noise_level=30, prompt="a photo", steps=7)
+    assert pickle.loads(pickle.dumps(transform)).core.config() == transform.core.config()
+    assert transform.core.config()["noise_level"] == 30
+
+
 def test_a_user_class_is_checked_from_its_signature():
     message = _message(AugmentCore, engine="faults:SlowEngine", dealy=0.1)
     assert "did you mean 'delay'?" in message
