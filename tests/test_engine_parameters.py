@@ -193,3 +193,12 @@ def test_the_engines_reference_lists_each_engines_parameters():
         taken = {p.name for p in REGISTRY.kind_of(spec).accepted(spec) if not (p.note and p.types == (type(None),))}
         assert documented == taken, spec  # (a parameter that is only ever None, with a note, is one refused)
     assert table["bicubic"] == {"steps"} and REGISTRY.kind_of("bicubic").accepted("bicubic") == ()
+
+
+@pytest.mark.slow  # importing Keras and TensorFlow takes seconds
+def test_the_keras_layer_gets_the_same_check():
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("keras")
+    from sr_augment.keras_layers import SRAugment as KerasSRAugment
+
+    assert _message(KerasSRAugment, engine="sr4", strenght=0.3) == _message(get_engine, "sr4", strenght=0.3)
