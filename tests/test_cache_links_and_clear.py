@@ -99,6 +99,11 @@ def test_a_value_file_name_planted_as_a_link_is_not_written_through(tmp_path):
     assert victim.read_text() == "not yours"
 
 
+def _unused_hex_name(folder: Path) -> str:
+    """A two-hex-digit folder name (diskcache's value-folder shape) that `folder` does not hold."""
+    return next(name for name in (f"{i:02x}" for i in range(255, -1, -1)) if not (folder / name).exists())
+
+
 def test_verify_repair_and_clear_remove_links_planted_in_the_value_tree(capsys, tmp_path, rng):
     _noise_folder(tmp_path / "data", rng, 2)
     cache_dir, outside = tmp_path / "cache", tmp_path / "outside"
@@ -108,7 +113,9 @@ def test_verify_repair_and_clear_remove_links_planted_in_the_value_tree(capsys, 
     entries = cache_dir / "entries"
     first = next(p for p in entries.iterdir() if p.is_dir())
     (entries / "zz").mkdir()  # not a diskcache name: left alone
-    planted = [first / "ff", entries / ("fe" if first.name != "fe" else "fd")]
+    # diskcache-shaped names the warm did not use (its two entries' folders are random hex: any fixed
+    # name would collide with them now and then)
+    planted = [first / _unused_hex_name(first), entries / _unused_hex_name(entries)]
     for link in planted:
         link.symlink_to(outside, target_is_directory=True)
     code, report = _verify(capsys, cache_dir)

@@ -153,7 +153,7 @@ def test_verify_reports_every_kind_of_bad_entry_and_repair_removes_them(capsys, 
     record[-5] ^= 0x20
     (cache_dir / "entries" / fd).write_bytes(bytes(record))  # damaged
     orphan = cache_dir / "entries" / "ab" / "cd" / ("0" * 28 + ".val")
-    orphan.parent.mkdir(parents=True)
+    orphan.parent.mkdir(parents=True, exist_ok=True)  # a warmed entry may already use ab/cd
     orphan.write_bytes(b"left behind")
     _age([orphan, *(cache_dir / "entries").rglob("*.val")])
     code, report = _verify(capsys, cache_dir)
