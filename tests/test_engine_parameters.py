@@ -26,7 +26,7 @@ def _message(call, *args, **kwargs) -> str:
 
 
 def test_a_misspelt_parameter_fails_at_the_torch_adapter_constructor_with_did_you_mean():
-    from torch_transforms import SRAugment
+    from sr_augment.torch_transforms import SRAugment
 
     message = _message(SRAugment, engine="sr4", strenght=0.3)
     assert "'strenght'" in message and "did you mean 'strength'?" in message and "'sr4'" in message
@@ -122,7 +122,7 @@ def test_a_valid_parameter_set_still_builds(tmp_path):
 def test_the_torch_adapter_keeps_its_engine_parameters_through_pickle():
     import pickle
 
-    from torch_transforms import SRAugment
+    from sr_augment.torch_transforms import SRAugment
 
     transform = SRAugment(engine="sd-x4-upscaler", noise_level=30, prompt="a photo", steps=7)
     assert pickle.loads(pickle.dumps(transform)).core.config() == transform.core.config()
