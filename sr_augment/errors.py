@@ -22,6 +22,7 @@ __all__ = [
     "ImageDecodeError", "ImageShapeError",
     # engines
     "EngineUnavailable", "EngineSpecError", "EngineParameterError", "EngineOutOfMemory", "WeightsTooLarge",
+    "DegradeSettingsError",
     "DeterministicEngineWarning", "OutOfMemoryBackoffWarning",
     # engine service
     "ServiceError",
@@ -76,6 +77,13 @@ class EngineParameterError(EngineSpecError, TypeError):
     (the one-step engines' LoRA file). Raised where the spec is checked: an adapter's constructor,
     `get_engine`, the CLI's `--set`; before any model is loaded. An `EngineSpecError` (so a `ValueError`
     and an `EngineUnavailable`) and a `TypeError`, as an unexpected keyword argument would be."""
+
+
+class DegradeSettingsError(ValueError, SRAugmentError):
+    """`degrade=` settings refused: an unknown preset, operation or field (the message names the closest
+    accepted one and lists them), or a value of the wrong type or outside its range. Raised where the
+    settings are given (an adapter's constructor, `warm --degrade`), before anything is loaded."""
+
 
 class EngineOutOfMemory(RuntimeError, SRAugmentError):
     """One tile does not fit in accelerator memory even alone; the message says what to change."""
