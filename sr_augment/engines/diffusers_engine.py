@@ -81,25 +81,35 @@ class DiffusersEngine:
         tile, overlap: tile side and overlap in input pixels; larger inputs are tiled and blended
             (default tile: 256 for sr4, 128 otherwise).
         scheduler: "ddim", "dpm++", "euler", "ddpm", "pndm" or None (the pipeline's own).
-        eta: DDIM stochasticity (0 = deterministic given the initial noise; > 0 = more diverse variants).
+        eta: DDIM stochasticity (0 = deterministic given the initial noise; > 0 = more diverse variants;
+            default 0, for sr4 the preset's).
         prompt, negative_prompt, guidance_scale, noise_level: SD x4 upscaler conditioning
             (guidance_scale <= 1 disables classifier-free guidance and halves the cost).
         strength: sr4 only: the fraction of the reverse process run from the model's one-shot mean
             estimate, in (0, 1] (1 = sample from pure noise: most invented detail, lowest PSNR).
+        preset: sr4 only: "fidelity" (the default), "fast" (one UNet call) or "diverse" (see
+            `sr_augment.sr4.presets`): the defaults of `steps`, `strength` and `eta`; given ones win.
         revision: hub revision to pin.
     """
 
     def __init__(self, spec: str, *, scale: int | None = None, steps: int | None = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int = 4, tile: int | None = None, overlap: int = 16,
-                 scheduler: str | None = "default", eta: float = 0.0, prompt: str = "",
+                 scheduler: str | None = "default", eta: float | None = None, prompt: str = "",
                  negative_prompt: str | None = None, guidance_scale: float = 1.0, noise_level: int = 20,
-                 strength: float | None = None, revision: str | None = None):
+                 strength: float | None = None, preset: str | None = None, revision: str | None = None):
         folder, weights = resolve_weights(str(spec), revision)
         class_name = json.loads((folder / "model_index.json").read_text())["_class_name"]
         defaults = _DEFAULTS.get(class_name, _GENERIC_DEFAULTS)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.steps = int(steps if steps is not None else defaults["steps"])
+        sampling = {"steps": defaults["steps"], "eta": 0.0}
+        if class_name == _SR4_CLASS:
+            from sr_augment.sr4.presets import preset_settings
+
+            sampling = preset_settings(preset, str(spec))
+        elif preset is not None:
+            raise ValueError(f"preset applies to sr4 models only, not to {class_name}")
+        self.steps = int(steps if steps is not None else sampling["steps"])
         tile = defaults["tile"] if tile is None else tile
         scheduler = defaults["scheduler"] if scheduler == "default" else scheduler
         if scheduler is not None and scheduler not in SCHEDULERS:
@@ -126,7 +136,8 @@ class DiffusersEngine:
         self.min_side = int(config.component("unet")["sample_size"]) if class_name == _SR4_CLASS else 0
         self.batch_size, self.tile, self.overlap = int(batch_size), int(tile), int(overlap)
         self._backoff = BatchBackoff(self.batch_size)  # shrinks on out-of-memory and stays shrunk
-        self.eta, self.prompt, self.negative_prompt = float(eta), prompt, negative_prompt
+        self.eta = float(sampling["eta"] if eta is None else eta)
+        self.prompt, self.negative_prompt = prompt, negative_prompt
         self.guidance_scale, self.noise_level = float(guidance_scale), int(noise_level)
         if class_name == _SD_CLASS and not 0 <= self.noise_level <= config.pipeline.get("max_noise_level", 350):
             raise ValueError(f"noise_level must be in [0, {config.pipeline.get('max_noise_level', 350)}], got {noise_level}")
@@ -137,9 +148,9 @@ class DiffusersEngine:
             sampler.update(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=self.guidance_scale,
                            noise_level=self.noise_level)
         if class_name == _SR4_CLASS:
-            from sr_augment.sr4.pipeline import DEFAULT_STRENGTH, check_strength
+            from sr_augment.sr4.pipeline import check_strength
 
-            self.strength = check_strength(DEFAULT_STRENGTH if strength is None else strength)
+            self.strength = check_strength(sampling["strength"] if strength is None else strength)
             sampler["strength"] = self.strength
         elif strength is not None:
             raise ValueError(f"strength applies to sr4 models only, not to {class_name}")

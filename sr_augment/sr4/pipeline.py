@@ -21,12 +21,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from sr_augment.ddim_noise import eta_step_kwargs
 from sr_augment.sr4.ops import condition, unet_to_residual, upsample
+from sr_augment.sr4.presets import DEFAULT_PRESET, PRESETS
 
-DEFAULT_STEPS = 10
+DEFAULT_STEPS = PRESETS[DEFAULT_PRESET]["steps"]
 """Sampling steps used when none are given: few, because the trailing DDIM schedule ends on x0."""
-DEFAULT_STRENGTH = 0.5
+DEFAULT_STRENGTH = PRESETS[DEFAULT_PRESET]["strength"]
 """Fraction of the reverse process run by default (see `SR4Pipeline.__call__`): chosen on the photos
-held out of training as the largest strength within 0.05 dB of the best PSNR there."""
+held out of training as the largest strength within 0.05 dB of the best PSNR there. Other settings:
+`sr_augment.sr4.presets`."""
 
 
 def check_strength(strength: float) -> float:

@@ -1,0 +1,106 @@
+"""sr4 presets: fast (one UNet call), fidelity (the defaults, same cache keys as before presets), diverse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import photo
+from sr_augment.cli import main
+from sr_augment.engines import get_engine
+from sr_augment.errors import EngineParameterError
+from sr_augment.images import center_crop
+from sr_augment.metrics import psnr_y
+
+# The built-in model's fingerprint at its defaults, as it was before presets existed: every cache warmed
+# with the default sr4 holds keys made from exactly this string.
+FIDELITY_FINGERPRINT = (
+    '{"dtype":"float32","engine":"diffusers","eta":0.0,"native_scale":4,"overlap":16,"pipeline":"SR4Pipeline",'
+    '"scale":4,"scheduler":"DDIMScheduler","steps":10,"strength":0.5,"tile":256,'
+    '"weights":"sr4:3877afa51769d527746dbfe1bcab3ef0"}'
+)
+
+
+def test_no_preset_and_fidelity_keep_the_fingerprint_of_existing_caches():
+    assert get_engine("sr4", device="cpu").fingerprint == FIDELITY_FINGERPRINT
+    assert get_engine("sr4", device="cpu", preset="fidelity").fingerprint == FIDELITY_FINGERPRINT
+
+
+def test_the_other_presets_change_the_fingerprint():
+    fingerprints = {name: get_engine("sr4", device="cpu", preset=name).fingerprint
+                    for name in ("fidelity", "fast", "diverse")}
+    assert len(set(fingerprints.values())) == 3
+    fast = get_engine("sr4", device="cpu", preset="fast")
+    assert (fast.steps, fast.strength, fast.eta) == (1, 1.0, 0.0)
+    diverse = get_engine("sr4", device="cpu", preset="diverse")
+    assert diverse.eta > 0
+
+
+def test_explicit_parameters_override_the_preset():
+    engine = get_engine("sr4", device="cpu", preset="fast", steps=3)
+    assert (engine.steps, engine.strength) == (3, 1.0)
+    engine = get_engine("sr4", device="cpu", preset="diverse", eta=0.0, strength=0.5)
+    assert (engine.eta, engine.strength) == (0.0, 0.5)
+    assert engine.steps == get_engine("sr4", device="cpu", preset="diverse").steps
+    # the preset's values given by hand are the same engine: same pixels, same keys
+    assert get_engine("sr4", device="cpu", steps=1, strength=1.0).fingerprint == \
+        get_engine("sr4", device="cpu", preset="fast").fingerprint
+
+
+def test_an_unknown_preset_is_refused_with_the_closest_name():
+    with pytest.raises(EngineParameterError, match=r"did you mean 'fast'\?") as info:
+        get_engine("sr4", preset="fsat")
+    assert "preset" in str(info.value) and "fidelity" in str(info.value) and "diverse" in str(info.value)
+    with pytest.raises(EngineParameterError, match="preset"):
+        get_engine("sr4", preset=1)
+    with pytest.raises(EngineParameterError, match="preset"):  # presets are the built-in model's
+        get_engine("dat-light", preset="fast")
+
+
+def test_the_cli_checks_the_preset_before_anything_runs(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["eval-sr", str(tmp_path), "--engine", "sr4", "--set", "preset=diverce", "--out", str(tmp_path / "o"),
+              "--cache-dir", str(tmp_path / "c"), "--no-progress"])
+    assert "did you mean 'diverse'?" in str(info.value.code)
+
+
+def test_checking_a_preset_imports_no_torch():
+    code = ("import sys\nfrom sr_augment.engines.registry import REGISTRY\nimport sr_augment.engines\n"
+            "REGISTRY.check('sr4', {'preset': 'fast'})\n"
+            "try:\n    REGISTRY.check('sr4', {'preset': 'fsat'})\nexcept ValueError:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def _unet_calls(engine, image) -> int:
+    calls = []
+    handle = engine.pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        engine.upscale([image], seeds=[0])
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def test_fast_is_one_unet_call_and_fidelity_six():
+    image = center_crop(photo("coffee"), 32)
+    assert _unet_calls(get_engine("sr4", device="cpu", preset="fast"), image) == 1
+    assert _unet_calls(get_engine("sr4", device="cpu"), image) == 6  # 1 mean estimate + round(10 * 0.5) steps
+
+
+def test_every_preset_beats_bicubic_on_a_real_photo_and_diverse_varies_most():
+    """The 128 px centre of scikit-image's coffee photo from 32 px, two variants per preset."""
+    hr = center_crop(photo("coffee"), 128)
+    lr = np.asarray(Image.fromarray(hr).resize((32, 32), Image.BICUBIC))
+    bicubic = psnr_y(get_engine("bicubic").upscale([lr], seeds=[0])[0], hr, shave=4)
+    spread = {}
+    for name in ("fast", "fidelity", "diverse"):
+        a, b = get_engine("sr4", device="cpu", preset=name).upscale([lr, lr], seeds=[0, 1])
+        assert psnr_y(a, hr, shave=4) > bicubic and psnr_y(b, hr, shave=4) > bicubic, name
+        spread[name] = np.abs(a.astype(int) - b.astype(int)).mean()
+    assert spread["diverse"] > 2 * spread["fidelity"] and spread["fidelity"] > spread["fast"]
