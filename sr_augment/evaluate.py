@@ -3,7 +3,10 @@
 Protocol (the SeeSR paper's and the seed thesis's): HR crops -> bicubic-downscaled LR (the
 `resynthesize` mode's degradation) -> SR -> Y-channel PSNR and SSIM against the HR crop with `scale`
 border pixels shaved. SR results go through the cache, so a second run, or `warm` beforehand, costs no
-diffusion. FID and LPIPS need network weights (Inception, AlexNet): they are computed only when the
+diffusion. With `variants` > 1 each crop is super-resolved that many times (variants 0..K-1, the seeds the
+adapters use) and the report adds the spread between them (`metrics.variant_spread`: mean absolute
+difference over variant pairs, per-pixel standard deviation), so diversity is measured, not guessed.
+FID and LPIPS need network weights (Inception, AlexNet): they are computed only when the
 packages and their weights are already on this machine, and the report says why when they are not.
 """
 
@@ -21,7 +24,7 @@ import numpy as np
 
 from sr_augment.engines import BicubicEngine
 from sr_augment.images import ImageDecodeError, center_crop, iter_image_files, load_image
-from sr_augment.metrics import gradient_magnitude, psnr_y, ssim_y
+from sr_augment.metrics import gradient_magnitude, psnr_y, ssim_y, variant_spread
 from sr_augment.modes import engine_input, mode_result
 
 SSIM_WINDOW = 11
@@ -93,7 +96,7 @@ def optional_metrics() -> dict[str, str | None]:
 
             hub = Path(torch.hub.get_dir()) / "checkpoints"
         if not (hub / weights).is_file():
-            status[metric] = f"not computed: its weights ({weights}) are not in {hub} and are never downloaded here"
+            status[metric] = f"not computed: weights not present ({weights} is not in {hub}; never downloaded here)"
         else:
             status[metric] = None
     return status
@@ -120,11 +123,25 @@ def _fid(pairs) -> float:
     return float(fid.compute())
 
 
+def _quality(result: np.ndarray, hr: np.ndarray, scale: int) -> dict:
+    return {"psnr_y": psnr_y(result, hr, scale), "ssim_y": ssim_y(result, hr, scale),
+            "grad_ratio": gradient_magnitude(result, scale) / max(gradient_magnitude(hr, scale), 1e-12)}
+
+
 def eval_sr(paths, engine, cache, *, scale: int = 4, crop: int = 512, crops_per_image: int = 1,
-            batch_size: int = 8, seed: int = 0, progress: bool = True) -> EvalReport:
-    """Score `engine` (through `cache`) and bicubic on HR crops of the images under `paths`."""
+            batch_size: int = 8, seed: int = 0, progress: bool = True, variants: int = 1,
+            label: str | None = None) -> EvalReport:
+    """Score `engine` (through `cache`) and bicubic on HR crops of the images under `paths`.
+
+    `variants`: SR samples per crop (variants 0..K-1); each is scored, and with K > 1 the spread between
+    them is reported per crop and per method (bicubic, which has no seed, has none). `label`: the
+    engine's row name (default: its name).
+    """
     from tqdm.auto import tqdm
 
+    if int(variants) < 1:
+        raise ValueError(f"variants must be >= 1, got {variants}")
+    variants = int(variants)
     if getattr(engine, "scale", scale) != scale:
         raise ValueError(f"the engine upscales x{engine.scale} but the evaluation degrades by x{scale}")
     crops, skipped = hr_crops(paths, crop, crops_per_image, scale, seed)
@@ -133,32 +150,43 @@ def eval_sr(paths, engine, cache, *, scale: int = 4, crop: int = 512, crops_per_
     report = EvalReport(skipped=skipped)
     bicubic = BicubicEngine(scale)
     name = getattr(engine, "name", "sr")
-    method = name if name != "bicubic" else "bicubic (engine)"
-    pairs = []
+    method = label or (name if name != "bicubic" else "bicubic (engine)")
+    if method == "bicubic":
+        method = "bicubic (engine)"
+    pairs, spreads = [], {"bicubic": [], method: []}
+    per_batch = max(1, batch_size // variants)  # crops per cache call: about batch_size engine inputs
     with tqdm(total=len(crops), desc=f"eval-sr {name}", unit="crop", disable=not progress) as bar:
-        for start in range(0, len(crops), batch_size):
-            batch = crops[start:start + batch_size]
-            outputs = cache.get_or_create_many([c.pixels for c in batch], engine, mode="resynthesize")
-            for c, sr in zip(batch, outputs):
+        for start in range(0, len(crops), per_batch):
+            batch = crops[start:start + per_batch]
+            outputs = cache.get_or_create_many([c.pixels for c in batch for _ in range(variants)], engine,
+                                               mode="resynthesize", variants=list(range(variants)) * len(batch))
+            for i, c in enumerate(batch):
+                samples = outputs[i * variants:(i + 1) * variants]
                 baseline = mode_result(bicubic.upscale([engine_input(c.pixels, "resynthesize", scale)], [0])[0],
                                        c.pixels, "resynthesize")
-                for label, result in (("bicubic", baseline), (method, sr)):
-                    report.rows.append({
-                        "image": c.image, "crop": c.index, "method": label, "height": c.pixels.shape[0],
-                        "width": c.pixels.shape[1], "psnr_y": psnr_y(result, c.pixels, scale),
-                        "ssim_y": ssim_y(result, c.pixels, scale),
-                        "grad_ratio": gradient_magnitude(result, scale) / max(gradient_magnitude(c.pixels, scale), 1e-12),
-                    })
-                pairs.append((sr, c.pixels))
+                common = {"image": c.image, "crop": c.index}
+                size = {"height": c.pixels.shape[0], "width": c.pixels.shape[1]}
+                report.rows.append({**common, "method": "bicubic", "variant": 0, **size,
+                                    **_quality(baseline, c.pixels, scale)})
+                for variant, sr in enumerate(samples):
+                    report.rows.append({**common, "method": method, "variant": variant, **size,
+                                        **_quality(sr, c.pixels, scale)})
+                    pairs.append((sr, c.pixels))
+                if variants > 1:
+                    spreads[method].append(variant_spread(samples, scale))
+                    spreads["bicubic"].append({"pair_mad": 0.0, "pixel_std": 0.0})  # no seed: one result
             bar.update(len(batch))
-    for label in ("bicubic", method):
-        rows = [r for r in report.rows if r["method"] == label]
+    for row_name in ("bicubic", method):
+        rows = [r for r in report.rows if r["method"] == row_name]
         finite = [r["psnr_y"] for r in rows if math.isfinite(r["psnr_y"])]
-        report.summary[label] = {
-            "crops": len(rows),
+        report.summary[row_name] = {
+            "crops": len(crops),
+            "variants": variants if row_name == method else 1,
             "psnr_y": statistics.mean(finite) if finite else math.inf,
             "ssim_y": statistics.mean(r["ssim_y"] for r in rows),
             "grad_ratio": statistics.mean(r["grad_ratio"] for r in rows),
+            **{key: statistics.mean(s[key] for s in spreads[row_name]) if spreads[row_name] else None
+               for key in ("pair_mad", "pixel_std")},
         }
     for metric, reason in optional_metrics().items():
         if reason is None and metric == "fid" and len(pairs) < 2:
@@ -188,9 +216,13 @@ def write_report(report: EvalReport, out: Path) -> dict[str, Path]:
 
 
 def summary_markdown(report: EvalReport) -> str:
-    lines = ["| method | crops | PSNR-Y (dB) | SSIM-Y | gradient SR/HR |", "|---|---|---|---|---|"]
+    """The summary table: one row per method; the spread columns are "-" for one variant."""
+    lines = ["| method | crops | variants | PSNR-Y (dB) | SSIM-Y | gradient SR/HR | pairwise MAD | pixel std |",
+             "|---|---|---|---|---|---|---|---|"]
+    spread = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for label, s in report.summary.items():
-        lines.append(f"| {label} | {s['crops']} | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} | {s['grad_ratio']:.3f} |")
+        lines.append(f"| {label} | {s['crops']} | {s['variants']} | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} | "
+                     f"{s['grad_ratio']:.3f} | {spread(s['pair_mad'])} | {spread(s['pixel_std'])} |")
     for metric, value in report.optional.items():
         lines.append(f"\n{metric.upper()}: {value:.4f}" if isinstance(value, float) else f"\n{metric.upper()}: {value}")
     return "\n".join(lines) + "\n"

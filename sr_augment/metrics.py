@@ -60,3 +60,25 @@ def gradient_magnitude(image: np.ndarray, shave: int = 0) -> float:
     if shave:
         y = y[shave:-shave, shave:-shave]
     return float(sobel(y).mean())
+
+
+def variant_spread(variants, shave: int = 0) -> dict[str, float]:
+    """How much the variants (SR samples of one input: uint8 RGB arrays of one shape) differ, in 0-255 units.
+
+    `pair_mad`: the mean absolute pixel difference of two variants, averaged over every pair; `pixel_std`:
+    the standard deviation of each pixel value across the variants (population, ddof 0), averaged over
+    pixels and channels. Both 0 for identical variants; `shave` border pixels are dropped first.
+    """
+    import itertools
+
+    stack = np.stack([np.asarray(v) for v in variants]).astype(np.float64)
+    if stack.shape[0] < 2:
+        raise ValueError(f"the spread between variants needs at least 2 of them, got {stack.shape[0]}")
+    if stack.ndim != 4 or stack.shape[-1] != 3:
+        raise ValueError(f"expected (H, W, 3) RGB variants of one shape, got {stack.shape[1:]}")
+    if shave:
+        if min(stack.shape[1:3]) <= 2 * shave:
+            raise ValueError(f"image {stack.shape[1:3]} is too small to shave {shave} border pixels")
+        stack = stack[:, shave:-shave, shave:-shave]
+    pairs = [np.abs(a - b).mean() for a, b in itertools.combinations(stack, 2)]
+    return {"pair_mad": float(np.mean(pairs)), "pixel_std": float(stack.std(axis=0).mean())}

@@ -39,6 +39,17 @@ def size_limit(text: str) -> int:
     return value
 
 
+def positive_count(text: str) -> int:
+    """A count option (`eval-sr --variants`): a whole number >= 1, else argparse's usage error (exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _escaped(text) -> str:
     """Text for the terminal: control characters escaped as `printable` does (a name may come from a shared
     folder or a crafted argument: it must not move the cursor, retitle the terminal or forge lines), except
@@ -235,7 +246,7 @@ def cmd_eval_sr(args) -> int:
         try:
             report = eval_sr(args.hr, engine, cache, scale=args.scale, crop=args.crop,
                              crops_per_image=args.crops_per_image, batch_size=args.batch_size,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, variants=args.variants, label=_eval_label(args, engine))
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"sr-augment: {exc}") from None
     from sr_augment.cache.inventory import printable  # file and engine names: printed escaped
@@ -246,6 +257,12 @@ def cmd_eval_sr(args) -> int:
     print("\n".join(printable(line) for line in summary_markdown(report).split("\n")))
     print(printable(f"wrote {paths['csv']}, {paths['json']}, {paths['markdown']}"))
     return 0
+
+
+def _eval_label(args, engine) -> str | None:
+    """The engine's row in the eval-sr report: its name and the settings given (`sr4 [preset=fast]`)."""
+    given = ([f"steps={args.steps}"] if args.steps is not None else []) + list(args.params)
+    return f"{engine.name} [{', '.join(given)}]" if given else None
 
 
 def cmd_experiment(args) -> int:
@@ -343,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=512, help="HR crop side; smaller images are used whole (default: %(default)s)")
     p.add_argument("--crops-per-image", type=int, default=1,
                    help="1 = centre crop, N = N seeded random crops (default: %(default)s)")
+    p.add_argument("--variants", type=positive_count, default=1,
+                   help="SR samples per crop (variants 0..K-1); K > 1 adds the spread between them: mean absolute "
+                        "difference over variant pairs and per-pixel standard deviation (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="crops per engine call (default: %(default)s)")
     p.add_argument("--out", default="sr-augment-eval", help="report folder (default: %(default)s)")
     _add_cache_options(p)
