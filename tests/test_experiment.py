@@ -1,97 +1,144 @@
-"""`sr-augment experiment`: McNemar against a hand-computed table, splits, and an end-to-end run."""
+"""`sr-augment experiment`: the study end to end through the CLI on a tiny data set made from
+scikit-image's photos, the folds, the engine list, and the command's refusals. The statistics have
+their own file, tests/test_experiment_stats.py."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import photo
 from sr_augment.cli import main
-from sr_augment.experiment import ARMS, discover, mcnemar_exact
+from sr_augment.experiment import EngineChoice, collect, make_folds, parse_engines
 
 
-def test_mcnemar_exact_matches_a_hand_computed_table():
-    # 10 discordant pairs, 8 favour A: p = 2 * P(X <= 2), X ~ Binomial(10, 1/2) = 2 * 56 / 1024
-    a = np.array([1] * 8 + [0] * 2 + [1] * 5 + [0] * 3, bool)
-    b = np.array([0] * 8 + [1] * 2 + [1] * 5 + [0] * 3, bool)
-    result = mcnemar_exact(a, b)
-    assert (result["b"], result["c"]) == (8, 2)
-    assert result["p"] == pytest.approx(2 * (1 + 10 + 45) / 1024)
-    assert mcnemar_exact(a, a) == {"b": 0, "c": 0, "p": 1.0}
-
-
-def _image_folder(root, rng, per_class=10, size=40, placeholder=True):
-    """Two classes a CNN can tell apart: bright vs dark noisy images."""
-    for label, base in (("bright", 170), ("dark", 60)):
-        (root / label).mkdir(parents=True)
+def _photo_classes(root, per_class=6, size=48, placeholder=True):
+    """Two classes of crops from two real photos (astronaut, chelsea the cat), each crop elsewhere in
+    its photo; with a broken GIF like hymenoptera's placeholder."""
+    for name in ("astronaut", "chelsea"):
+        image = photo(name)
+        (root / name).mkdir(parents=True)
         for i in range(per_class):
-            pixels = np.clip(base + rng.normal(0, 30, (size, size + 8, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{i}.png")
-    if placeholder:  # like hymenoptera's GIF placeholder: reported and skipped
-        (root / "dark" / "placeholder.gif").write_bytes(b"GIF89a broken")
+            top, left = 20 * i, 25 * i
+            Image.fromarray(image[top:top + 3 * size, left:left + 3 * size + 10]).save(root / name / f"{i}.png")
+    if placeholder:
+        (root / "chelsea" / "placeholder.gif").write_bytes(b"GIF89a broken")
     return root
 
 
-def test_one_folder_is_split_stratified_80_10_10(tmp_path, rng):
-    data = discover(_image_folder(tmp_path / "d", rng, placeholder=False))
-    assert data.classes == ["bright", "dark"]
-    assert len(data.train) == 16 and len(data.test) == 2
-    assert sorted(label for _, label in data.test) == [0, 1]
-    assert discover(tmp_path / "d").test == data.test  # fixed seed
+def _run(data, out, cache_dir, *extra):
+    return main(["experiment", str(data), "--engines", "bicubic", "--folds", "2", "--repeats", "1", "--epochs", "2",
+                 "--image-size", "32", "--width", "8", "--variants", "2", "--out", str(out), "--cache-dir",
+                 str(cache_dir), "--no-progress", *extra])
 
 
-@pytest.mark.parametrize("framework", ["torch", "keras"])
-@pytest.mark.slow  # trains a classifier
-def test_experiment_end_to_end_writes_every_output(tmp_path, cache_dir, capsys, rng, framework):
-    root = tmp_path / "data"
-    _image_folder(root / "train", rng, per_class=6)
-    _image_folder(root / "val", rng, per_class=3)
+def test_study_runs_end_to_end_and_a_second_run_makes_no_sr(tmp_path, cache_dir, capsys):
+    data = _photo_classes(tmp_path / "data")
     out = tmp_path / "out"
-    code = main(["experiment", str(root), "--engine", "bicubic", "--seeds", "2", "--epochs", "1",
-                 "--image-size", "32", "--batch-size", "4", "--framework", framework, "--out", str(out),
-                 "--cache-dir", str(cache_dir), "--no-progress"])
+    assert _run(data, out, cache_dir) == 0
     printed = capsys.readouterr().out
-    assert code == 0 and "| HR+SRAugment |" in printed
+    assert "| HR+SRAugment(bicubic) |" in printed and "estimate:" in printed
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"config", "data", "arms", "mcnemar", "wall_seconds"}
-    assert results["data"]["train"] == 12 and results["data"]["test"] == 6
+    assert results["arms"] == ["LR", "HR", "HR+SRAugment(bicubic)"]
+    assert results["data"]["images"] == 12 and results["data"]["classes"] == ["astronaut", "chelsea"]
     assert any("placeholder.gif" in s for s in results["data"]["skipped"])
-    assert results["data"]["class_weights"] == pytest.approx([1.0, 1.0])
-    assert set(results["arms"]) == set(ARMS)
-    for arm in results["arms"].values():
-        assert len(arm["runs"]) == 2
-        for run in arm["runs"]:
-            assert all(0.0 <= run[m] <= 1.0 for m in ("accuracy", "precision", "recall", "f1"))
-            assert np.sum(run["confusion"]) == 6 and set(run["per_class"]) == {"bright", "dark"}
-            assert run["accuracy"] == pytest.approx(np.trace(run["confusion"]) / 6)
-        assert all(arm["std"][m] >= 0 for m in arm["std"])
-    assert len(results["mcnemar"]) == 6 and all(0 <= t["p"] <= 1 for ts in results["mcnemar"].values() for t in ts)
-    for name in ("report.md", "samples.png", "confusion_LR.png", "confusion_SR.png", "confusion_HR.png",
-                 "confusion_HR_SRAugment.png"):
-        assert (out / name).stat().st_size > 0, name
-    assert Image.open(out / "samples.png").size == (3 * 132 + 4, 4 * 132 + 4)
-    assert "McNemar" in (out / "report.md").read_text()
+    labels = np.array(results["data"]["labels"])
+
+    # folds: stratified, every image tested exactly once per repeat, the same folds for every arm
+    tested = [i for fold in results["folds"] for i in fold["test"]]
+    assert sorted(tested) == list(range(12))
+    for fold in results["folds"]:
+        assert Counter(labels[fold["test"]].tolist()) == {0: 3, 1: 3}
+    by_arm = {arm: sorted((p["image"], p["fold"], p["repeat"]) for p in results["predictions"] if p["arm"] == arm)
+              for arm in results["arms"]}
+    assert len(results["predictions"]) == 12 * 3
+    assert by_arm["LR"] == by_arm["HR"] == by_arm["HR+SRAugment(bicubic)"]
+    assert len(set(by_arm["HR"])) == 12
+    for p in results["predictions"]:
+        assert p["label"] == labels[results["data"]["ids"].index(p["image"])] and p["prediction"] in (0, 1)
+
+    # seeds recorded, curves per epoch, one seed per fold shared by its arms
+    assert len(results["runs"]) == 2 * 3
+    for run in results["runs"]:
+        assert len(run["curves"]["test_accuracy"]) == len(run["curves"]["train_accuracy"]) == 2
+    assert {r["seed"] for r in results["runs"] if r["fold"] == 0} == {0}
+    assert results["config"]["protocol"]["chosen"].startswith("fixed in advance")
+
+    # statistics: every arm has CIs around its estimate, every pair a difference, McNemar and Holm
+    for arm, s in results["summary"].items():
+        a = s["accuracy"]
+        assert a["low"] <= a["estimate"] <= a["high"]
+        hits = [p["prediction"] == p["label"] for p in results["predictions"] if p["arm"] == arm]
+        assert a["estimate"] == pytest.approx(np.mean(hits))
+        assert set(s["per_class"]) == {"astronaut", "chelsea"}
+    assert len(results["pairs"]) == 3
+    assert all(0 <= pair["mcnemar"]["p_holm"] <= 1 for pair in results["pairs"])
+
+    report = (out / "report.md").read_text()
+    for needle in ("](study.png)", "](curves.png)", "Holm", "Per-class accuracy", "fixed in advance",
+                   "SR generated in this run"):
+        assert needle in report, needle
+    for name in ("study.png", "curves.png", "samples.png"):
+        assert Image.open(out / name).size[0] > 100, name
+    assert results["sr_generated"]["bicubic"] == 12 * 2  # every image's two SRAugment variants
+
+    assert _run(data, tmp_path / "again", cache_dir) == 0  # the same study again: everything from the cache
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["sr_generated"] == {"bicubic": 0}
+    assert again["folds"] == results["folds"]
+    assert [p["prediction"] for p in again["predictions"]] == [p["prediction"] for p in results["predictions"]]
 
 
-def test_experiment_rejects_a_folder_without_classes(tmp_path, cache_dir):
+def test_folds_are_stratified_repeated_and_refuse_too_small_classes():
+    labels = np.array([0] * 6 + [1] * 9)
+    plan = make_folds(labels, 3, 2, seed=0, classes=["a", "b"])
+    assert [(f["repeat"], f["fold"]) for f in plan] == [(r, k) for r in range(2) for k in range(3)]
+    for repeat in (0, 1):
+        tested = np.concatenate([f["test"] for f in plan if f["repeat"] == repeat])
+        assert sorted(tested.tolist()) == list(range(15))
+    for f in plan:
+        assert np.bincount(labels[f["test"]]).tolist() == [2, 3]
+        assert not set(f["train"]) & set(f["test"])
+    assert [f["test"].tolist() for f in plan[:3]] != [f["test"].tolist() for f in plan[3:]]  # redrawn
+    with pytest.raises(ValueError, match="a has 6"):
+        make_folds(labels, 7, 1, seed=0, classes=["a", "b"])
+
+
+def test_collect_pools_train_and_val_and_takes_a_seeded_subset(tmp_path):
+    root = tmp_path / "split"
+    _photo_classes(root / "train", per_class=4, placeholder=False)
+    _photo_classes(root / "val", per_class=2, placeholder=False)
+    data = collect(root)
+    assert data.classes == ["astronaut", "chelsea"] and len(data.items) == 12 and "pooled" in data.layout
+    subset = collect(root, per_class=3, seed=1)
+    assert Counter(label for _, label in subset.items) == {0: 3, 1: 3}
+    assert subset.items == collect(root, per_class=3, seed=1).items
+
+
+def test_engine_list_takes_parameters_presets_and_module_classes():
+    assert parse_engines("bicubic,dat-light") == [EngineChoice("bicubic"), EngineChoice("dat-light")]
+    assert parse_engines("sr4:fast, sr4:preset=fidelity:steps=2") == [
+        EngineChoice("sr4", {"preset": "fast"}), EngineChoice("sr4", {"preset": "fidelity", "steps": 2})]
+    assert parse_engines('realesrgan:degrade=["blur","noise"],mypkg.engines:MyEngine:size=3') == [
+        EngineChoice("realesrgan", {"degrade": ["blur", "noise"]}), EngineChoice("mypkg.engines:MyEngine", {"size": 3})]
+    assert EngineChoice("sr4", {"preset": "fast"}).label == "sr4:preset=fast"
+    with pytest.raises(ValueError, match="twice"):
+        parse_engines("bicubic,bicubic")
+    with pytest.raises(ValueError, match="empty"):
+        parse_engines("bicubic,")
+
+
+def test_a_bad_engine_or_folder_is_named_before_any_training(tmp_path, cache_dir):
+    data = _photo_classes(tmp_path / "data", per_class=2, placeholder=False)
+    with pytest.raises(SystemExit, match="bicubic:colour=1"):
+        _run(data, tmp_path / "o", cache_dir, "--engines", "bicubic:colour=1")
+    with pytest.raises(SystemExit, match="at least 3 images per class"):
+        _run(data, tmp_path / "o", cache_dir, "--folds", "3")
     (tmp_path / "only").mkdir()
-    with pytest.raises(SystemExit, match="class"):
-        main(["experiment", str(tmp_path / "only"), "--engine", "bicubic", "--out", str(tmp_path / "o"),
-              "--cache-dir", str(cache_dir), "--no-progress"])
-
-
-def test_classes_too_small_to_split_or_empty_are_named(tmp_path, rng):
-    small = tmp_path / "small"
-    _image_folder(small, rng, per_class=10, placeholder=False)
-    for extra in list((small / "dark").iterdir())[:6]:
-        extra.unlink()
-    with pytest.raises(ValueError, match="dark has 4"):
-        discover(small)
-    split = tmp_path / "split"
-    _image_folder(split / "train", rng, per_class=2, placeholder=False)
-    _image_folder(split / "test", rng, per_class=1, placeholder=False)
-    (split / "train" / "wasps").mkdir()
-    with pytest.raises(ValueError, match="train/wasps"):
-        discover(split)
+    with pytest.raises(SystemExit, match="class folders"):
+        _run(tmp_path / "only", tmp_path / "o", cache_dir)
+    assert not (tmp_path / "o").exists()

@@ -19,7 +19,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help="sr4, bicubic, dat-light, osediff, pisa-sr, sd-x4-upscaler, ldm-4x, an SR checkpoint file "
                             "(.pth/.pt/.ckpt/.safetensors), a hub id (owner/name), a local diffusers folder, or "
                             "package.module:Class (your own Engine); `sr-augment engines` lists them (default: %(default)s)")
-    group.add_argument("--scale", type=int, default=4, help="upscaling factor (default: %(default)s)")
+    group.add_argument("--scale", type=int, default=None,
+                       help="upscaling factor (default: 4; a spandrel checkpoint: its model's own factor)")
     group.add_argument("--steps", type=int, default=None, help="denoising steps (default: the engine's)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     group.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (default: %(default)s)")
@@ -102,9 +103,12 @@ def _build_engine(args, batch_size: int | None = None):
     if batch_size is not None and args.engine != "bicubic":
         params.setdefault("batch_size", batch_size)
     try:
-        return get_engine(args.engine, scale=args.scale, steps=args.steps, device=args.device, dtype=args.dtype, **params)
+        engine = get_engine(args.engine, scale=args.scale, steps=args.steps, device=args.device, dtype=args.dtype, **params)
     except (EngineUnavailable, ValueError, TypeError) as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
+    if args.scale is None:  # not given: the engine's (4, or a spandrel checkpoint's own factor)
+        args.scale = int(engine.scale)
+    return engine
 
 
 def cmd_warm(args) -> int:
@@ -126,7 +130,7 @@ def cmd_warm(args) -> int:
         try:
             report = (job.warm if job else warm)(list(options.paths), engine, cache, mode=options.mode,
                                                  variants=options.variants, batch_size=options.batch_size,
-                                                 progress=options.progress, preprocess=options.preprocess)
+                                                 progress=options.progress, loader=options.file_loader)
         except FileNotFoundError as exc:
             raise SystemExit(f"sr-augment: {exc}") from None
         try:
@@ -266,23 +270,10 @@ def _eval_label(args, engine) -> str | None:
 
 
 def cmd_experiment(args) -> int:
-    from sr_augment.experiment import run_experiment
+    from sr_augment.experiment.options import run_from_args
 
-    args.scale = args.lr_factor or args.scale  # the SR arm undoes exactly the LR downscaling
-    engine = _build_engine(args, args.batch_size)
     with _open_cache(args) as cache:
-        try:
-            results = run_experiment(args.data, args.out, engine=engine, cache=cache, lr_factor=args.scale,
-                                     seeds=args.seeds, epochs=args.epochs, framework=args.framework,
-                                     image_size=args.image_size, batch_size=args.batch_size,
-                                     variants=args.variants, progress=not args.no_progress)
-        except (FileNotFoundError, ValueError) as exc:
-            raise SystemExit(f"sr-augment: {exc}") from None
-    from sr_augment.experiment import report_markdown
-
-    print(report_markdown(results))
-    print(f"wrote {args.out}/results.json, report.md, confusion_*.png, samples.png")
-    return 0
+        return run_from_args(args, cache)
 
 
 def cmd_train(args) -> int:
@@ -369,22 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_eval_sr)
 
-    p = sub.add_parser("experiment", help="train the same CNN on LR, SR, HR and HR+SRAugment data; metrics and McNemar tests")
-    p.add_argument("data", metavar="DATA_DIR", help="class folders, or train/ and val/ (or test/) with class folders")
-    _add_engine_options(p)
-    p.add_argument("--lr-factor", type=int, default=None,
-                   help="LR = HR downscaled by this; the engine upscales by it too (default: --scale)")
-    p.add_argument("--seeds", type=int, default=3, help="training runs per arm (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs per run (default: %(default)s)")
-    p.add_argument("--framework", choices=["torch", "keras"], default="torch",
-                   help="which framework trains the CNN: the torchvision or the Keras SRAugment (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=128, help="square input side of the CNN (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="training batch size (default: %(default)s)")
-    p.add_argument("--variants", type=int, default=2,
-                   help="SRAugment variants per image in the HR+SRAugment arm (default: %(default)s)")
-    p.add_argument("--out", default="sr-augment-experiment", help="report folder (default: %(default)s)")
+    from sr_augment.experiment.options import add_experiment_arguments
+
+    p = sub.add_parser("experiment", help="classifier study: LR, SR, HR and HR+SRAugment arms over repeated "
+                                          "stratified K-fold; paired bootstrap CIs, McNemar, figures")
+    add_experiment_arguments(p)
     _add_cache_options(p)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("train", help="train a built-in-style sr4 diffusion SR model on folders of HR photos")

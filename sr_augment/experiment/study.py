@@ -1,110 +1,286 @@
-"""The experiment's run: build the four arms' data, train every arm for every seed, compare them.
+"""The study's run: pool the images, draw the folds, build every arm's images, train every arm on every
+(repeat, fold), compare the arms on the pooled predictions.
 
-The one place that knows the arms and the order of the study; data loading, statistics, the CNNs and
+The one place that knows the order of the study; data and folds, arms' images, statistics, the CNNs and
 the report each live in their own module of this package.
 """
 
 from __future__ import annotations
 
 import itertools
-import statistics
+import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sr_augment.experiment.data import discover, load_items
-from sr_augment.experiment.stats import class_weights, classification_metrics, mcnemar_exact
+from sr_augment.experiment import stats
+from sr_augment.experiment.data import collect, load_items, make_folds
+from sr_augment.experiment.options import DEFAULTS
 from sr_augment.images import resize
 
-ARMS = ("LR", "SR", "HR", "HR+SRAugment")
-METRICS = ("accuracy", "precision", "recall", "f1")
+BASELINE = "HR"
+"""The arm every other is compared with in the figure: training on the originals, as users do today."""
+
+@dataclass
+class EngineChoice:
+    """One engine of `--engines`: the spec `get_engine` takes, its parameters, and the label arms use."""
+
+    spec: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.spec + "".join(f":{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                   for k, v in self.params.items())
 
 
-def build_arms(hr_train, hr_test, engine, cache, lr_factor: int, variants: int, batch_size: int, progress: bool) -> dict:
-    """{arm: (train images, test images)}; SR images and the augment arm's variants go through `cache`."""
+def _split_top_level(text: str, sep: str) -> list[str]:
+    """`text` split on `sep` outside brackets and quotes (a JSON value may hold commas and colons)."""
+    parts, depth, quote, current = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_engines(text: str) -> list[EngineChoice]:
+    """`--engines`: comma-separated engine specs, each optionally followed by `:key=value` parameters
+    (values read as JSON where they are JSON, else text) or, after a named engine, `:preset` as short
+    for `:preset=preset`. E.g. `bicubic,dat-light,sr4:fast,sr4:preset=fidelity,realesrgan:degrade=blur`.
+    A `module:Class` or a path keeps its colon. Duplicates are refused."""
+    from sr_augment.engines.listing import builtin_engines
+
+    names = {entry.spec for entry in builtin_engines()}
+    choices = []
+    for item in (part.strip() for part in _split_top_level(text, ",")):
+        if not item:
+            raise ValueError(f"--engines {text!r}: an empty engine name")
+        segments = _split_top_level(item, ":")
+        params = {}
+        while len(segments) > 1 and "=" in segments[-1]:
+            key, _, value = segments.pop().partition("=")
+            if not key:
+                raise ValueError(f"--engines {item!r}: a parameter without a name")
+            params[key.strip().replace("-", "_")] = _value(value)
+        if len(segments) == 2 and segments[0] in names and segments[1]:
+            params["preset"] = segments.pop()
+        choice = EngineChoice(":".join(segments), dict(sorted(params.items())))
+        if any(c.label == choice.label for c in choices):
+            raise ValueError(f"--engines: {choice.label} is given twice")
+        choices.append(choice)
+    return choices
+
+
+def arm_names(engines: list[EngineChoice]) -> list[str]:
+    """LR, SR(e) for every engine but bicubic (the LR arm is bicubic SR), HR, HR+SRAugment(e) for each."""
+    return (["LR"] + [f"SR({e.label})" for e in engines if e.label != "bicubic"] + [BASELINE]
+            + [f"HR+SRAugment({e.label})" for e in engines])
+
+
+def _upscaled(cache, engine, lows: list, size: int, batch_size: int, bar) -> tuple[np.ndarray, int]:
+    """The engine's SR of `lows` through the cache, resized to `size` if the engine's output differs;
+    and how many the engine generated (0 when all were cached)."""
+    generated, out = 0, []
+    for start in range(0, len(lows), batch_size):
+        batch = lows[start:start + batch_size]
+        missing = cache.plan(batch, engine, "upscale", 1)
+        if missing:
+            generated += cache.generate_counted(engine, missing, "upscale")[1]
+        results = cache.get_many(batch, engine, "upscale")
+        if any(r is None for r in results):  # evicted at once by a tiny size limit: generate in place
+            results = cache.get_or_create_many(batch, engine, "upscale")
+        out += [r if r.shape[:2] == (size, size) else resize(r, (size, size)) for r in results]
+        bar.update(len(batch))
+    return np.stack(out), generated
+
+
+def _warm_variants(cache, engine, images: np.ndarray, variants: int, batch_size: int, bar) -> int:
+    """Every image's SRAugment variants cached (each image trains in some fold); how many were generated."""
+    generated = 0
+    for start in range(0, len(images), batch_size):
+        chunk = list(images[start:start + batch_size])
+        missing = cache.plan(chunk, engine, "resynthesize", variants)
+        for i in range(0, len(missing), batch_size):
+            generated += cache.generate_counted(engine, missing[i:i + batch_size], "resynthesize")[1]
+        bar.update(len(chunk) * variants)
+    return generated
+
+
+def build_arm_images(hr: np.ndarray, engines: dict, cache, lr_factor: int, variants: int, batch_size: int,
+                     progress: bool) -> tuple[dict, dict]:
+    """{arm: images} (the HR+SRAugment arms train on HR) and {engine label: SR images generated}."""
     from tqdm.auto import tqdm
 
-    size = hr_train.shape[1]
+    size = hr.shape[1]
     low = max(1, round(size / lr_factor))
-    lr_train, lr_test = ([resize(im, (low, low)) for im in images] for images in (hr_train, hr_test))
-
-    def upsized(images):  # LR back to the CNN's input size (bicubic)
-        return np.stack([resize(im, (size, size)) for im in images])
-
-    def to_sr(lows, desc):
-        out = []
-        with tqdm(total=len(lows), desc=desc, unit="img", disable=not progress) as bar:
-            for start in range(0, len(lows), batch_size):
-                batch = lows[start:start + batch_size]
-                out += [resize(sr, (size, size)) for sr in cache.get_or_create_many(batch, engine, "upscale")]
-                bar.update(len(batch))
-        return np.stack(out)
-
-    arms = {"LR": (upsized(lr_train), upsized(lr_test)), "SR": (to_sr(lr_train, "SR train"), to_sr(lr_test, "SR test")),
-            "HR": (hr_train, hr_test), "HR+SRAugment": (hr_train, hr_test)}
-    with tqdm(total=len(hr_train) * variants, desc="warm SRAugment variants", unit="img", disable=not progress) as bar:
-        for start in range(0, len(hr_train), batch_size):
-            chunk = list(hr_train[start:start + batch_size])
-            cache.get_or_create_many([im for im in chunk for _ in range(variants)], engine, "resynthesize",
-                                     [v for _ in chunk for v in range(variants)])
-            bar.update(len(chunk) * variants)
-    return arms
+    lows = [resize(im, (low, low)) for im in hr]
+    images = {"LR": np.stack([resize(im, (size, size)) for im in lows]), BASELINE: hr}
+    generated = {}
+    for label, engine in engines.items():
+        count = 0
+        if label != "bicubic":
+            with tqdm(total=len(lows), desc=f"SR {label}", unit="img", disable=not progress) as bar:
+                images[f"SR({label})"], count = _upscaled(cache, engine, lows, size, batch_size, bar)
+        with tqdm(total=len(hr) * variants, desc=f"SRAugment variants {label}", unit="img",
+                  disable=not progress) as bar:
+            count += _warm_variants(cache, engine, hr, variants, batch_size, bar)
+        images[f"HR+SRAugment({label})"] = hr
+        generated[label] = count
+    return images, generated
 
 
-def run_experiment(data_dir, out, *, engine, cache, lr_factor: int = 4, seeds: int = 3, epochs: int = 15,
-                   framework: str = "torch", image_size: int = 128, batch_size: int = 32, variants: int = 2,
-                   p: float = 0.5, progress: bool = True, log=print) -> dict:
-    """Run all arms for `seeds` seeds; write results.json, report.md, confusion PNGs and samples.png."""
+def estimate_seconds(trainings: int, epochs: int, train_images: int, seconds_per_image: float) -> float:
+    """Training time of the study: optimiser steps' time, plus a third for data loading and evaluation
+    (measured on this protocol at 64 px on a CPU)."""
+    return trainings * epochs * train_images * seconds_per_image * 4 / 3
+
+
+def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: int = DEFAULTS["folds"],
+                   repeats: int = DEFAULTS["repeats"], epochs: int = DEFAULTS["epochs"],
+                   image_size: int = DEFAULTS["image_size"], lr_factor: int = DEFAULTS["lr_factor"],
+                   variants: int = DEFAULTS["variants"], p: float = DEFAULTS["p"], width: int = DEFAULTS["width"],
+                   per_class: int | None = None, seed: int = 0, framework: str = "torch", device: str = "auto",
+                   engine_device: str = "auto", engine_dtype: str = "auto", batch_size: int = 16,
+                   progress: bool = True, log=print) -> dict:
+    """Run the study; write results.json, report.md and the figures to `out`; return the results."""
+    from sr_augment.engines import get_engine
     from sr_augment.experiment.report import write_outputs
 
     if framework not in ("torch", "keras"):
         raise ValueError(f"framework must be 'torch' or 'keras', got {framework!r}")
-    if lr_factor < 1 or seeds < 1 or epochs < 1:
-        raise ValueError("--lr-factor, --seeds and --epochs must be >= 1")
-    if getattr(engine, "scale", lr_factor) != lr_factor:
-        raise ValueError(f"the engine upscales x{engine.scale} but LR images are downscaled by {lr_factor}")
+    for name, value in (("--lr-factor", lr_factor), ("--epochs", epochs), ("--variants", variants),
+                        ("--image-size", image_size), ("--width", width)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"--p must be in [0, 1], got {p}")
+    if image_size < 4 * lr_factor:
+        raise ValueError(f"--image-size {image_size} is too small for --lr-factor {lr_factor}: the LR images "
+                         f"would be under 4 px")
+    if not engines:
+        raise ValueError("--engines: no engine given")
     started = time.perf_counter()
-    data = discover(data_dir)
-    hr_train, y_train, _ = load_items(data.train, image_size, data.skipped)
-    hr_test, y_test, test_names = load_items(data.test, image_size, data.skipped)
+    built = {}
+    for choice in engines:  # checked and built before any image is read
+        try:
+            built[choice.label] = get_engine(choice.spec, scale=lr_factor, device=engine_device, dtype=engine_dtype,
+                                             **choice.params)
+        except Exception as exc:
+            raise ValueError(f"--engines {choice.label}: {exc}") from exc
+    data = collect(data_dir, per_class=per_class, seed=seed)
+    images, labels, ids = load_items(data.items, image_size, data.skipped, root=data.root)
     for reason in data.skipped:
         log(f"skipped: {reason}")
-    log(f"{len(hr_train)} training and {len(hr_test)} test images, classes {data.classes} ({data.layout})")
-    arms = build_arms(hr_train, hr_test, engine, cache, lr_factor, variants, batch_size, progress)
-    weights = class_weights(y_train, len(data.classes))
+    plan = make_folds(labels, folds, repeats, seed, data.classes)
+    arms = arm_names(engines)
+    log(f"{len(images)} images, {len(data.classes)} classes ({data.layout}); {folds} folds x {repeats} repeats, "
+        f"{len(arms)} arms: {', '.join(arms)}")
+    arm_images, generated = build_arm_images(images, built, cache, lr_factor, variants, batch_size, progress)
+    log(f"SR generated: {sum(generated.values())} (the rest came from the cache)")
 
     if framework == "torch":
-        from sr_augment.experiment.torch_cnn import train_and_predict
+        from sr_augment.experiment import torch_cnn as trainer
     else:
-        from sr_augment.experiment.keras_cnn import train_and_predict
-    augment = {"engine": engine, "variants": variants, "p": p, "cache_dir": str(cache.directory)}
-    runs = {arm: [] for arm in ARMS}
-    for seed, arm in itertools.product(range(seeds), ARMS):
-        train_x, test_x = arms[arm]
-        log(f"seed {seed}: training on {arm}")
-        predictions = train_and_predict(train_x, y_train, test_x, len(data.classes), epochs=epochs, seed=seed,
-                                        class_weight=weights, batch_size=batch_size,
-                                        augment=augment if arm == "HR+SRAugment" else None)
-        runs[arm].append({"seed": seed, "predictions": predictions.tolist(),
-                          **classification_metrics(y_test, predictions, data.classes)})
+        from sr_augment.experiment import keras_cnn as trainer
+    trainings = len(arms) * len(plan)
+    per_image = trainer.time_step(image_size, len(data.classes), width=width, device=device)
+    train_size = int(np.mean([len(f["train"]) for f in plan]))
+    estimate = estimate_seconds(trainings, epochs, train_size, per_image)
+    log(f"estimate: {trainings} trainings x {epochs} epochs x {train_size} images at {per_image * 1e3:.2f} ms per "
+        f"image-step: about {estimate / 60:.0f} min of training")
+
+    predictions = {arm: np.full((repeats, len(images)), -1, np.int64) for arm in arms}
+    runs = []
+    cache_dir = str(cache.directory)
+    for index, (split, arm) in enumerate(itertools.product(plan, arms)):
+        run_seed = seed * 1000 + split["repeat"] * 100 + split["fold"]
+        engine_label = arm[len("HR+SRAugment("):-1] if arm.startswith("HR+SRAugment(") else None
+        augment = None if engine_label is None else {"engine": built[engine_label], "variants": variants, "p": p,
+                                                     "scale": lr_factor, "cache_dir": cache_dir}
+        x = arm_images[arm]
+        train, test = split["train"], split["test"]
+        weights = stats.class_weights(labels[train], len(data.classes))
+        t0 = time.perf_counter()
+        result = trainer.train_and_predict(x[train], labels[train], x[test], labels[test], len(data.classes),
+                                           epochs=epochs, seed=run_seed, class_weight=weights, width=width,
+                                           device=device, augment=augment)
+        predictions[arm][split["repeat"], test] = result["predictions"]
+        seconds = time.perf_counter() - t0
+        runs.append({"arm": arm, "repeat": split["repeat"], "fold": split["fold"], "seed": run_seed,
+                     "train_images": len(train), "test_images": len(test), "seconds": round(seconds, 1),
+                     "test_accuracy": result["curves"]["test_accuracy"][-1], "curves": result["curves"]})
+        left = (trainings - index - 1) * sum(r["seconds"] for r in runs) / len(runs)
+        log(f"[{index + 1}/{trainings}] repeat {split['repeat']} fold {split['fold']} {arm}: test accuracy "
+            f"{runs[-1]['test_accuracy']:.3f}, train accuracy {result['curves']['train_accuracy'][-1]:.3f} "
+            f"({seconds:.0f} s; about {left / 60:.0f} min left)")
 
     results = {
-        "config": {"data": str(data_dir), "layout": data.layout, "engine": getattr(engine, "name", str(engine)),
-                   "fingerprint": getattr(engine, "fingerprint", ""), "lr_factor": lr_factor, "seeds": seeds,
-                   "epochs": epochs, "framework": framework, "image_size": image_size, "batch_size": batch_size,
-                   "variants": variants, "p": p},
-        "data": {"classes": data.classes, "train": len(hr_train), "test": len(hr_test), "skipped": data.skipped,
-                 "train_counts": np.bincount(y_train, minlength=len(data.classes)).tolist(),
-                 "class_weights": weights.tolist(), "test_images": test_names, "test_labels": y_test.tolist()},
-        "arms": {arm: {"runs": r, "mean": {m: statistics.mean(x[m] for x in r) for m in METRICS},
-                       "std": {m: statistics.stdev(x[m] for x in r) if len(r) > 1 else 0.0 for m in METRICS}}
-                 for arm, r in runs.items()},
-        "mcnemar": {f"{a} vs {b}": [{"seed": ra["seed"], **mcnemar_exact(np.array(ra["predictions"]) == y_test,
-                                                                          np.array(rb["predictions"]) == y_test)}
-                                    for ra, rb in zip(runs[a], runs[b])]
-                    for a, b in itertools.combinations(ARMS, 2)},
+        "config": {"data": str(data_dir), "engines": [{"label": c.label, "spec": c.spec, "params": c.params,
+                                                       "fingerprint": getattr(built[c.label], "fingerprint", "")}
+                                                      for c in engines],
+                   "folds": folds, "repeats": repeats, "epochs": epochs, "image_size": image_size,
+                   "lr_size": max(1, round(image_size / lr_factor)), "lr_factor": lr_factor, "variants": variants,
+                   "p": p, "seed": seed, "per_class": per_class, "framework": framework, "baseline": BASELINE,
+                   "protocol": {**trainer.PROTOCOL, "width": width, "epochs": epochs}},
+        "data": {"classes": data.classes, "layout": data.layout, "images": len(images), "skipped": data.skipped,
+                 "counts": np.bincount(labels, minlength=len(data.classes)).tolist(), "ids": ids,
+                 "labels": labels.tolist()},
+        "folds": [{"repeat": f["repeat"], "fold": f["fold"], "test": f["test"].tolist()} for f in plan],
+        "arms": arms,
+        "runs": runs,
+        "predictions": [{"image": ids[i], "fold": f["fold"], "repeat": f["repeat"], "arm": arm,
+                         "label": int(labels[i]), "prediction": int(predictions[arm][f["repeat"], i])}
+                        for f in plan for arm in arms for i in f["test"].tolist()],
+        "sr_generated": generated,
+        **compare(labels, predictions, data.classes, seed),
+        "estimate_seconds": round(estimate, 1),
     }
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_outputs(results, arms, Path(out), engine_name=results["config"]["engine"])
+    write_outputs(results, arm_images, Path(out))
     return results
+
+
+def compare(labels: np.ndarray, predictions: dict, classes: list[str], seed: int = 0) -> dict:
+    """Per arm: accuracy and macro-F1 with bootstrap CIs, per-class accuracy, the confusion matrix. Per
+    pair of arms: the accuracy difference with a paired bootstrap CI, McNemar per repeat and combined,
+    Holm-adjusted p over all pairs."""
+    n, k = len(labels), len(classes)
+    summary = {}
+    for arm, pred in predictions.items():
+        correct = pred == labels[None]
+        summary[arm] = {"accuracy": stats.bootstrap_ci(stats.accuracy_statistic(correct), n, seed=seed),
+                        "macro_f1": stats.bootstrap_ci(stats.macro_f1_statistic(labels, pred, k), n, seed=seed),
+                        "accuracy_per_repeat": correct.mean(axis=1).tolist(),
+                        "per_class": stats.per_class_accuracy(labels, pred, classes),
+                        "confusion": stats.confusion(labels, pred, k)}
+    pairs = []
+    for a, b in itertools.combinations(predictions, 2):
+        ca, cb = predictions[a] == labels[None], predictions[b] == labels[None]
+        per_repeat = [stats.mcnemar_exact(ca[r], cb[r]) for r in range(len(ca))]
+        pairs.append({"a": a, "b": b,
+                      "difference": stats.bootstrap_ci(stats.difference_statistic(ca, cb), n, seed=seed),
+                      "mcnemar": {"per_repeat": per_repeat, "combined": stats.mcnemar_combined(per_repeat)}})
+    for pair, adjusted in zip(pairs, stats.holm([pair["mcnemar"]["combined"]["p"] for pair in pairs])):
+        pair["mcnemar"]["p_holm"] = adjusted
+    return {"summary": summary, "pairs": pairs}
