@@ -140,13 +140,15 @@ class AugmentCore:
             return (height, width, 3)
         return (None if height is None else height * self.scale, None if width is None else width * self.scale, 3)
 
-    def apply(self, image: np.ndarray, variant: int) -> np.ndarray:
-        """The SR result of one uint8 HWC RGB image for `variant`, per the `on_miss` policy."""
+    def apply(self, image: np.ndarray, variant: int, source: str | None = None) -> np.ndarray:
+        """The SR result of one uint8 HWC RGB image for `variant`, per the `on_miss` policy (`source`, the
+        image's file when the caller knows it, is named by a `CacheMiss`)."""
         if self.on_miss == "generate":
             return self.apply_many([image], {"augment": [True], "variant": [variant]})[0]
-        return self._apply_looked_up(image, variant, self.cache.get(image, self.engine, self.mode, variant))
+        return self._apply_looked_up(image, variant, self.cache.get(image, self.engine, self.mode, variant), source)
 
-    def _apply_looked_up(self, image: np.ndarray, variant: int, result: np.ndarray | None) -> np.ndarray:
+    def _apply_looked_up(self, image: np.ndarray, variant: int, result: np.ndarray | None,
+                         source: str | None = None) -> np.ndarray:
         """What the `on_miss` policy makes of one lookup's `result` (None: a miss)."""
         cache, engine = self.cache, self.engine
         self._count_lookups(1, int(result is None))
@@ -155,9 +157,14 @@ class AugmentCore:
                 result = self.bicubic(image)
             else:
                 raise CacheMiss(
-                    f"no cached SR image for key {cache.key(image, engine, self.mode, variant)} (image "
-                    f"{image.shape[1]}x{image.shape[0]}, mode {self.mode}, variant {variant}) in {cache.directory}; "
-                    f"warm the cache first (`sr-augment warm ...`, or through the pipeline: `SRAugment(...).warm(dataset)`) "
+                    f"no cached SR image{f' for {source}' if source else ''} with key "
+                    f"{cache.key(image, engine, self.mode, variant)} (image {image.shape[1]}x{image.shape[0]}, mode "
+                    f"{self.mode}, variant {variant}) in {cache.directory}. If the cache was warmed, these pixels "
+                    f"differ from the warmed ones; likely causes: another decoder (EXIF orientation applied or not; "
+                    f"16-bit or 32-bit images brought to 8 bits another way: `sr-augment warm --loader "
+                    f"torchvision|keras|exif` must name the training pipeline's loader), another resize (--resize, "
+                    f"--center-crop), a random transform before SRAugment, or other engine settings. Warm the cache "
+                    f"first (`sr-augment warm ...`, or through the pipeline: `SRAugment(...).warm(dataset)`) "
                     f"or use on_miss='generate' or 'passthrough'"
                 )
         return self.resize_output(result)

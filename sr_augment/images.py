@@ -4,7 +4,11 @@ Everything downstream (engines, cache keys) sees exactly one pixel format, so th
 same cache entry whether it came from a path, a PIL image or an array.
 
 Conversions (documented in the README):
-- EXIF orientation is applied (`PIL.ImageOps.exif_transpose`).
+- Files read by `load_image` / `decode_image` are turned upright by their EXIF orientation
+  (`PIL.ImageOps.exif_transpose`). A PIL image or array given to `to_rgb` / `pil_to_rgb` is taken as its
+  pixels are, never turned: that is what a training pipeline hands SRAugment (torchvision's `ImageFolder`
+  and Keras' `image_dataset_from_directory` do not apply EXIF), and turning it would change the
+  picture's geometry and its cache key. `sr_augment.loaders` decodes files as those libraries do.
 - Alpha is dropped, as `PIL.Image.convert("RGB")`, torchvision's `ImageFolder` loader and
   `tf.io.decode_image(channels=3)` do, so warmed keys match what training pipelines decode.
 - Grayscale is replicated to three channels; palette and CMYK images are converted to RGB.
@@ -18,6 +22,7 @@ Conversions (documented in the README):
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +49,23 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def decode_image(source, name) -> np.ndarray:
-    """Decode `source` (a path or a binary file object) into uint8 HWC RGB with the rules above, raising
-    `ImageDecodeError` naming `name` (the file or URI) and the reason: one decoder for local files and
-    for bytes fetched from any filesystem."""
+    """Decode `source` (a path or a binary file object) into uint8 HWC RGB with the rules above (EXIF
+    orientation applied), raising `ImageDecodeError` naming `name` (the file or URI) and the reason: one
+    decoder for local files and for bytes fetched from any filesystem."""
+    with opened_image(source, name) as img:
+        if img.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:  # else skip exif_transpose's full copy
+            img = ImageOps.exif_transpose(img)
+        return pil_to_rgb(img)
+
+
+@contextmanager
+def opened_image(source, name):
+    """The loaded PIL image of `source` (a path or a binary file object); any decoding error, in opening
+    or in the caller's block, becomes an `ImageDecodeError` naming `name` and the reason."""
     try:
         with Image.open(source) as img:
-            img.load()
-            return pil_to_rgb(img)
+            img.load()  # some formats (PNG) read their EXIF with the pixels
+            yield img
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -63,10 +78,8 @@ def decode_image(source, name) -> np.ndarray:
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
-    """Convert a PIL image of any mode to uint8 HWC RGB (see the module docstring for the rules)."""
-    img.load()  # some formats (PNG) read their EXIF with the pixels
-    if img.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:  # else skip exif_transpose's full copy
-        img = ImageOps.exif_transpose(img)
+    """Convert a PIL image of any mode to uint8 HWC RGB (see the module docstring for the rules): its
+    pixels as they are, whatever its EXIF orientation says."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.int64 if img.mode == "I" else np.uint16)
         arr = np.clip(arr, 0, 65535).astype(np.float64) if img.mode == "I" else arr
@@ -153,13 +166,14 @@ def center_crop(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(image[top:top + height, left:left + width])
 
 
-def iter_image_files(paths) -> list[Path]:
-    """Files under the given files/folders (folders recursively), sorted, images by suffix."""
+def iter_image_files(paths, suffixes=IMAGE_SUFFIXES) -> list[Path]:
+    """Files under the given files/folders (folders recursively), sorted, images by suffix (`suffixes`,
+    lower case with the dot); a file named explicitly is taken whatever its suffix."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes)
         elif path.exists():
             found.append(path)
         else:

@@ -1,7 +1,8 @@
 """Pre-warm the cache offline: generate every (image, variant) that is not cached yet.
 
 One loop, `warm_items`, warms any iterable of (source name, loader) items: the files of `sr-augment
-warm` (`warm`, a thin wrapper), the samples of a training pipeline (`SRAugment.warm` of both adapters),
+warm` (`warm`, a thin wrapper, decoding each file as the training pipeline's loader does:
+`sr_augment.loaders`), the samples of a training pipeline (`SRAugment.warm` of both adapters),
 or a share of the files per process (distributed warm). A loader returns the pixels of its source
 (one uint8 HWC RGB image, or a list of them: a batch), already as the adapter will key them.
 
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,7 +35,10 @@ from sr_augment.cache.disk import CacheWriteError
 from sr_augment.cache.results import EntryRequest
 from sr_augment.engines.determinism import warn_deterministic_variants
 from sr_augment.errors import CacheInUse
-from sr_augment.images import ImageDecodeError, iter_image_files, load_image, to_rgb
+from sr_augment.images import IMAGE_SUFFIXES, ImageDecodeError, iter_image_files, to_rgb
+
+if TYPE_CHECKING:
+    from sr_augment.loaders import FileLoader
 
 Loader = Callable[[], "np.ndarray | Sequence[np.ndarray]"]
 LOAD_ERRORS = (ImageDecodeError, OSError)
@@ -98,26 +103,40 @@ class _StopOnSignal:
         return None if self.received is None else signal.Signals(self.received).name
 
 
-def path_items(files: Iterable, preprocess: Callable[[np.ndarray], np.ndarray] | None = None):
-    """(path, loader) items of image files: the loader decodes the file (`load_image`) and applies
-    `preprocess` (e.g. `sr_augment.warm.tv_geometry.Preprocess`: a deterministic resize and centre crop)."""
+def path_items(files: Iterable, preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+               loader: Callable[[Path], np.ndarray] | None = None):
+    """(path, loader) items of image files: the loader decodes the file (`loader`, by default
+    `sr_augment.loaders.FileLoader()`: torchvision's `ImageFolder` decode) and applies `preprocess` (e.g.
+    `sr_augment.warm.tv_geometry.Preprocess`: a deterministic resize and centre crop)."""
+    if loader is None:
+        from sr_augment.loaders import FileLoader  # loaders uses warm.tv_geometry: imported here, not at the top
+
+        loader = FileLoader()
     for path in files:
         path = Path(path)
         if preprocess is None:
-            yield path, (lambda p=path: load_image(p))
+            yield path, (lambda p=path: loader(p))
         else:
-            yield path, (lambda p=path: preprocess(load_image(p)))
+            yield path, (lambda p=path: preprocess(loader(p)))
 
 
 def warm(paths: Iterable, engine, cache, *, mode: str = "upscale", variants: int = 1, batch_size: int = 8,
          progress: bool = True, preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
-         dry_run: bool = False) -> WarmReport:
+         dry_run: bool = False, loader: FileLoader | None = None) -> WarmReport:
     """Make sure every image under `paths` has `variants` cached results for this engine and mode
-    (each decoded, then passed through `preprocess` when given, before keying)."""
-    files = iter_image_files(paths)
+    (each decoded by `loader`, then passed through `preprocess` when given, before keying).
+
+    `loader` (`sr_augment.loaders.file_loader`) decodes as the training pipeline's loader does and lists
+    the files its library lists; the default is torchvision's `ImageFolder` loader (no EXIF turn),
+    as `sr-augment warm`'s. `loader=file_loader("exif")` decodes as `sr_augment.load_image`."""
+    if loader is None:
+        from sr_augment.loaders import FileLoader
+
+        loader = FileLoader()
+    files = iter_image_files(paths, getattr(loader, "suffixes", IMAGE_SUFFIXES))
     if not dry_run and variants >= 1:
         warn_deterministic_variants(engine, variants)  # here, so the warning points at warm()'s caller
-    return warm_items(path_items(files, preprocess), engine, cache, mode=mode, variants=variants,
+    return warm_items(path_items(files, preprocess, loader), engine, cache, mode=mode, variants=variants,
                       batch_size=batch_size, progress=progress, total=len(files), dry_run=dry_run,
                       warn_deterministic=False)
 

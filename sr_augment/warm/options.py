@@ -1,5 +1,7 @@
-"""The options of `sr-augment warm` that shape what is keyed and whether anything runs: `--resize`,
-`--center-crop` (the deterministic resize of a torchvision pipeline, `tv_geometry`) and `--dry-run`.
+"""The options of `sr-augment warm` that shape what is keyed and whether anything runs: `--loader` (decode
+each file as the training pipeline's library does, `sr_augment.loaders`), `--resize`, `--center-crop` (the
+deterministic resize of a torchvision pipeline, `tv_geometry`; Keras' `image_size` with `--loader keras`),
+`--interpolation`, `--crop-to-aspect-ratio`, `--pad-to-aspect-ratio` and `--dry-run`.
 
 `WarmOptions` is what the command was asked, typed: the CLI builds it once from its argparse namespace
 and passes it to the local, accelerate, Ray and dry-run paths, so none of them reads the namespace.
@@ -19,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 
 from sr_augment.engines import DEFAULT_ENGINE
+from sr_augment.loaders import DEFAULT_LOADER, LOADERS, FileLoader, file_loader
 from sr_augment.warm.tv_geometry import Preprocess, Size, parse_image_size
 
 
@@ -37,6 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "OpenCV, torchvision on tensors) give other pixels: warm those with SRAugment.warm")
     parser.add_argument("--center-crop", type=_size, default=None, metavar="N|HxW",
                         help="after --resize, crop the centre as torchvision's v2.CenterCrop(N) on PIL images does")
+    parser.add_argument("--loader", choices=LOADERS, default=DEFAULT_LOADER,
+                        help="decode each file as the training pipeline's loader does, so the keys match: torchvision "
+                             "(datasets.ImageFolder: PIL convert('RGB'), no EXIF turn, 16-bit clipped), keras "
+                             "(image_dataset_from_directory, TensorFlow's decode and resize: --resize HxW is its "
+                             "image_size, default 256x256), exif (sr_augment.load_image: EXIF orientation applied, "
+                             "16-bit scaled /257) (default: %(default)s)")
+    parser.add_argument("--interpolation", default=None, metavar="NAME",
+                        help="with --loader keras: image_dataset_from_directory's interpolation (default bilinear); "
+                             "the torchvision and exif loaders resize bilinear only")
+    parser.add_argument("--crop-to-aspect-ratio", action="store_true",
+                        help="with --loader keras: image_dataset_from_directory(crop_to_aspect_ratio=True)")
+    parser.add_argument("--pad-to-aspect-ratio", action="store_true",
+                        help="with --loader keras: image_dataset_from_directory(pad_to_aspect_ratio=True)")
     parser.add_argument("--dry-run", action="store_true",
                         help="report what would be generated (same summary) without loading a model or writing "
                              "anything to the cache")
@@ -73,6 +89,13 @@ class WarmOptions:
     """--ray: None (not given), "" (start a local cluster) or an address."""
     out: str | None = None
     actors: int = 2
+    loader: str = DEFAULT_LOADER
+    """--loader: how each file is decoded (`sr_augment.loaders`)."""
+    interpolation: str | None = None
+    crop_to_aspect_ratio: bool = False
+    pad_to_aspect_ratio: bool = False
+    degrade: str | dict | None = None
+    """--degrade: a preset name or canonical settings (`sr_augment.engines.degrade`), or None."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WarmOptions:
@@ -83,8 +106,24 @@ class WarmOptions:
                       variants=args.variants, batch_size=args.batch_size, cache_dir=args.cache_dir,
                       size_limit=args.size_limit, json=args.json, progress=not args.no_progress, resize=args.resize,
                       center_crop=args.center_crop, dry_run=args.dry_run, ray=args.ray, out=args.out, actors=args.actors)
+        options = options.replace(loader=getattr(args, "loader", DEFAULT_LOADER),
+                                  interpolation=getattr(args, "interpolation", None),
+                                  crop_to_aspect_ratio=getattr(args, "crop_to_aspect_ratio", False),
+                                  pad_to_aspect_ratio=getattr(args, "pad_to_aspect_ratio", False))
+        try:
+            options.file_loader  # noqa: B018  (checks the loader's options before anything is opened)
+        except ValueError as exc:
+            raise SystemExit(f"sr-augment: {exc}") from None
         options.check_engine()
         return options
+
+    @property
+    def file_loader(self) -> FileLoader:
+        """How each file is decoded, resized and cropped (`--loader` with `--resize`, `--center-crop`,
+        `--interpolation`, `--crop/pad-to-aspect-ratio`); `ValueError` for a combination it cannot match."""
+        return file_loader(self.loader, resize=self.resize, center_crop=self.center_crop,
+                           interpolation=self.interpolation, crop_to_aspect_ratio=self.crop_to_aspect_ratio,
+                           pad_to_aspect_ratio=self.pad_to_aspect_ratio)
 
     def check_engine(self) -> None:
         """`SystemExit` saying what is wrong when the engine spec or its parameters (`--set`, `--steps`) are
@@ -134,7 +173,7 @@ def dry_run(options: WarmOptions) -> int:
     cache = SRCache(options.cache_dir, read_only=True)  # opening creates nothing; damaged entries are left alone
     try:
         report = warm(list(options.paths), engine, cache, mode=options.mode, variants=options.variants,
-                      batch_size=options.batch_size, progress=options.progress, preprocess=options.preprocess,
+                      batch_size=options.batch_size, progress=options.progress, loader=options.file_loader,
                       dry_run=True)
     except FileNotFoundError as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
