@@ -84,7 +84,8 @@ def test_study_runs_end_to_end_and_a_second_run_makes_no_sr(tmp_path, cache_dir,
         assert needle in report, needle
     for name in ("study.png", "curves.png", "samples.png"):
         assert Image.open(out / name).size[0] > 100, name
-    assert results["sr_generated"]["bicubic"] == 12 * 2  # every image's two SRAugment variants
+    assert results["sr_generated"]["bicubic"] == 12  # every image's SRAugment variant: one, bicubic is deterministic
+    assert results["config"]["variants"] == {"bicubic": 1}
 
     assert _run(data, tmp_path / "again", cache_dir) == 0  # the same study again: everything from the cache
     again = json.loads((tmp_path / "again" / "results.json").read_text())

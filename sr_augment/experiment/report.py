@@ -30,7 +30,7 @@ def report_markdown(results: dict) -> str:
         f"is tested once per repeat, every arm trains and tests on the same folds with the same seeds. "
         f"Inputs {config['image_size']} px; LR = {config['lr_size']} px (x{config['lr_factor']} down, antialiased "
         f"bicubic), shown to the CNN upscaled back to {config['image_size']} px. Engines: {engines}; SRAugment: "
-        f"resynthesize, {config['variants']} variants, p = {config['p']}.",
+        f"resynthesize, variants {config['variants']} (a deterministic engine: 1), p = {config['p']}.",
         "",
         "![accuracy per arm and differences from the baseline](study.png)",
         "",

@@ -127,13 +127,15 @@ def _warm_variants(cache, engine, images: np.ndarray, variants: int, batch_size:
     return generated
 
 
-def build_arm_images(hr: np.ndarray, engines: dict, cache, lr_factor: int, variants: int, batch_size: int,
+def build_arm_images(hr: np.ndarray, engines: dict, cache, lr_factor: int, variants, batch_size: int,
                      progress: bool) -> tuple[dict, dict]:
-    """{arm: images} (the HR+SRAugment arms train on HR) and {engine label: SR images generated}."""
+    """{arm: images} (the HR+SRAugment arms train on HR) and {engine label: SR images generated};
+    `variants`: SRAugment variants, one number or one per engine label."""
     from tqdm.auto import tqdm
 
     size = hr.shape[1]
     low = max(1, round(size / lr_factor))
+    variants = variants if isinstance(variants, dict) else {label: variants for label in engines}
     lows = [resize(im, (low, low)) for im in hr]
     images = {"LR": np.stack([resize(im, (size, size)) for im in lows]), BASELINE: hr}
     generated = {}
@@ -142,9 +144,9 @@ def build_arm_images(hr: np.ndarray, engines: dict, cache, lr_factor: int, varia
         if label != "bicubic":
             with tqdm(total=len(lows), desc=f"SR {label}", unit="img", disable=not progress) as bar:
                 images[f"SR({label})"], count = _upscaled(cache, engine, lows, size, batch_size, bar)
-        with tqdm(total=len(hr) * variants, desc=f"SRAugment variants {label}", unit="img",
+        with tqdm(total=len(hr) * variants[label], desc=f"SRAugment variants {label}", unit="img",
                   disable=not progress) as bar:
-            count += _warm_variants(cache, engine, hr, variants, batch_size, bar)
+            count += _warm_variants(cache, engine, hr, variants[label], batch_size, bar)
         images[f"HR+SRAugment({label})"] = hr
         generated[label] = count
     return images, generated
@@ -188,6 +190,13 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
                                              **choice.params)
         except Exception as exc:
             raise ValueError(f"--engines {choice.label}: {exc}") from exc
+    from sr_augment.engines.determinism import is_deterministic
+
+    engine_variants = {}  # a deterministic engine's variants would all be the same pixels: one is enough
+    for label, engine in built.items():
+        engine_variants[label] = 1 if is_deterministic(engine) else variants
+        if engine_variants[label] < variants:
+            log(f"{label} is deterministic: 1 SRAugment variant (its variants would be identical)")
     data = collect(data_dir, per_class=per_class, seed=seed)
     images, labels, ids = load_items(data.items, image_size, data.skipped, root=data.root)
     for reason in data.skipped:
@@ -196,7 +205,8 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
     arms = arm_names(engines)
     log(f"{len(images)} images, {len(data.classes)} classes ({data.layout}); {folds} folds x {repeats} repeats, "
         f"{len(arms)} arms: {', '.join(arms)}")
-    arm_images, generated = build_arm_images(images, built, cache, lr_factor, variants, batch_size, progress)
+    arm_images, generated = build_arm_images(images, built, cache, lr_factor, engine_variants, batch_size,
+                                             progress)
     log(f"SR generated: {sum(generated.values())} (the rest came from the cache)")
 
     if framework == "torch":
@@ -216,8 +226,8 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
     for index, (split, arm) in enumerate(itertools.product(plan, arms)):
         run_seed = seed * 1000 + split["repeat"] * 100 + split["fold"]
         engine_label = arm[len("HR+SRAugment("):-1] if arm.startswith("HR+SRAugment(") else None
-        augment = None if engine_label is None else {"engine": built[engine_label], "variants": variants, "p": p,
-                                                     "scale": lr_factor, "cache_dir": cache_dir}
+        augment = None if engine_label is None else {"engine": built[engine_label], "p": p, "scale": lr_factor,
+                                                     "variants": engine_variants[engine_label], "cache_dir": cache_dir}
         x = arm_images[arm]
         train, test = split["train"], split["test"]
         weights = stats.class_weights(labels[train], len(data.classes))
@@ -240,7 +250,7 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
                                                        "fingerprint": getattr(built[c.label], "fingerprint", "")}
                                                       for c in engines],
                    "folds": folds, "repeats": repeats, "epochs": epochs, "image_size": image_size,
-                   "lr_size": max(1, round(image_size / lr_factor)), "lr_factor": lr_factor, "variants": variants,
+                   "lr_size": max(1, round(image_size / lr_factor)), "lr_factor": lr_factor, "variants": engine_variants,
                    "p": p, "seed": seed, "per_class": per_class, "framework": framework, "baseline": BASELINE,
                    "protocol": {**trainer.PROTOCOL, "width": width, "epochs": epochs}},
         "data": {"classes": data.classes, "layout": data.layout, "images": len(images), "skipped": data.skipped,
