@@ -166,6 +166,7 @@ def export_cache(cache_dir, out: str, *, shard_size: int = DEFAULT_SHARD_SIZE, p
                 report.copied += 1
         report.shards = writer.close()
         removed = retire(out, lost, storage_options, written) if lost else []
+        _export_identities(cache_dir, out, report, storage_options)
     except BaseException as exc:
         if writer is not None:
             writer.abort()
@@ -175,6 +176,70 @@ def export_cache(cache_dir, out: str, *, shard_size: int = DEFAULT_SHARD_SIZE, p
     _unretired(out, lost, removed, written, report, storage_options)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _export_identities(cache_dir: Path, out: str, report: TransferReport, storage_options: dict | None) -> None:
+    """The cache's engine identity records as `out/identities/<id>.json`, so a cache imported from the shards
+    starts no engine service (`service.identity`); a record that cannot travel is noted, not exported."""
+    from sr_augment.service.identity import FOLDER, records
+
+    found, problems = records(cache_dir)
+    for name, why in problems:
+        report.note({"source": str(cache_dir / FOLDER), "member": name, "kind": "warning",
+                     "reason": f"engine identity record not exported: {why}"})
+    if not found:
+        return
+    fs, root = filesystem(out, storage_options)
+    folder = f"{root.rstrip('/')}/{FOLDER}"
+    fs.makedirs(folder, exist_ok=True)
+    for name, data in found:
+        if fs.isfile(f"{folder}/{name}") and fs.cat_file(f"{folder}/{name}") == data:
+            continue
+        if _is_local_fs(fs):
+            with _new_file(Path(folder), name, "wb") as fh:  # never written through a planted link
+                fh.write(data)
+        else:
+            fs.pipe_file(f"{folder}/{name}", data)
+
+
+def _is_local_fs(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def _import_identities(fs, folder: str, cache, report: TransferReport) -> None:
+    """Store the engine identity records under `folder/identities/` (shards: untrusted) in `cache`: each is
+    validated and must be filed under the id of the engine settings it names; a refused one is noted by
+    name (a warning: the entries do not depend on it)."""
+    from sr_augment.service.identity import _MAX_BYTES, FOLDER, store_record
+
+    for path in sorted(fs.glob(f"{folder.rstrip('/')}/{FOLDER}/*.json")):
+        name = posixpath.basename(path)
+        try:
+            with open_regular(fs, path) as fh:
+                data = fh.read(_MAX_BYTES + 1)
+            if len(data) > _MAX_BYTES:
+                raise ValueError(f"larger than {_MAX_BYTES} bytes")
+            store_record(cache.directory, name, data)
+        except (OSError, ValueError) as exc:
+            report.note({"source": f"{folder.rstrip('/')}/{FOLDER}", "member": name, "kind": "warning",
+                         "reason": f"engine identity record not imported: {exc}"})
+
+
+def _merge_identities(source: Path, into, report: TransferReport) -> None:
+    """Copy the engine identity records of the cache at `source` into `into` (see `_import_identities`)."""
+    from sr_augment.service.identity import FOLDER, records, store_record
+
+    found, problems = records(source)
+    for name, data in found:
+        try:
+            store_record(into.directory, name, data)
+        except (OSError, ValueError) as exc:
+            problems.append((name, str(exc)))
+    for name, why in problems:
+        report.note({"source": str(source / FOLDER), "member": name, "kind": "warning",
+                     "reason": f"engine identity record not merged: {why}"})
 
 
 def _unretired(out: str, lost: dict, removed: list, written: set, report: TransferReport,
@@ -279,6 +344,8 @@ def import_shards(uris, cache, *, progress: bool = True, storage_options: dict |
             for problem in problems:
                 report.note({"source": path, "member": problem["member"], "reason": problem["reason"]})
             report.refused += len(problems)
+    for folder, (fs, _, _) in folders.items():
+        _import_identities(fs, folder, cache, report)
     _missing(folders, opened, seen, report)
     report.seconds = time.perf_counter() - start
     return report
@@ -326,6 +393,8 @@ def merge_caches(sources, into, *, progress: bool = True) -> TransferReport:
                     continue
                 report.copied += stored
                 report.present += not stored
+    for source in sources:
+        _merge_identities(source, into, report)
     report.seconds = time.perf_counter() - start
     return report
 

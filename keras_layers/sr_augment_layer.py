@@ -105,7 +105,7 @@ class SRAugment(keras.layers.Layer):
             a hub id, or an `Engine` object (runs inline; such a layer cannot be saved). Defaults to
             `sr_augment.engines.DEFAULT_ENGINE`.
         mode: "upscale" or "resynthesize" (see above).
-        scale: the super-resolution factor.
+        scale: the super-resolution factor (default: 4; a spandrel checkpoint's own factor).
         variants: number of cached samples per image; each call picks one at random.
         p: probability of augmenting each image.
         output_size: int or `(height, width)` to resize every result to, or None.
@@ -146,7 +146,7 @@ class SRAugment(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, engine=DEFAULT_ENGINE, mode: str = "upscale", scale: int = 4, variants: int = 1,
+    def __init__(self, engine=DEFAULT_ENGINE, mode: str = "upscale", scale: int | None = None, variants: int = 1,
                  p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
                  steps: int | None = None, device: str = "auto", engine_dtype: str = "auto",
                  value_range=(0, 255), bounding_box_format=None, **kwargs):

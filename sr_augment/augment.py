@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
-from sr_augment.engines import DEFAULT_ENGINE, BicubicEngine, check_spec, with_steps
+from sr_augment.engines import DEFAULT_ENGINE, BicubicEngine, check_spec, default_scale, with_steps
 from sr_augment.engines.determinism import warn_deterministic_variants
 from sr_augment.errors import CacheMissRateWarning  # noqa: F401  (defined in errors, named here too)
 from sr_augment.images import resize
@@ -65,10 +65,39 @@ def check_params(params: dict, count: int) -> tuple[list[bool], list[int]]:
     return augment, variants
 
 
+def _checked_spec(engine, on_miss: str, cache_dir, settings: dict):
+    """`check_spec(engine, params)`; but a spec whose weights are not on this machine (a checkpoint file a
+    training node does not have) is accepted when nothing will be generated (`on_miss` "error" or
+    "passthrough") and the cache remembers the engine's identity for these `settings` (a warm, copy,
+    import or merge brought it): the identity, not the weights, is what a lookup needs."""
+    from sr_augment.engines import REGISTRY, EngineKind, EngineSpecError
+    from sr_augment.errors import EngineParameterError
+    from sr_augment.service.identity import load_identity
+
+    params = with_steps(settings["params"], settings["steps"])
+    try:
+        return check_spec(engine, params)
+    except EngineSpecError as exc:
+        spec = str(engine)
+        kind = None if isinstance(exc, EngineParameterError) else REGISTRY.kind_of(spec)
+        if kind is None or on_miss == "generate" or not kind.weights_absent(spec):
+            raise
+        EngineKind.check(kind, spec, params)  # the parameters, as the kind checks them
+        root = cache_dir if cache_dir is not None else default_cache_dir()
+        config = {**settings, "spec": spec, "scale": default_scale(spec, settings["scale"])}
+        if load_identity(root, config, weights_optional=True) is None:
+            raise EngineSpecError(
+                f"{spec}: no such file, and the cache {root} holds no identity of this engine with these settings, "
+                f"which on_miss={on_miss!r} could use instead of the weights: provide the file, or import the shards "
+                f"(`sr-augment import`) or copy the cache warmed with this engine, these settings and this "
+                f"sr-augment version") from None
+        return spec
+
+
 class AugmentCore:
     """Settings and per-process state of an `SRAugment` adapter. See the adapters for the arguments."""
 
-    def __init__(self, engine: Any = DEFAULT_ENGINE, mode: str = "upscale", scale: int = 4, variants: int = 1,
+    def __init__(self, engine: Any = DEFAULT_ENGINE, mode: str = "upscale", scale: int | None = None, variants: int = 1,
                  p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
                  steps: int | None = None, device: str = "auto", engine_dtype: str = "auto", **engine_params):
         check_mode(mode)
@@ -78,18 +107,25 @@ class AugmentCore:
             raise ValueError(f"variants must be >= 1, got {variants}")
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
-        if int(scale) < 1:
+        if scale is not None and int(scale) < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
         # a misspelt engine or engine parameter fails here, not in the service (nothing loaded, no torch)
-        self.engine_spec = check_spec(engine, with_steps(engine_params, steps))
+        self.engine_spec = _checked_spec(engine, on_miss, cache_dir, {"scale": scale, "steps": steps, "device": device,
+                                                                      "dtype": engine_dtype, "params": engine_params})
         warn_deterministic_variants(self.engine_spec, int(variants), stacklevel=4)  # from the spec: nothing loaded
-        self.mode, self.scale, self.variants, self.p = mode, int(scale), int(variants), float(p)
+        # scale None: the model's own factor (a spandrel checkpoint), learnt from the engine's identity; else 4
+        self.mode, self._scale, self.variants, self.p = mode, default_scale(self.engine_spec, scale), int(variants), float(p)
         self.output_size = normalise_output_size(output_size)
         self.on_miss, self.seed = on_miss, seed
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.steps, self.device, self.engine_dtype = steps, device, engine_dtype
         self.engine_params = dict(engine_params)
         self._state: dict = {}
+
+    @property
+    def scale(self) -> int:
+        """The upscaling factor: as given, else the engine's (a spandrel checkpoint's own, from its identity)."""
+        return self._scale if self._scale is not None else int(self.engine.scale)
 
     # -- per-process state (tf.data may call from several threads at once) -------------------------------
     def _local(self) -> dict:
@@ -121,10 +157,10 @@ class AugmentCore:
             return BicubicEngine(self.scale)
         from sr_augment.service import RemoteEngine
 
-        config = {"spec": self.engine_spec, "scale": self.scale, "steps": self.steps, "device": self.device,
+        config = {"spec": self.engine_spec, "scale": self._scale, "steps": self.steps, "device": self.device,
                   "dtype": self.engine_dtype, "params": self.engine_params}
         root = self.cache_dir if self.cache_dir is not None else default_cache_dir()
-        return RemoteEngine(config, root)
+        return RemoteEngine(config, root, weights_optional=self.on_miss != "generate")
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -214,7 +250,7 @@ class AugmentCore:
 
     def config(self) -> dict:
         """The constructor arguments (JSON-serialisable when the engine is a spec, not an object)."""
-        return {"engine": self.engine_spec, "mode": self.mode, "scale": self.scale, "variants": self.variants,
+        return {"engine": self.engine_spec, "mode": self.mode, "scale": self._scale, "variants": self.variants,
                 "p": self.p, "output_size": self.output_size, "on_miss": self.on_miss,
                 "cache_dir": self.cache_dir, "seed": self.seed, "steps": self.steps, "device": self.device,
                 "engine_dtype": self.engine_dtype, **self.engine_params}

@@ -23,7 +23,7 @@ __all__ = [
     # engines
     "EngineUnavailable", "EngineSpecError", "EngineParameterError", "EngineOutOfMemory", "WeightsTooLarge",
     "DegradeSettingsError",
-    "DeterministicEngineWarning", "OutOfMemoryBackoffWarning",
+    "DeterministicEngineWarning", "OutOfMemoryBackoffWarning", "ModelScaleWarning",
     # engine service
     "ServiceError",
     # cache
@@ -99,6 +99,12 @@ class DeterministicEngineWarning(SRAugmentWarning):
 
 class OutOfMemoryBackoffWarning(ResourceWarning, SRAugmentWarning):
     """A batch ran out of accelerator memory and is being retried smaller."""
+
+
+class ModelScaleWarning(SRAugmentWarning):
+    """A `scale` other than the model's own factor (a x2 checkpoint asked for x4): the model's output is
+    resized (bicubic) to that scale. Said once, when the engine is built; leave `scale` unset to run a
+    checkpoint at its own factor."""
 
 
 # --- engine service -------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ class SRAugment(v2.Transform):
             "package.module:Class", or an `Engine` object (runs inline in each process). Checked here,
             without starting anything: a misspelt name raises `ValueError` naming the closest one.
         mode: "upscale" (the input is LR) or "resynthesize" (down by `scale`, SR back to its size).
-        scale: upscaling factor.
+        scale: upscaling factor (default: 4; a spandrel checkpoint's own factor).
         variants: stochastic samples per image; each call picks one uniformly.
         p: probability of applying. An image not picked passes through in `resynthesize` mode and
             gets the bicubic result in `upscale` mode, so every output has the same shape.
@@ -135,7 +135,7 @@ class SRAugment(v2.Transform):
 
     _transformed_types = (torch.Tensor, PIL.Image.Image)
 
-    def __init__(self, engine: Any = DEFAULT_ENGINE, mode: str = "upscale", scale: int = 4, variants: int = 1,
+    def __init__(self, engine: Any = DEFAULT_ENGINE, mode: str = "upscale", scale: int | None = None, variants: int = 1,
                  p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
                  **engine_params):
         super().__init__()

@@ -18,7 +18,7 @@ DEFAULT_ENGINE = "sr4"
 """The engine used when none is named: the built-in diffusion model, which works offline on CPU."""
 
 
-def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None, device: str = "auto",
+def get_engine(spec=DEFAULT_ENGINE, *, scale: int | None = None, steps: int | None = None, device: str = "auto",
                dtype: str = "auto", **params) -> Engine:
     """Build the engine named by `spec`.
 
@@ -27,8 +27,9 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
             diffusers SR pipeline (`save_pretrained` output), a spandrel checkpoint file (.pth, .pt, .ckpt,
             .safetensors: ESRGAN, SwinIR, HAT, DAT...; see `SpandrelEngine`), "dat-light" (x2/x3/x4),
             "package.module:Class" (built as `Class(scale=..., **params)`), or an `Engine` object.
-        scale: output size / input size. A diffusion model whose own factor differs runs at its own
-            factor and its output is resized (bicubic), so `scale=4` always means 4x.
+        scale: output size / input size; None (not given): a spandrel checkpoint's own factor, 4 for every
+            other engine (`default_scale`). A model whose own factor differs runs at its own factor and its
+            output is resized (bicubic), so `scale=4` always means 4x (a checkpoint says so: `ModelScaleWarning`).
         steps: denoising steps (diffusion engines; None = the model's default).
         device: "auto" = cuda > mps > cpu.
         dtype: "auto" = fp16/bf16 on GPU, fp32 on CPU.
@@ -43,6 +44,7 @@ def get_engine(spec=DEFAULT_ENGINE, *, scale: int = 4, steps: int | None = None,
     spec = check_engine_spec(spec)
     if not isinstance(spec, str):
         return spec
+    scale = default_scale(spec, scale)
     settings = {"spec": spec, "scale": scale, "steps": steps, "device": device, "dtype": dtype, "params": dict(params)}
     kind = REGISTRY.check(spec, with_steps(params, steps))
     engine = kind.build(spec, scale=scale, steps=steps, device=device, dtype=dtype, **params)
@@ -57,6 +59,25 @@ def _tag(engine: Engine, settings: dict) -> Engine:
     except AttributeError:  # an engine class with __slots__: nothing remembered, the service answers
         pass
     return engine
+
+
+DEFAULT_SCALE = 4
+"""The scale of an engine built with none given, except where its kind takes it from the model (`default_scale`)."""
+
+
+def default_scale(spec, scale: int | None) -> int | None:
+    """`scale` when given; else None where `spec`'s kind runs its model at the model's own factor (a spandrel
+    checkpoint: `EngineKind.scale_from_model`), else `DEFAULT_SCALE`. Decided from the spec alone: nothing
+    is loaded, so the adapters, the CLI and the engine service agree on the settings (and service id)."""
+    if scale is not None:
+        return int(scale)
+    if isinstance(spec, str):
+        try:
+            if REGISTRY.kind_of(spec).scale_from_model:
+                return None
+        except EngineSpecError:
+            pass
+    return DEFAULT_SCALE
 
 
 def with_steps(params: dict, steps) -> dict:
@@ -105,6 +126,6 @@ def weights_stamp(spec: str, params: dict | None = None) -> list:
     return kind.weights_stamp(spec, params)
 
 
-__all__ = ["DEFAULT_ENGINE", "REGISTRY", "BicubicEngine", "Engine", "EngineKind", "EngineRegistry", "EngineSpecError",
-           "EngineUnavailable", "check_engine_spec", "check_spec", "get_engine", "is_hub_id", "make_fingerprint",
-           "weights_stamp", "with_steps"]
+__all__ = ["DEFAULT_ENGINE", "DEFAULT_SCALE", "REGISTRY", "BicubicEngine", "Engine", "EngineKind", "EngineRegistry",
+           "EngineSpecError", "EngineUnavailable", "check_engine_spec", "check_spec", "default_scale", "get_engine",
+           "is_hub_id", "make_fingerprint", "weights_stamp", "with_steps"]

@@ -114,6 +114,8 @@ class EngineKind:
             built from (`service_config`: what the engine service would build it from).
         parameters: the `Parameter`s its engines take (`steps` among them where it applies), read from
             the engine's constructor; None: not described, any parameter is passed on unchecked.
+        scale_from_model: whether an engine built with no `scale` runs at its model's own factor (a
+            spandrel checkpoint); otherwise no `scale` means 4 (`default_scale`).
     """
 
     id: str = ""
@@ -124,6 +126,7 @@ class EngineKind:
     listed: int = 100
     remembers_settings: bool = True
     parameters: tuple[Parameter, ...] | None = None
+    scale_from_model: bool = False
 
     def matches(self, spec: str) -> bool:
         """Whether `spec` is of this kind (nothing imported, nothing loaded; may look at the disk)."""
@@ -155,6 +158,17 @@ class EngineKind:
     def deterministic(self, spec: str) -> bool:
         """Whether the engine gives the same pixels for every seed, from the spec alone."""
         return False
+
+    def weights_absent(self, spec: str) -> bool:
+        """Whether `spec` names weights that are not on this machine (a checkpoint file that is gone), so
+        that only a cache's remembered identity can stand for the engine (`service.identity`)."""
+        return False
+
+    def identity_problem(self, spec: str, identity: dict) -> str | None:
+        """Why a remembered identity (name, scale, fingerprint: untrusted, read from a cache) cannot be
+        `spec`'s engine on this machine (e.g. made from other weights than the file here), or None. Cheap:
+        loads no model, imports no torch."""
+        return None
 
     def describe(self) -> list:
         """`catalog.EngineEntry` rows of the kind's named engines, with availability on this machine

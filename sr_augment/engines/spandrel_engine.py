@@ -14,8 +14,8 @@ engine is built.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,28 +24,16 @@ import numpy as np
 from sr_augment.engines.backoff import BatchBackoff, tile_description
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.catalog import dat_light_weights
+from sr_augment.engines.kinds.spandrel import hash_file
 from sr_augment.engines.specs import DAT_LIGHT, DAT_LIGHT_SCALES, SPANDREL_INSTALL, SPANDREL_SUFFIXES
 from sr_augment.engines.tiling import pad_to_multiple, upscale_to_scale
+from sr_augment.errors import ModelScaleWarning
 from sr_augment.torch_device import resolve_device, resolve_dtype
 from sr_augment.weights_bounds import check_weights_file
 
 DEFAULT_TILE = 256
 """Tile side in input pixels (models whose spandrel descriptor discourages tiling run on whole images)."""
 
-_HASH_MEMO: dict[tuple, str] = {}
-
-
-def hash_file(path: Path) -> str:
-    """blake2b of the file's content (memoised on path, size and mtime): the weights' identity."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASH_MEMO:
-        digest = hashlib.blake2b(digest_size=16)
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 23), b""):
-                digest.update(chunk)
-        _HASH_MEMO[key] = digest.hexdigest()
-    return _HASH_MEMO[key]
 
 
 def _require_spandrel(spec: str) -> None:
@@ -159,13 +147,17 @@ class SpandrelEngine:
         import torch
         from spandrel import ModelTiling
 
-        self.descriptor = load_descriptor(self.path)
+        self.descriptor = self._load_descriptor()
         self.device = resolve_device(device)
         self.dtype = _model_dtype(dtype, self.device, self.descriptor)
         self.descriptor.to(self.device, getattr(torch, self.dtype)).eval()
         self.architecture = self.descriptor.architecture.id
         self.native_scale = int(self.descriptor.scale)
         self.scale = int(scale) if scale is not None else self.native_scale
+        if self.scale != self.native_scale:  # said once, where the engine is built
+            warnings.warn(f"{name or self.path.name} is a x{self.native_scale} model ({self.descriptor.architecture.name}); "
+                          f"with scale={self.scale} its output is resized (bicubic) to x{self.scale}. Leave scale "
+                          f"unset to run it at its own x{self.native_scale}", ModelScaleWarning, stacklevel=4)
         if tile is None:
             tile = DEFAULT_TILE if self.descriptor.tiling == ModelTiling.SUPPORTED else 0
         self.tile, self.overlap, self.batch_size = int(tile), int(overlap), int(batch_size)
@@ -176,6 +168,10 @@ class SpandrelEngine:
         self.fingerprint = make_fingerprint(engine="spandrel", architecture=self.architecture, weights=hash_file(self.path),
                                             scale=self.scale, native_scale=self.native_scale, dtype=self.dtype,
                                             tile=self.tile, overlap=self.overlap)
+
+    def _load_descriptor(self):
+        """spandrel's descriptor of the model (a subclass reading another format overrides it)."""
+        return load_descriptor(self.path)
 
     def __repr__(self) -> str:
         return (f"SpandrelEngine({self.name!r}, {self.architecture}, scale={self.scale}, device={self.device!r}, "
@@ -211,14 +207,16 @@ class SpandrelEngine:
         return [o[:height * s, :width * s] for o in out]
 
 
-def spandrel_engine(spec: str, *, scale: int = 4, steps: int | None = None, device: str = "auto", dtype: str = "auto",
+def spandrel_engine(spec: str, *, scale: int | None = None, steps: int | None = None, device: str = "auto", dtype: str = "auto",
                     **params) -> SpandrelEngine:
-    """The engine for a spandrel spec: a checkpoint file, or "dat-light" (the x`scale` weights when
-    `scale` is 2, 3 or 4; otherwise the x4 model, resized)."""
+    """The engine for a spandrel spec: a checkpoint file (at its model's own scale when `scale` is None), or
+    "dat-light" (the x`scale` weights when `scale` is 2, 3 or 4, the x4 ones when it is None; otherwise the
+    x4 model, resized)."""
     if steps is not None:
         raise ValueError(f"engine {spec!r} is not a diffusion model: steps does not apply (leave it unset)")
     if spec == DAT_LIGHT:
         _require_spandrel(spec)
+        scale = max(DAT_LIGHT_SCALES) if scale is None else scale
         native = int(scale) if int(scale) in DAT_LIGHT_SCALES else max(DAT_LIGHT_SCALES)
         params.setdefault("name", DAT_LIGHT)
         return SpandrelEngine(dat_light_weights(native), scale=scale, device=device, dtype=dtype, **params)

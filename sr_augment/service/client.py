@@ -35,12 +35,15 @@ class RemoteEngine:
         connect_timeout: seconds to wait for a running service to accept a connection.
         start_timeout: seconds to wait for a service to start (and, plus connect_timeout, for another
             client holding the start lock).
+        weights_optional: the caller generates nothing (on_miss "error" or "passthrough"): a remembered
+            identity stands for an engine whose weights are not on this machine (`identity.load_identity`).
     """
 
     def __init__(self, config: dict, root: str | os.PathLike | None = None, *, linger: float | None = None,
                  batch_size: int = 8, timeout: float = REQUEST_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT,
-                 start_timeout: float = START_TIMEOUT):
+                 start_timeout: float = START_TIMEOUT, weights_optional: bool = False):
         self.config = engine_config(config)
+        self.weights_optional = bool(weights_optional)
         self.root = None if root is None else Path(root)
         linger = common.DEFAULT_LINGER if linger is None else linger  # read at call time: tests shorten it
         self.linger, self.batch_size, self.timeout = float(linger), int(batch_size), float(timeout)
@@ -83,7 +86,7 @@ class RemoteEngine:
 
     def _load_identity(self) -> dict:
         if self.root is not None:
-            remembered = load_identity(self.root, self.config)
+            remembered = load_identity(self.root, self.config, weights_optional=self.weights_optional)
             if remembered is not None:
                 self._unverified = True  # checked against the service before it generates anything
                 return remembered

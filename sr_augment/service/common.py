@@ -29,7 +29,8 @@ CONNECT_TIMEOUT = 30.0
 def engine_config(config: dict) -> dict:
     """The normalised engine settings of a service (what `get_engine` takes): the one mapping that the
     adapters, the CLI (through `get_engine`) and the service share, so they agree on the service id."""
-    return {"spec": str(config["spec"]), "scale": int(config.get("scale", 4)), "steps": config.get("steps"),
+    scale = config.get("scale", 4)  # None: the model's own factor (a spandrel checkpoint, `default_scale`)
+    return {"spec": str(config["spec"]), "scale": None if scale is None else int(scale), "steps": config.get("steps"),
             "device": config.get("device", "auto"), "dtype": config.get("dtype", "auto"),
             "params": dict(config.get("params") or {})}
 

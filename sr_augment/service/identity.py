@@ -1,17 +1,27 @@
 """An engine's identity (name, scale, fingerprint), remembered in the cache folder so that a warm cache
 never starts the engine service: `<cache>/identities/<id>.json`.
 
-The record lives in the cache because it describes what the cache holds, and it travels with copies:
+The record lives in the cache because it describes what the cache holds, and it travels with copies,
+with `export`/`import` (as `<shards>/identities/<id>.json`) and with `merge` (`records`, `store_record`):
 it is keyed by the engine settings, the sr-augment version and the weights files' names and sizes
 (not mtimes, not the host name: a copied cache, or one opened in a new container, must still match).
-The cache is untrusted: the record is parsed as JSON only, validated, never read or written through a
-symlink; a bad record is ignored with a warning and rewritten. A read-only cache stores no record.
+It names the settings it was made for (`config`), so a record filed under another settings' id is
+refused. The cache is untrusted: the record is parsed as JSON only, validated, never read or written
+through a symlink; a bad record is ignored with a warning and rewritten. A read-only cache stores no record.
+
+A record is never used for an engine whose weights here are not the ones it was made from: the engine's
+kind checks it (`EngineKind.identity_problem`: a spandrel checkpoint's fingerprint names the file's hash).
+When the weights are not on this machine at all (a checkpoint file a training node does not have), a
+record made by the same sr-augment version stands for the engine if the caller will generate nothing
+(`weights_optional`: `on_miss="error"` or `"passthrough"`): the spec, its settings and the cache are then
+all that identify the engine.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import threading
 import warnings
@@ -41,13 +51,18 @@ def identity_stamp(config: dict) -> dict:
     return {"version": str(sr_augment.__version__), "weights": weights_stamp(config["spec"], config.get("params"))}
 
 
+def _plain(config: dict) -> dict:
+    """`config` as its record holds it: JSON values (a path parameter as its text, as `service_id` hashes it)."""
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
 def record_path(cache_dir, config: dict) -> Path:
     return Path(cache_dir) / FOLDER / f"{service_id(identity_config(config))}.json"
 
 
-def load_identity(cache_dir, config: dict) -> dict | None:
-    """The remembered identity of `config` in `cache_dir`, or None (none, stale, or bad: warned)."""
-    path = record_path(cache_dir, config)
+def _read(path: Path) -> bytes | None:
+    """The bytes of the record file `path` (at most `_MAX_BYTES`), None when there is none to read (absent,
+    unreadable, a symlink, or its folder a symlink); ValueError for a file that is not a record's."""
     try:
         if not stat.S_ISDIR(os.lstat(path.parent).st_mode):  # a symlink out of the cache: never follow it
             return None
@@ -55,26 +70,63 @@ def load_identity(cache_dir, config: dict) -> dict | None:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except OSError:  # absent, unreadable, or a symlink (ELOOP): not ours to follow
         return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        data = fh.read(_MAX_BYTES + 1)
+    if len(data) > _MAX_BYTES:
+        raise ValueError(f"larger than {_MAX_BYTES} bytes")
+    return data
+
+
+def _parsed(data: bytes) -> tuple[dict, dict]:
+    """(the record, its identity) of a record file's bytes, or ValueError saying what is wrong."""
     try:
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ValueError("not a regular file")
-            data = fh.read(_MAX_BYTES + 1)
-        if len(data) > _MAX_BYTES:
-            raise ValueError(f"larger than {_MAX_BYTES} bytes")
         record = json.loads(data)
-        identity = _validated(record)
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: deeply nested planted JSON
+    except RecursionError:  # deeply nested planted JSON
+        raise ValueError("nested too deeply") from None
+    return record, _validated(record)
+
+
+def load_identity(cache_dir, config: dict, *, weights_optional: bool = False) -> dict | None:
+    """The remembered identity of `config` in `cache_dir`, or None (none, stale, or bad: warned). With
+    `weights_optional` (the caller generates nothing), a record stands for an engine whose weights are
+    not on this machine (see the module's docstring)."""
+    from sr_augment.engines import REGISTRY, EngineSpecError
+
+    path = record_path(cache_dir, config)
+    try:
+        data = _read(path)
+        if data is None:
+            return None
+        record, identity = _parsed(data)
+    except (OSError, ValueError) as exc:
         warnings.warn(f"ignoring the engine identity record {path}: {type(exc).__name__}: {exc}; it will be rewritten",
                       stacklevel=3)
         return None
-    return identity if record["stamp"] == identity_stamp(identity_config(config)) else None
+    config = identity_config(config)
+    if record.get("config", _plain(config)) != _plain(config):  # filed under the id of other settings
+        return None
+    try:
+        kind = REGISTRY.kind_of(config["spec"])
+    except EngineSpecError:
+        kind = None
+    current = identity_stamp(config)
+    if record["stamp"] != current:
+        absent = kind is not None and kind.weights_absent(config["spec"])
+        if not (weights_optional and absent and record["stamp"].get("version") == current["version"]):
+            return None
+    if kind is not None and kind.identity_problem(config["spec"], identity):
+        return None
+    return identity
 
 
 def _validated(record) -> dict:
     """The identity of a parsed record, or ValueError saying what is wrong with it."""
     if not isinstance(record, dict) or not isinstance(record.get("stamp"), dict):
         raise ValueError("not an object with a 'stamp' object")
+    if "config" in record and not isinstance(record["config"], dict):
+        raise ValueError("'config' must be an object")
     identity = record.get("identity")
     if not isinstance(identity, dict) or set(identity) != {"name", "scale", "fingerprint"}:
         raise ValueError("'identity' must hold exactly name, scale and fingerprint")
@@ -96,8 +148,12 @@ def remember_identity(cache_dir, config: dict, engine) -> bool:
         _validated({"stamp": {}, "identity": identity})
     except ValueError:
         return False  # an identity we could not read back: remember nothing
-    path = record_path(cache_dir, config)
-    text = json.dumps({"stamp": identity_stamp(identity_config(config)), "identity": identity}).encode()
+    config = identity_config(config)
+    text = json.dumps({"stamp": identity_stamp(config), "identity": identity, "config": _plain(config)}).encode()
+    return _write(record_path(cache_dir, config), text)
+
+
+def _write(path: Path, text: bytes) -> bool:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(exist_ok=True)
@@ -123,3 +179,64 @@ def remember_engine_identity(cache_dir, engine) -> bool:
     if not isinstance(config, dict):
         return False
     return remember_identity(cache_dir, config, engine)
+
+
+RECORD_NAME = re.compile(r"[0-9a-f]{16}\.json")
+"""The names records are filed under: the settings' `service_id`."""
+
+
+def records(cache_dir) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+    """([(name, bytes)] of the records in `cache_dir` that `export` and `merge` carry along, [(name, why
+    not)]): a record must be valid, name its settings (`config`) and be filed under their id."""
+    folder = Path(cache_dir) / FOLDER
+    try:
+        names = sorted(os.listdir(folder)) if stat.S_ISDIR(os.lstat(folder).st_mode) else []
+    except OSError:
+        names = []
+    found, problems = [], []
+    for name in names:
+        if name.startswith("."):  # a writer's temporary file
+            continue
+        try:
+            data = _read(folder / name)
+            if data is None:
+                raise ValueError("not a file that can be read (a symlink?)")
+            _checked(name, data)
+        except (OSError, ValueError) as exc:
+            problems.append((name, str(exc)))
+            continue
+        found.append((name, data))
+    return found, problems
+
+
+def _checked(name: str, data: bytes) -> dict:
+    """The record of a record file `name` holding `data`, or ValueError saying why it is not one to carry."""
+    if not RECORD_NAME.fullmatch(name):
+        raise ValueError("not a record's name (16 hex digits .json)")
+    record, _ = _parsed(data)
+    config = record.get("config")
+    if not isinstance(config, dict) or set(config) != {"spec", "scale", "steps", "device", "dtype", "params"}:
+        raise ValueError("names no engine settings ('config'): made by an older sr-augment")
+    try:
+        expected = f"{service_id(identity_config(config))}.json"
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"its engine settings are not valid ({exc})") from None
+    if name != expected or _plain(identity_config(config)) != config:
+        raise ValueError(f"filed under another id than its engine settings' ({expected})")
+    return record
+
+
+def store_record(cache_dir, name: str, data: bytes) -> bool:
+    """Store the record file `name` (from shards or another cache: untrusted) in `cache_dir`; False when
+    the same record is there already. ValueError saying why it is refused (see `_checked`), OSError when
+    the cache cannot take it."""
+    _checked(name, data)
+    path = Path(cache_dir) / FOLDER / name
+    try:
+        if _read(path) == data:
+            return False
+    except ValueError:
+        pass  # a bad record in its place: replaced
+    if not _write(path, data):
+        raise OSError(f"cannot write {path} (read-only, or {FOLDER} is not a plain folder)")
+    return True

@@ -70,7 +70,8 @@ class WarmOptions:
     and dry-run warms take this, never the argparse namespace. `engine_params` are the parsed `--set`."""
     paths: tuple = ()
     engine: str = DEFAULT_ENGINE
-    scale: int = 4
+    scale: int | None = None
+    """None (not given): 4, or a spandrel checkpoint's own factor (`engines.default_scale`)."""
     steps: int | None = None
     device: str = "auto"
     dtype: str = "auto"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from sr_augment.engines.base import EngineSpecError
@@ -20,6 +22,23 @@ def files_stamp(paths) -> list:
     return [[str(p.resolve()), p.stat().st_size] for p in paths if p.is_file()]
 
 
+_HASH_MEMO: dict[tuple, str] = {}
+
+
+def hash_file(path: Path) -> str:
+    """blake2b of the file's content (memoised on path, size and mtime): the weights' identity, as the
+    engine's fingerprint names it."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_MEMO:
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 23), b""):
+                digest.update(chunk)
+        _HASH_MEMO[key] = digest.hexdigest()
+    return _HASH_MEMO[key]
+
+
 class SpandrelFileKind(EngineKind):
     id = "spandrel-file"
     accepts = f"a spandrel checkpoint file ({', '.join(SPANDREL_SUFFIXES)})"
@@ -27,8 +46,8 @@ class SpandrelFileKind(EngineKind):
                         "deterministic, fast; needs spandrel")
     needs = SPANDREL_INSTALL
     listed = 60
-    remembers_settings = False
     parameters = SPANDREL_PARAMETERS
+    scale_from_model = True  # no scale given: the checkpoint's own factor, never a resize to 4x
 
     def matches(self, spec):
         return is_spandrel_file(spec)
@@ -48,6 +67,25 @@ class SpandrelFileKind(EngineKind):
 
     def deterministic(self, spec):
         return True
+
+    def weights_absent(self, spec):
+        return not Path(spec).expanduser().exists()
+
+    def identity_problem(self, spec, identity):
+        """A record of this spec made from other weights than the file here (same path, even same size:
+        another fine-tune) must not claim its entries: the fingerprint names the weights' hash."""
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            return None  # absent weights: the record is all there is (see `weights_absent`)
+        try:
+            fields = json.loads(identity["fingerprint"])
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict) or fields.get("engine") != "spandrel":
+            return "its fingerprint is not a spandrel engine's"
+        if fields.get("weights") != hash_file(path):
+            return f"it was made from other weights than {path} holds now"
+        return None
 
 
 KIND = SpandrelFileKind()
