@@ -322,6 +322,11 @@ class SRCache:
         return results, stored
 
     # -- bookkeeping -----------------------------------------------------------------------------------
+    @property
+    def counters(self) -> Counters:
+        """This process's counters of the cache (and the adapters' lookup tallies, `Counters.tally`)."""
+        return self._counters
+
     def flush(self) -> None:
         """Add this process's pending counters to the persistent ones. What cannot be written stays
         pending: a busy database is tried again at the next flush, a failing disk raises

@@ -14,6 +14,7 @@ workers share one model. Cache and engine are created lazily, per process, and d
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from typing import Any
 
@@ -121,6 +122,7 @@ class AugmentCore:
         self.steps, self.device, self.engine_dtype = steps, device, engine_dtype
         self.engine_params = dict(engine_params)
         self._state: dict = {}
+        self.tally_id = secrets.token_hex(8)  # its copies (pickled or forked to workers) count together: miss_rate
 
     @property
     def scale(self) -> int:
