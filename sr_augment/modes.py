@@ -29,6 +29,18 @@ def engine_input(image: np.ndarray, mode: str, scale: int) -> np.ndarray:
     return resize(image, (max(1, round(height / scale)), max(1, round(width / scale))))
 
 
+def request_input(engine, request, mode: str) -> np.ndarray:
+    """What `engine` is fed for one `EntryRequest` (where cache entries are generated): the engine's own
+    `prepare_input(image, mode, seed=, variant=)` when it makes its inputs itself (`DegradedEngine`: a
+    seeded degradation for variants > 0), else `engine_input`."""
+    prepare = getattr(engine, "prepare_input", None)
+    if prepare is None:
+        return engine_input(request.image, mode, engine.scale)
+    from sr_augment.cache.entrymeta import variant_of
+
+    return prepare(request.image, mode, seed=request.seed, variant=variant_of(request.key))
+
+
 def mode_result(sr: np.ndarray, image: np.ndarray, mode: str) -> np.ndarray:
     """The engine's output `sr` for input `image` turned into the mode's result (upscale: `sr` itself;
     resynthesize: `sr` resized to the input's size)."""

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import photo
 from sr_augment.cache import CacheMiss, SRCache
 from sr_augment.cli.main import main
 from sr_augment.engines import BicubicEngine
 from sr_augment.images import load_image
 from sr_augment.warm.tv_geometry import Preprocess
-
-from conftest import photo
 
 SCALE = 2
 
@@ -207,3 +206,29 @@ def test_the_keras_loader_warms_what_image_dataset_from_directory_gives_sraugmen
         for image in images:
             out = np.asarray(layer(image[None]))
             assert out.shape == (1, kwargs["image_size"][0] * SCALE, kwargs["image_size"][1] * SCALE, 3)
+
+
+def test_the_ray_warm_decodes_local_files_and_uris_with_the_loader(messy):
+    """`warm --ray` reads each file (local or an fsspec URI) with the same loader, listing its library's files."""
+    fsspec = pytest.importorskip("fsspec")
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    from sr_augment.loaders import file_loader
+    from sr_augment.warm.ray import list_inputs, read_image
+
+    root, names = messy
+    loader = file_loader("torchvision", resize=(24,), center_crop=(20,))
+    expected = [np.asarray(image) for image, _ in
+                datasets.ImageFolder(str(root), transform=v2.Compose([v2.Resize(24), v2.CenterCrop(20)]))]
+    local = list_inputs([root], loader.suffixes)
+    assert [read_image(path, loader).tolist() for path in local] == [image.tolist() for image in expected]
+    fs = fsspec.filesystem("memory")
+    for name in names:
+        fs.pipe(f"/loader-keys/{name}", (root / "class_a" / name).read_bytes())
+    try:
+        uris = list_inputs(["memory://loader-keys"], loader.suffixes)
+        assert [read_image(uri, loader).tolist() for uri in uris] == [image.tolist() for image in expected]
+        assert len(list_inputs(["memory://loader-keys"], file_loader("keras").suffixes)) == 6  # no .tif, .webp
+    finally:
+        fs.rm("/loader-keys", recursive=True)

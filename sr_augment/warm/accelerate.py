@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sr_augment.images import iter_image_files
+from sr_augment.images import IMAGE_SUFFIXES, iter_image_files
 from sr_augment.warm.balance import split_by_pixels
 from sr_augment.warm.local import WarmReport, warm
 
@@ -89,7 +89,9 @@ class AccelerateJob:
         is the one a plain warm, or an adapter with the same settings, looks up."""
         requested = options.device
         engine = options.build_engine(device=self.device if requested == "auto" else requested)
-        config = getattr(engine, "service_config", None)
+        from sr_augment.engines.degrade import undegraded
+
+        config = getattr(undegraded(engine), "service_config", None)  # --degrade: the engine it wraps
         if isinstance(config, dict):
             config["device"] = requested
         return engine
@@ -104,7 +106,7 @@ class AccelerateJob:
         plan = [None]
         if self.is_main:
             try:
-                files = iter_image_files(paths)
+                files = iter_image_files(paths, getattr(options.get("loader"), "suffixes", IMAGE_SUFFIXES))
                 shares = [[str(p) for p in share] for share in split_by_pixels(files, self.processes, progress=progress)]
                 folder = tempfile.mkdtemp(prefix="sr-augment-warm-") if progress else None
                 plan = [{"shares": shares, "progress": folder}]

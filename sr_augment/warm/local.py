@@ -271,8 +271,10 @@ def _hold_writer(cache) -> None:
 def _remember_engine_identity(cache, engine) -> None:
     """Record the engine's identity in the cache (the engine service package keeps the format), so an
     adapter on this warmed cache, even a copy of it elsewhere, never starts the engine service."""
+    from sr_augment.engines.degrade import undegraded
     from sr_augment.service.identity import load_identity, remember_engine_identity
 
+    engine = undegraded(engine)  # `--degrade` runs in the caller: the service's engine is the inner one
     directory = getattr(cache, "directory", None)
     if directory is None:
         return

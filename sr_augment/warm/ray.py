@@ -50,20 +50,20 @@ def _is_uri(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def list_inputs(paths: Iterable) -> list[str]:
-    """Image files under local paths or fsspec URIs (folders recursively, by image suffix), sorted. Local
-    paths are made absolute so every worker of a (shared-filesystem) cluster finds them."""
+def list_inputs(paths: Iterable, suffixes=IMAGE_SUFFIXES) -> list[str]:
+    """Image files under local paths or fsspec URIs (folders recursively, by image suffix: `suffixes`),
+    sorted. Local paths are made absolute so every worker of a (shared-filesystem) cluster finds them."""
     found: list[str] = []
     for raw in paths:
         text = str(raw)
         if not _is_uri(text):
-            found.extend(str(p.resolve()) for p in iter_image_files([text.removeprefix("file://")]))
+            found.extend(str(p.resolve()) for p in iter_image_files([text.removeprefix("file://")], suffixes))
             continue
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(text)
         if fs.isdir(root):
-            names = sorted(p for p in fs.find(root) if os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
+            names = sorted(p for p in fs.find(root) if os.path.splitext(p)[1].lower() in suffixes)
             found.extend(fs.unstrip_protocol(p) for p in names)
         elif fs.exists(root):
             found.append(text)
@@ -72,11 +72,13 @@ def list_inputs(paths: Iterable) -> list[str]:
     return found
 
 
-def read_image(path: str):
-    """uint8 HWC RGB from a local path (`images.load_image`) or an fsspec URI (the same conversion rules),
+def read_image(path: str, loader=None):
+    """uint8 HWC RGB from a local path or an fsspec URI, decoded by `loader` (`sr_augment.loaders.FileLoader`:
+    as the training pipeline's loader, with its resize) or, without one, by `images.load_image`'s rules,
     raising `ImageDecodeError` naming the file."""
     if not _is_uri(path):
-        return load_image(path.removeprefix("file://"))
+        local = path.removeprefix("file://")
+        return load_image(local) if loader is None else loader(local)
     import fsspec
 
     try:
@@ -88,6 +90,8 @@ def read_image(path: str):
         raise ImageDecodeError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     if not data:
         raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+    if loader is not None:
+        return loader.decode(io.BytesIO(data), path)
     return decode_image(io.BytesIO(data), path)  # the same decoder and errors as a local file
 
 
@@ -100,11 +104,13 @@ class GenerateBatch:
     output already holds, "failed" with the reason). A batch the engine fails on is retried one item at
     a time, so one bad image fails alone."""
 
-    def __init__(self, engine_spec, engine_options: dict, mode: str, codec: str, skip: frozenset, preprocess=None):
+    def __init__(self, engine_spec, engine_options: dict, mode: str, codec: str, skip: frozenset, preprocess=None,
+                 loader=None):
         from sr_augment.engines import get_engine
 
         self.engine = get_engine(engine_spec, **engine_options)
         self.mode, self.codec, self.skip, self.preprocess = mode, codec, skip, preprocess
+        self.loader = loader
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -117,7 +123,7 @@ class GenerateBatch:
             rows.append(row)
             try:
                 if path not in images:
-                    image = read_image(path)
+                    image = read_image(path, self.loader)
                     images[path] = self.preprocess(image) if self.preprocess is not None else image
                 request = entry_request(images[path], self.engine, self.mode, variant)
             except (ImageDecodeError, OSError, ValueError) as exc:
@@ -179,7 +185,8 @@ def _import_ray():
 def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = None, actors: int = 2,
              num_gpus_per_actor: float | None = None, mode: str = "upscale", scale: int = 4, variants: int = 1,
              batch_size: int = 8, engine_params: dict | None = None, codec: str = "webp",
-             shard_size: int | str | None = None, preprocess=None, progress: bool = True) -> RayWarmReport:
+             shard_size: int | str | None = None, preprocess=None, progress: bool = True,
+             loader=None) -> RayWarmReport:
     """Generate every (image, variant) under `paths` on a Ray cluster and write the results as shards to `out`.
 
     Args:
@@ -196,6 +203,8 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
         codec: record codec ("webp", "png"; as `SRCache`).
         preprocess: a picklable callable applied to each decoded image before keying (`warm --resize
             --center-crop`: `tv_geometry.Preprocess`), as `warm` does.
+        loader: how each file is decoded and resized (`sr_augment.loaders.file_loader`, as `warm --loader`),
+            listing the files its library lists; None: `images.load_image` (EXIF applied), then `preprocess`.
         shard_size: bytes per shard file (`cache.shards.parse_byte_size` forms: "256MB"); default 1 GB. A
             preempted run loses at most the shard it had open.
     """
@@ -211,7 +220,7 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
                         f"got {type(engine_spec).__name__}")
     ray = _import_ray()
     start = time.perf_counter()
-    files = list_inputs(paths)
+    files = list_inputs(paths, getattr(loader, "suffixes", IMAGE_SUFFIXES))
     report = RayWarmReport(images=len(files), actors=actors)
     lost: dict = {}  # the manifest is the truth: a listed shard that is gone or cut short is generated again
     done = frozenset(_shards.written_keys(out, lost=lost))  # resume: what earlier (maybe preempted) runs wrote
@@ -220,7 +229,8 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
     try:
         ds = _dataset(ray, files, variants, batch_size, actors, num_gpus_per_actor,
                       engine_spec=_absolute_engine_path(engine_spec), engine_options={"scale": scale, **(engine_params or {})},
-                      mode=mode, codec=codec, skip=done, preprocess=preprocess)
+                      mode=mode, codec=codec, skip=done, preprocess=preprocess,
+                      loader=loader)
         _collect(ds, out, report, total=len(files) * variants, shard_size=shard_size, progress=progress)
         if lost:  # their keys are in new shards now: the stale manifest parts go (`shards.retire`)
             _shards.retire(out, lost)
@@ -341,7 +351,7 @@ def run_ray_warm(options) -> int:
     try:
         report = ray_warm(list(options.paths), options.engine, options.out, address=options.ray or None,
                           actors=options.actors, mode=options.mode, scale=options.scale, variants=options.variants,
-                          batch_size=options.batch_size, engine_params=params, preprocess=options.preprocess,
+                          batch_size=options.batch_size, engine_params=params, loader=options.file_loader,
                           progress=options.progress)
     except FileNotFoundError as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
