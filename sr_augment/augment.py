@@ -22,6 +22,7 @@ import numpy as np
 
 from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
 from sr_augment.engines import DEFAULT_ENGINE, BicubicEngine, check_spec, default_scale, with_steps
+from sr_augment.engines.degrade import degrade_config, with_degradation
 from sr_augment.engines.determinism import warn_deterministic_variants
 from sr_augment.errors import CacheMissRateWarning  # noqa: F401  (defined in errors, named here too)
 from sr_augment.images import resize
@@ -46,15 +47,23 @@ class _CountingEngine:
         return self._engine.upscale(images, seeds)
 
 
-def normalise_output_size(output_size) -> tuple[int, int] | None:
+def normalise_output_size(output_size, *, int_is_shorter_side: bool = False) -> tuple[int, int] | int | None:
+    """None, or `(height, width)`: the exact size. An int is `(int, int)` (the Keras layer's meaning), or, with
+    `int_is_shorter_side` (torchvision's meaning, as in `v2.Resize`), the int itself, also from a one-item
+    sequence: the size of the shorter side, the other side keeping the aspect ratio (see `target_size`)."""
     if output_size is None:
         return None
-    if isinstance(output_size, (int, np.integer)):
-        output_size = (int(output_size), int(output_size))
+    given = output_size
+    if isinstance(output_size, (int, np.integer)) and not isinstance(output_size, bool):
+        output_size = (int(output_size),) if int_is_shorter_side else (int(output_size), int(output_size))
+    if isinstance(output_size, (str, bytes)) or not hasattr(output_size, "__len__") or \
+            not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in output_size):
+        raise ValueError(f"output_size must be a positive int or (height, width) of ints, got {given!r}")
     output_size = tuple(int(v) for v in output_size)
-    if len(output_size) != 2 or min(output_size) < 1:
-        raise ValueError(f"output_size must be a positive int or (height, width), got {output_size}")
-    return output_size
+    allowed = (1, 2) if int_is_shorter_side else (2,)
+    if len(output_size) not in allowed or min(output_size) < 1:
+        raise ValueError(f"output_size must be a positive int or (height, width) of positive ints, got {given!r}")
+    return output_size[0] if len(output_size) == 1 else output_size
 
 
 def check_params(params: dict, count: int) -> tuple[list[bool], list[int]]:
@@ -100,7 +109,8 @@ class AugmentCore:
 
     def __init__(self, engine: Any = DEFAULT_ENGINE, mode: str = "upscale", scale: int | None = None, variants: int = 1,
                  p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
-                 steps: int | None = None, device: str = "auto", engine_dtype: str = "auto", **engine_params):
+                 steps: int | None = None, device: str = "auto", engine_dtype: str = "auto",
+                 int_is_shorter_side: bool = False, degrade=None, **engine_params):
         check_mode(mode)
         if on_miss not in ON_MISS:
             raise ValueError(f"on_miss must be one of {', '.join(ON_MISS)}; got {on_miss!r}")
@@ -113,10 +123,12 @@ class AugmentCore:
         # a misspelt engine or engine parameter fails here, not in the service (nothing loaded, no torch)
         self.engine_spec = _checked_spec(engine, on_miss, cache_dir, {"scale": scale, "steps": steps, "device": device,
                                                                       "dtype": engine_dtype, "params": engine_params})
-        warn_deterministic_variants(self.engine_spec, int(variants), stacklevel=4)  # from the spec: nothing loaded
+        self.degrade = degrade_config(degrade)  # bad settings fail here (DegradeSettingsError)
+        if self.degrade is None:  # degraded variants differ: nothing to warn about
+            warn_deterministic_variants(self.engine_spec, int(variants), stacklevel=4)  # from the spec: nothing loaded
         # scale None: the model's own factor (a spandrel checkpoint), learnt from the engine's identity; else 4
         self.mode, self._scale, self.variants, self.p = mode, default_scale(self.engine_spec, scale), int(variants), float(p)
-        self.output_size = normalise_output_size(output_size)
+        self.output_size = normalise_output_size(output_size, int_is_shorter_side=int_is_shorter_side)
         self.on_miss, self.seed = on_miss, seed
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.steps, self.device, self.engine_dtype = steps, device, engine_dtype
@@ -149,7 +161,7 @@ class AugmentCore:
         state = self._local()
         with state["lock"]:
             if "engine" not in state:
-                state["engine"] = self._make_engine()
+                state["engine"] = with_degradation(self._make_engine(), self.degrade)
             return state["engine"]
 
     def _make_engine(self):
@@ -170,8 +182,21 @@ class AugmentCore:
         return state
 
     # -- the augmentation ------------------------------------------------------------------------------
+    def target_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """The (height, width) `output_size` asks of an image of (height, width); None without one. An int
+        (torchvision's shorter side) gives what `v2.Resize(output_size)` gives: the shorter side that
+        int, the longer one int(output_size * longer / shorter)."""
+        if self.output_size is None or not isinstance(self.output_size, int):
+            return self.output_size
+        from sr_augment.warm.tv_geometry import resized_size
+
+        return resized_size(int(height), int(width), (self.output_size,))
+
     def result_shape(self, height: int | None, width: int | None) -> tuple:
         """Static output shape (None where unknown) for an input of the given size."""
+        if isinstance(self.output_size, int):
+            known = height is not None and width is not None
+            return (*(self.target_size(height, width) if known else (None, None)), 3)
         if self.output_size is not None:
             return (*self.output_size, 3)
         if self.mode == "resynthesize":
@@ -232,7 +257,7 @@ class AugmentCore:
             if not augment[i]:
                 if self.mode == "upscale":
                     results[i] = self.resize_output(self.bicubic(images[i]))
-                elif self.output_size is not None and images[i].shape[:2] != self.output_size:
+                elif self.output_size is not None and images[i].shape[:2] != self.target_size(*images[i].shape[:2]):
                     results[i] = self.resize_output(images[i])
         return results
 
@@ -246,13 +271,14 @@ class AugmentCore:
         return mode_result(BicubicEngine(self.scale).upscale([lowres], [0])[0], image, self.mode)
 
     def resize_output(self, result: np.ndarray) -> np.ndarray:
-        if self.output_size is None or result.shape[:2] == self.output_size:
+        size = self.target_size(*result.shape[:2])
+        if size is None or result.shape[:2] == size:
             return result
-        return resize(result, self.output_size)
+        return resize(result, size)
 
     def config(self) -> dict:
         """The constructor arguments (JSON-serialisable when the engine is a spec, not an object)."""
         return {"engine": self.engine_spec, "mode": self.mode, "scale": self._scale, "variants": self.variants,
                 "p": self.p, "output_size": self.output_size, "on_miss": self.on_miss,
                 "cache_dir": self.cache_dir, "seed": self.seed, "steps": self.steps, "device": self.device,
-                "engine_dtype": self.engine_dtype, **self.engine_params}
+                "engine_dtype": self.engine_dtype, "degrade": self.degrade, **self.engine_params}

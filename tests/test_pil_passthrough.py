@@ -1,6 +1,7 @@
 """PIL images through the torchvision transform: one that is not augmented comes back untouched (the
 same object, its mode and range kept), or, in `resynthesize` mode with `output_size`, resized in its own
-mode where Pillow can resize it bicubic; one that is augmented comes back RGB (the engine's pixels)."""
+mode where Pillow can resize it bicubic; one that is augmented comes back in the mode
+`pil_modes.out_mode` names (grey stays grey, alpha is carried; the engine's pixels)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from PIL import ExifTags, Image  # noqa: E402
 
 from sr_augment.engines import BicubicEngine  # noqa: E402
 from sr_augment.images import pil_to_rgb, resize  # noqa: E402
-from sr_augment.torch_transforms import SRAugment  # noqa: E402
+from sr_augment.torch_transforms import SRAugment, pil_modes  # noqa: E402
 
 RGB = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)  # H=12, W=16
 MODES = ["L", "LA", "RGB", "RGBA", "P", "1", "I", "I;16", "F", "CMYK"]
@@ -47,11 +48,14 @@ def test_a_pil_image_not_augmented_in_a_sample_comes_back_untouched(mode, tmp_pa
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_an_augmented_pil_image_comes_back_rgb_as_before(mode, tmp_path):
+def test_an_augmented_pil_image_comes_back_in_its_out_mode_with_the_engines_pixels(mode, tmp_path):
     image = _image(mode)
     out = _sr(tmp_path, 1.0)(image)
     expected = _sr(tmp_path, 1.0).core.apply_many([pil_to_rgb(image)], {"augment": [True], "variant": [0]})[0]
-    assert out.mode == "RGB" and out.size == image.size and np.array_equal(np.asarray(out), expected)
+    assert out.mode == pil_modes.out_mode(image) and out.size == image.size
+    assert np.array_equal(np.asarray(out), np.asarray(pil_modes.restore(expected, image)))
+    if out.mode == "RGB":
+        assert np.array_equal(np.asarray(out), expected)
 
 
 @pytest.mark.parametrize("mode", IN_OWN_MODE)
@@ -66,11 +70,12 @@ def test_a_pil_image_not_augmented_but_resized_keeps_its_mode(mode, tmp_path):
         assert np.array_equal(np.asarray(out), resize(RGB, (24, 20)))
 
 
-@pytest.mark.parametrize("mode", ["P", "1"])
-def test_palette_and_bilevel_images_not_augmented_but_resized_come_back_rgb(mode, tmp_path):
+@pytest.mark.parametrize("mode, out_mode", [("P", "RGB"), ("1", "L")])
+def test_palette_and_bilevel_images_not_augmented_but_resized_come_back_as_augmented_ones(mode, out_mode, tmp_path):
     image = _image(mode)
     out = _sr(tmp_path, 0.0, output_size=(24, 20))(image)
-    assert out.mode == "RGB" and np.array_equal(np.asarray(out), resize(pil_to_rgb(image), (24, 20)))
+    assert out.mode == out_mode
+    assert np.array_equal(np.asarray(out.convert("RGB")), resize(pil_to_rgb(image), (24, 20)))
 
 
 def test_an_output_size_equal_to_the_images_size_returns_the_image_itself(tmp_path):
@@ -93,8 +98,9 @@ def test_an_image_turned_by_exif_comes_back_upright_in_its_own_mode(tmp_path):
     assert np.array_equal(np.asarray(kept.convert("RGB")), pil_to_rgb(Image.open(path)))
 
 
-def test_upscale_mode_gives_every_pil_image_the_rgb_result(tmp_path):
-    """In upscale mode an image not picked gets the bicubic result (every output has one shape): RGB."""
+def test_upscale_mode_gives_every_pil_image_the_result_in_its_out_mode(tmp_path):
+    """In upscale mode an image not picked gets the bicubic result (every output has one shape), in the
+    mode an augmented image comes back in: "L" stays "L"."""
     image = _image("L")
     out = _sr(tmp_path, 0.0, mode="upscale")(image)
-    assert out.mode == "RGB" and out.size == (32, 24)
+    assert out.mode == "L" and out.size == (32, 24)

@@ -116,12 +116,12 @@ def test_on_miss_error_names_the_key_and_passthrough_counts_a_miss(cache_dir, rn
 @pytest.mark.parametrize(
     "inpt, error, message",
     [
-        (torch.zeros(2, 8, 8, dtype=torch.uint8), ImageShapeError, "channels"),
+        (torch.zeros(5, 8, 8, dtype=torch.uint8), ImageShapeError, "channels"),
         (torch.zeros(1, 1, 3, 8, 8), ImageShapeError, "shape"),
         (torch.full((3, 4, 4), 2.0), ImageDecodeError, r"\[0, 1\]"),
         (torch.full((3, 4, 4), float("nan")), ImageDecodeError, "NaN"),
     ],
-    ids=["two-channels", "rank-5", "float-above-1", "nan"],
+    ids=["five-channels", "rank-5", "float-above-1", "nan"],
 )
 def test_bad_tensors_raise_clear_errors(inpt, error, message, cache_dir):
     with pytest.raises(error, match=message):

@@ -45,6 +45,19 @@ def image_count(image: Any) -> int:
     return image.shape[0] if isinstance(image, torch.Tensor) and image.ndim == 4 else 1
 
 
+def image_spans(flat_inputs: list[Any]) -> tuple[int, dict[int, tuple[int, int]]]:
+    """The draws a sample needs, one per image (a batch tensor holds several), and where each image's own
+    run of them lies, by the image object's id: a sample may hold a batch and single images together.
+    A sample without an image needs one draw (made, unused), as before."""
+    spans, start = {}, 0
+    for item in flat_inputs:
+        if is_image(item):
+            count = image_count(item)
+            spans[id(item)] = (start, start + count)
+            start += count
+    return (start if spans else 1), spans
+
+
 def image_size(image: Any) -> tuple[int, int] | None:
     if image is None or (isinstance(image, torch.Tensor) and image.ndim < 2):
         return None
@@ -54,14 +67,15 @@ def image_size(image: Any) -> tuple[int, int] | None:
     return height, width
 
 
-def output_size(size: tuple[int, int], mode: str, scale: int, fixed: tuple[int, int] | None) -> list[int] | None:
-    """The images' size after SRAugment, for an input of `size`; None when it does not change
-    (`resynthesize` without `output_size`)."""
-    if fixed is not None:
-        return list(fixed)
-    if mode == "upscale":
-        return [size[0] * scale, size[1] * scale]
-    return None
+def output_size(size: tuple[int, int], core) -> list[int] | None:
+    """The images' size after SRAugment (settings `core`, an `AugmentCore`), for an input of `size`; None
+    when it does not change (`resynthesize` without `output_size`)."""
+    if core.mode == "upscale":
+        size = (size[0] * core.scale, size[1] * core.scale)
+    target = core.target_size(*size)
+    if target is not None:
+        return list(target)
+    return list(size) if core.mode == "upscale" else None
 
 
 def follow_images(inpt: Any, size: list[int] | None) -> Any:

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from PIL import ExifTags, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -15,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 from sr_augment.augment import AugmentCore
 from sr_augment.engines import DEFAULT_ENGINE
 from sr_augment.images import ImageShapeError, array_to_rgb, pil_to_rgb, resize
-from sr_augment.torch_transforms import samples
+from sr_augment.torch_transforms import pil_modes, samples
 from sr_augment.torch_transforms.rng import TransformRNG
 
 IMAGE_DTYPES = (torch.uint8, torch.uint16, torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -54,18 +53,39 @@ def as_batch(inpt: torch.Tensor) -> torch.Tensor:
 
 
 def check_batch(batch: torch.Tensor) -> None:
-    """An NCHW image batch SRAugment takes: 1, 3 or 4 channels, an image dtype (see `check_dtype`)."""
-    if batch.shape[1] not in (1, 3, 4):
-        raise ImageShapeError(f"SRAugment: expected 1, 3 or 4 channels (CHW), got shape {tuple(batch.shape[1:])}")
+    """An NCHW image batch SRAugment takes: 1 (grey), 2 (grey, alpha), 3 (RGB) or 4 (RGB, alpha) channels,
+    an image dtype (see `check_dtype`)."""
+    if batch.shape[1] not in (1, 2, 3, 4):
+        raise ImageShapeError(f"SRAugment: expected 1 (grey), 2 (grey and alpha), 3 (RGB) or 4 (RGBA) channels "
+                              f"(CHW), got shape {tuple(batch.shape[1:])}")
     check_dtype(batch.dtype)
+
+
+def colour_channels(batch: torch.Tensor) -> int:
+    """How many of a checked batch's channels are colour (1 grey or 3 RGB); the rest (0 or 1) is alpha."""
+    return 3 if batch.shape[1] >= 3 else 1
 
 
 def tensor_to_rgb(source: torch.Tensor) -> list[np.ndarray]:
     """The uint8 HWC RGB images of a checked NCHW batch on the CPU (uint16: value / 257 rounded; float:
-    value x 255 rounded; gray repeated, alpha dropped)."""
+    value x 255 rounded; grey repeated, alpha dropped): the pixels the engine sees and the keys are of."""
     # the engine side's numpy: uint8 and uint16 as they are, every float through float32 (numpy has no bfloat16)
-    arrays = (source.float() if source.is_floating_point() else source).permute(0, 2, 3, 1).numpy()
+    colour = source[:, :colour_channels(source)]
+    arrays = (colour.float() if colour.is_floating_point() else colour).permute(0, 2, 3, 1).numpy()
     return [array_to_rgb(a, "SRAugment input tensor") for a in arrays]
+
+
+def carry_alpha(alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An N1HW alpha batch at (height, width) `size`: itself when it has that size, else resized bicubic
+    (torchvision's antialiased `resize`, in float32 / float64, then clipped to the dtype's range and,
+    for integer dtypes, rounded)."""
+    if tuple(alpha.shape[-2:]) == tuple(size):
+        return alpha
+    wide = alpha.double() if alpha.dtype == torch.float64 else alpha.float()
+    out = F.resize(wide, list(size), interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+    if alpha.is_floating_point():
+        return out.clamp_(0.0, 1.0).to(alpha.dtype)
+    return out.round_().clamp_(0, torch.iinfo(alpha.dtype).max).to(alpha.dtype)
 
 
 class SRAugment(v2.Transform):
@@ -121,6 +141,10 @@ class SRAugment(v2.Transform):
             not touch, seeded with `seed` in the main process and with (`seed`, the worker's torch seed)
             in a `DataLoader` worker: workers and epochs differ, and a run repeats when the loader's
             base seed does (see `sr_augment.torch_transforms.rng`).
+        degrade: None, "light", "realistic" or a dict of operations (`sr_augment.engines.degrade`):
+            variants k > 0 super-resolve a seeded, label-preserving degradation of the input (blur,
+            downscale kernel, noise, JPEG), so a deterministic engine gives real variants; variant 0
+            stays the clean result. Part of the key; `warm --degrade` with the same value warms it.
         **engine_params: `steps`, `device`, `engine_dtype` (the engine's dtype: "auto", "fp16",
             ...) and engine settings such as `noise_level` (see `get_engine`).
 
@@ -137,10 +161,11 @@ class SRAugment(v2.Transform):
 
     def __init__(self, engine: Any = DEFAULT_ENGINE, mode: str = "upscale", scale: int | None = None, variants: int = 1,
                  p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
-                 **engine_params):
+                 degrade=None, **engine_params):
         super().__init__()
         self.core = AugmentCore(engine=engine, mode=mode, scale=scale, variants=variants, p=p, output_size=output_size,
-                                on_miss=on_miss, cache_dir=cache_dir, seed=seed, **engine_params)
+                                on_miss=on_miss, cache_dir=cache_dir, seed=seed, int_is_shorter_side=True,
+                                degrade=degrade, **engine_params)
         self.rng = TransformRNG(seed)
 
     @_compiler_disable
@@ -161,12 +186,14 @@ class SRAugment(v2.Transform):
     _check_inputs = check_inputs  # torchvision < 0.21
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        """The draws for one call, one per image (a batch tensor's first dimension, else 1), from the
-        seeded generator or torch's global RNG: {"augment": [bool], "variant": [int]}, as
-        `AugmentCore.apply_many` takes them, and "image_size", the images' (h, w) that boxes, masks
-        and keypoints follow (None in a sample without an image: each follows its own size)."""
+        """The draws for one call, one per image of the sample (a batch tensor holds its first dimension's
+        worth, any other image one), from the seeded generator or torch's global RNG: {"augment": [bool],
+        "variant": [int]}, as `AugmentCore.apply_many` takes them; in a sample of several images "spans",
+        where each image's own draws lie in them (by the image object's id); and "image_size", the first
+        image's (h, w) that boxes, masks and keypoints follow (None in a sample without an image: each
+        follows its own size)."""
         image = samples.first_image(flat_inputs)
-        count, generator = samples.image_count(image), self.rng.generator()
+        (count, spans), generator = samples.image_spans(flat_inputs), self.rng.generator()
         # a draw with one possible outcome (p of 0 or 1, one variant) is not made: ~0.05 ms per call saved
         if 0.0 < self.core.p < 1.0:
             augment = (torch.rand(count, generator=generator) < self.core.p).tolist()
@@ -176,7 +203,10 @@ class SRAugment(v2.Transform):
             variant = torch.randint(self.core.variants, (count,), generator=generator).tolist()
         else:
             variant = [0] * count
-        return {"augment": augment, "variant": variant, "image_size": samples.image_size(image)}
+        params = {"augment": augment, "variant": variant, "image_size": samples.image_size(image)}
+        if len(spans) > 1:
+            params["spans"] = spans
+        return params
 
     # torchvision < 0.21 calls the private names
     _get_params = make_params
@@ -184,14 +214,16 @@ class SRAugment(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, samples.GEOMETRY):
             size = params.get("image_size") or tuple(F.get_size(inpt))
-            return samples.follow_images(inpt, samples.output_size(size, self.core.mode, self.core.scale,
-                                                                   self.core.output_size))
+            return samples.follow_images(inpt, samples.output_size(size, self.core))
         if not samples.is_image(inpt):
             return inpt
+        span = params.get("spans", {}).get(id(inpt))
+        if span is not None:  # this image's own draws (a sample may hold several images)
+            params = {"augment": params["augment"][span[0]:span[1]], "variant": params["variant"][span[0]:span[1]]}
         if isinstance(inpt, PIL.Image.Image):
             if self.core.mode == "resynthesize" and not params["augment"][0]:
                 return self._pil_not_augmented(inpt)
-            return PIL.Image.fromarray(self._many([pil_to_rgb(inpt)], params)[0])
+            return pil_modes.restore(self._many([pil_to_rgb(inpt)], params)[0], inpt)
         out = self._tensor_images(as_batch(inpt), params)
         if inpt.ndim == 3:
             out = out[0]
@@ -200,39 +232,44 @@ class SRAugment(v2.Transform):
     _transform = transform
 
     def _tensor_images(self, batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """A checked NCHW batch through the core, in its own channels, dtype and device: the colour (grey
+        repeated to RGB) is super-resolved; grey comes back as the luma of the RGB result
+        (`pil_modes.grey`); alpha is carried (`carry_alpha`); an image not augmented keeps its values."""
         check_batch(batch)
         if batch.shape[0] == 0:  # an empty batch: empty in the output's size
             size = tuple(batch.shape[2:])
-            size = samples.output_size(size, self.core.mode, self.core.scale, self.core.output_size) or size
-            return batch.new_empty((0, 3, *size))
+            size = samples.output_size(size, self.core) or size
+            return batch.new_empty((0, batch.shape[1], *size))
         source = batch.detach().cpu()
         results = self.core.apply_many(tensor_to_rgb(source), params)
-        if batch.shape[1] == 3 and all(result is None for result in results):
+        if all(result is None for result in results):
             return batch  # nothing augmented (resynthesize mode): the input itself, exactly
-        size = next((result.shape[:2] for result in results if result is not None), tuple(batch.shape[2:]))
-        stacked = np.zeros((len(results), 3, *size), np.uint8)
+        size = next(result.shape[:2] for result in results if result is not None)
+        colour = colour_channels(source)
+        stacked = np.zeros((len(results), colour, *size), np.uint8)
         for i, result in enumerate(results):  # one copy per image, straight into the NCHW batch
             if result is not None:
-                stacked[i] = result.transpose(2, 0, 1)
+                stacked[i] = result.transpose(2, 0, 1) if colour == 3 else pil_modes.grey(result)[None]
         out = from_uint8(stacked, batch.dtype)
+        if source.shape[1] > colour:
+            out = torch.cat([out, carry_alpha(source[:, colour:], size)], dim=1)
         for i, result in enumerate(results):
-            if result is None:  # not augmented: its own values, exactly (RGB: gray repeated, alpha dropped)
-                out[i] = source[i].expand(3, -1, -1) if source.shape[1] == 1 else source[i, :3]
+            if result is None:  # not augmented: its own values, exactly
+                out[i] = source[i]
         return out.to(batch.device)
 
     def _pil_not_augmented(self, image: PIL.Image.Image) -> PIL.Image.Image:
         """A PIL image `resynthesize` mode did not pick: the image itself; turned upright first when its
         EXIF orientation says so (as an augmented one is, so both come back the same way up); resized
-        to `output_size` in its own mode (bicubic), except modes "1" and "P", which Pillow resizes only
-        nearest-neighbour: those take the RGB path an augmented image takes."""
-        image.load()  # some formats (PNG) read their EXIF with the pixels
-        if image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9):
-            image = ImageOps.exif_transpose(image)
-        size = self.core.output_size
+        to `output_size` in its own mode (bicubic), except modes "1", "P" and "PA", which Pillow resizes
+        only nearest-neighbour: those take the path an augmented image takes (the RGB pixels resized,
+        in the mode an augmented image comes back in, `pil_modes.restore`)."""
+        image = pil_modes.upright(image)
+        size = self.core.target_size(image.height, image.width)
         if size is None or (image.height, image.width) == tuple(size):
             return image
-        if image.mode in ("1", "P"):
-            return PIL.Image.fromarray(resize(pil_to_rgb(image), size))
+        if image.mode in pil_modes.NEAREST_ONLY:
+            return pil_modes.restore(resize(pil_to_rgb(image), size), image)
         return image.resize((size[1], size[0]), resample=PIL.Image.BICUBIC)
 
     def _many(self, images: list[np.ndarray], params: dict[str, Any]) -> list[np.ndarray]:
