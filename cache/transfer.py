@@ -7,7 +7,9 @@ tqdm progress bar. Import and merge skip keys the target already holds; export s
 committed under its output (a rerun after more `warm` adds only the new entries). The manifest is the
 truth: import counts what it lists and no shard holds as `missing` (exit 1), and export writes the
 samples of a listed shard that is gone or cut short again. Only regular files are read as shards (a
-FIFO never blocks), and `export --images` never writes through a link planted in its folder.
+FIFO never blocks), and `export --images` never writes through a link planted in its folder. The
+engines' identity records travel too (`OUT/identities/<id>.json`; `service.identity`), so an imported or
+merged cache starts no engine service; a refused record is a warning, named.
 """
 
 from __future__ import annotations
@@ -212,7 +214,8 @@ def _import_identities(fs, folder: str, cache, report: TransferReport) -> None:
     """Store the engine identity records under `folder/identities/` (shards: untrusted) in `cache`: each is
     validated and must be filed under the id of the engine settings it names; a refused one is noted by
     name (a warning: the entries do not depend on it)."""
-    from sr_augment.service.identity import _MAX_BYTES, FOLDER, store_record
+    from sr_augment.service.identity import FOLDER, store_record
+    from sr_augment.service.identity import MAX_BYTES as _MAX_BYTES
 
     for path in sorted(fs.glob(f"{folder.rstrip('/')}/{FOLDER}/*.json")):
         name = posixpath.basename(path)

@@ -138,7 +138,8 @@ def test_without_the_checkpoint_file_a_generating_adapter_is_refused_at_construc
 def test_without_the_checkpoint_file_and_no_identity_in_the_cache_the_error_says_what_is_missing(box, tmp_path):
     box["checkpoint"].unlink()
     empty = tmp_path / "empty-cache"
-    with pytest.raises(EngineSpecError, match=r"x4\.pth: no such file, and the cache .*empty-cache holds no identity of this engine") as info:
+    expected = r"x4\.pth: no such file, and the cache .*empty-cache holds no identity of this engine"
+    with pytest.raises(EngineSpecError, match=expected) as info:
         SRAugment(engine=box["checkpoint"], on_miss="error", cache_dir=empty)
     assert "import" in str(info.value)
 

@@ -32,6 +32,8 @@ from sr_augment.service.common import engine_config, service_id
 
 FOLDER = layout.IDENTITIES
 _MAX_BYTES = 64 * 1024
+MAX_BYTES = _MAX_BYTES
+"""The largest record file read (a larger one is refused unread)."""
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
