@@ -44,7 +44,7 @@ from sr_augment.cache.filesystem import default_cache_dir, warn_if_network_files
 from sr_augment.cache.reader import Reader, Row
 from sr_augment.cache.results import CacheStats, EntryRequest, entry_request
 from sr_augment.images import ImageInput, to_rgb
-from sr_augment.modes import engine_input, mode_result
+from sr_augment.modes import mode_result, request_input
 
 log = logging.getLogger("sr_augment.cache")
 _READ_ROW = object()
@@ -312,7 +312,7 @@ class SRCache:
         if self.read_only:
             raise self._read_only_error(f"generate {len(requests)} missing entries")
         self._writer(layout.ENTRIES)  # opened before the engine runs: a cache that cannot be written fails first
-        inputs = [engine_input(r.image, mode, engine.scale) for r in requests]
+        inputs = [request_input(engine, r, mode) for r in requests]  # a DegradedEngine makes its own
         outputs = engine.upscale(inputs, [r.seed for r in requests])
         results, stored = [], 0
         for request, out in zip(requests, outputs):

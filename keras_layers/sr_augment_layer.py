@@ -122,6 +122,10 @@ class SRAugment(keras.layers.Layer):
         bounding_box_format: format of `bounding_boxes["boxes"]` in a dict input ("xyxy",
             "rel_xyxy", "xywh", "center_xywh", "yxyx", ...), as in Keras; needed when boxes must be
             scaled.
+        degrade: None, "light", "realistic" or a dict of operations (`sr_augment.engines.degrade`):
+            variants k > 0 super-resolve a seeded, label-preserving degradation of the input (blur,
+            downscale kernel, noise, JPEG), so a deterministic engine gives real variants; variant 0
+            stays the clean result. Part of the key; `warm --degrade` with the same value warms it.
         **kwargs: other engine settings (e.g. `noise_level`, `prompt`, `tile`; see
             `sr_augment.engines.get_engine`) and the base layer's keyword arguments (`name`, ...).
 
@@ -149,13 +153,13 @@ class SRAugment(keras.layers.Layer):
     def __init__(self, engine=DEFAULT_ENGINE, mode: str = "upscale", scale: int | None = None, variants: int = 1,
                  p: float = 1.0, output_size=None, on_miss: str = "generate", cache_dir=None, seed=None,
                  steps: int | None = None, device: str = "auto", engine_dtype: str = "auto",
-                 value_range=(0, 255), bounding_box_format=None, **kwargs):
+                 value_range=(0, 255), bounding_box_format=None, degrade=None, **kwargs):
         layer_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _LAYER_KWARGS}
         layer_kwargs.setdefault("autocast", False)  # the output keeps the input's dtype
         super().__init__(**layer_kwargs)
         self.core = AugmentCore(engine=engine, mode=mode, scale=scale, variants=variants, p=p,
                                 output_size=output_size, on_miss=on_miss, cache_dir=cache_dir, seed=seed, steps=steps,
-                                device=device, engine_dtype=engine_dtype, **kwargs)
+                                device=device, engine_dtype=engine_dtype, degrade=degrade, **kwargs)
         self.value_range = check_value_range(value_range)
         self.bounding_box_format = bounding_box_format
         self.generator = keras.random.SeedGenerator(seed)  # seed=None: from Keras' global seed

@@ -32,6 +32,15 @@ def _size(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _degrade(text: str):
+    from sr_augment.engines.degrade import parse_degrade_option
+
+    try:
+        return parse_degrade_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", type=_size, default=None, metavar="N|HxW",
                         help="after decoding, resize as torchvision's v2.Resize(N) on PIL images does (shorter side "
@@ -40,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "OpenCV, torchvision on tensors) give other pixels: warm those with SRAugment.warm")
     parser.add_argument("--center-crop", type=_size, default=None, metavar="N|HxW",
                         help="after --resize, crop the centre as torchvision's v2.CenterCrop(N) on PIL images does")
+    parser.add_argument("--degrade", type=_degrade, default=None, metavar="PRESET|JSON",
+                        help="variants > 0 super-resolve a seeded degradation of their input (blur, downscale "
+                             "kernel, noise, JPEG), so a deterministic engine gives real variants; variant 0 stays "
+                             "clean. 'light', 'realistic' or a JSON object of operations, e.g. "
+                             "'{\"jpeg\": {\"quality\": [50, 90]}}'; the same value as the adapters' degrade= "
+                             "gives the same keys")
     parser.add_argument("--loader", choices=LOADERS, default=DEFAULT_LOADER,
                         help="decode each file as the training pipeline's loader does, so the keys match: torchvision "
                              "(datasets.ImageFolder: PIL convert('RGB'), no EXIF turn, 16-bit clipped), keras "
@@ -106,7 +121,8 @@ class WarmOptions:
                       device=args.device, dtype=args.dtype, engine_params=engine_params(args.params), mode=args.mode,
                       variants=args.variants, batch_size=args.batch_size, cache_dir=args.cache_dir,
                       size_limit=args.size_limit, json=args.json, progress=not args.no_progress, resize=args.resize,
-                      center_crop=args.center_crop, dry_run=args.dry_run, ray=args.ray, out=args.out, actors=args.actors)
+                      center_crop=args.center_crop, dry_run=args.dry_run, ray=args.ray, out=args.out, actors=args.actors,
+                      degrade=getattr(args, "degrade", None))
         options = options.replace(loader=getattr(args, "loader", DEFAULT_LOADER),
                                   interpolation=getattr(args, "interpolation", None),
                                   crop_to_aspect_ratio=getattr(args, "crop_to_aspect_ratio", False),
@@ -151,13 +167,15 @@ class WarmOptions:
         return params
 
     def build_engine(self, device: str | None = None):
-        """The engine asked for (on `device` instead of `--device` when given); `SystemExit` saying why
-        when it cannot be built."""
+        """The engine asked for (on `device` instead of `--device` when given), wrapped in a
+        `DegradedEngine` with `--degrade`; `SystemExit` saying why when it cannot be built."""
         from sr_augment.engines import EngineUnavailable, get_engine
+        from sr_augment.engines.degrade import with_degradation
 
         try:
-            return get_engine(self.engine, scale=self.scale, steps=self.steps, device=device or self.device,
-                              dtype=self.dtype, **self.engine_kwargs())
+            return with_degradation(get_engine(self.engine, scale=self.scale, steps=self.steps,
+                                               device=device or self.device, dtype=self.dtype,
+                                               **self.engine_kwargs()), self.degrade)
         except (EngineUnavailable, ValueError, TypeError) as exc:
             raise SystemExit(f"sr-augment: {exc}") from None
 

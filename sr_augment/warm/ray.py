@@ -105,10 +105,11 @@ class GenerateBatch:
     a time, so one bad image fails alone."""
 
     def __init__(self, engine_spec, engine_options: dict, mode: str, codec: str, skip: frozenset, preprocess=None,
-                 loader=None):
+                 degrade=None, loader=None):
         from sr_augment.engines import get_engine
+        from sr_augment.engines.degrade import with_degradation
 
-        self.engine = get_engine(engine_spec, **engine_options)
+        self.engine = with_degradation(get_engine(engine_spec, **engine_options), degrade)
         self.mode, self.codec, self.skip, self.preprocess = mode, codec, skip, preprocess
         self.loader = loader
 
@@ -142,12 +143,12 @@ class GenerateBatch:
         import numpy as np
 
         from sr_augment.cache import codec, entrymeta
-        from sr_augment.modes import engine_input, mode_result
+        from sr_augment.modes import mode_result, request_input
 
         if not todo:
             return
         try:
-            inputs = [engine_input(r.image, self.mode, self.engine.scale) for _, r in todo]
+            inputs = [request_input(self.engine, r, self.mode) for _, r in todo]
             outputs = self.engine.upscale(inputs, [r.seed for _, r in todo])
             records = []
             for (_, request), out in zip(todo, outputs):
@@ -186,7 +187,7 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
              num_gpus_per_actor: float | None = None, mode: str = "upscale", scale: int = 4, variants: int = 1,
              batch_size: int = 8, engine_params: dict | None = None, codec: str = "webp",
              shard_size: int | str | None = None, preprocess=None, progress: bool = True,
-             loader=None) -> RayWarmReport:
+             degrade=None, loader=None) -> RayWarmReport:
     """Generate every (image, variant) under `paths` on a Ray cluster and write the results as shards to `out`.
 
     Args:
@@ -207,11 +208,15 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
             listing the files its library lists; None: `images.load_image` (EXIF applied), then `preprocess`.
         shard_size: bytes per shard file (`cache.shards.parse_byte_size` forms: "256MB"); default 1 GB. A
             preempted run loses at most the shard it had open.
+        degrade: seeded input degradations for variants > 0 (`sr_augment.engines.degrade`), applied in
+            each actor as `warm --degrade` and the adapters' `degrade=` apply them: the same keys.
     """
     from sr_augment.cache import shards as _shards
+    from sr_augment.engines.degrade import degrade_config
     from sr_augment.modes import check_mode
 
     check_mode(mode)
+    degrade = degrade_config(degrade)  # refused here, not in every actor
     if variants < 1 or batch_size < 1 or actors < 1:
         raise ValueError(f"variants, batch_size and actors must be >= 1, got {variants}, {batch_size} and {actors}")
     shard_size = _shards.DEFAULT_SHARD_SIZE if shard_size is None else _shards.parse_byte_size(shard_size)
@@ -229,7 +234,7 @@ def ray_warm(paths: Iterable, engine_spec, out: str, *, address: str | None = No
     try:
         ds = _dataset(ray, files, variants, batch_size, actors, num_gpus_per_actor,
                       engine_spec=_absolute_engine_path(engine_spec), engine_options={"scale": scale, **(engine_params or {})},
-                      mode=mode, codec=codec, skip=done, preprocess=preprocess,
+                      mode=mode, codec=codec, skip=done, preprocess=preprocess, degrade=degrade,
                       loader=loader)
         _collect(ds, out, report, total=len(files) * variants, shard_size=shard_size, progress=progress)
         if lost:  # their keys are in new shards now: the stale manifest parts go (`shards.retire`)
@@ -352,7 +357,7 @@ def run_ray_warm(options) -> int:
         report = ray_warm(list(options.paths), options.engine, options.out, address=options.ray or None,
                           actors=options.actors, mode=options.mode, scale=options.scale, variants=options.variants,
                           batch_size=options.batch_size, engine_params=params, loader=options.file_loader,
-                          progress=options.progress)
+                          progress=options.progress, degrade=options.degrade)
     except FileNotFoundError as exc:
         raise SystemExit(f"sr-augment: {exc}") from None
     from sr_augment.cache.inventory import printable
