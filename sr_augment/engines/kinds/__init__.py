@@ -1,7 +1,7 @@
 """The built-in engine kinds, one small module each, and `REGISTRY` (defined in `registry`, empty there):
 registered here, the one place their order is set.
 
-Order matters, the first match wins: "package.module:Class", bicubic, the built-in sr4, dat-light, the
+Order matters, the first match wins: "package.module:Class", bicubic, the built-in sr4, dat-light, realesrgan, the
 one-step osediff / pisa-sr, a spandrel checkpoint file, a local diffusers folder (an existing one wins
 over the names after it), a hub alias, a hub id "owner/name". Every module here imports no torch; each
 kind's `build` imports its engine module when called.
@@ -11,7 +11,7 @@ Adding a kind: a module defining `KIND` (an `EngineKind`), and one line in the l
 
 from __future__ import annotations
 
-from sr_augment.engines.kinds import bicubic, builtin, dat_light, diffusers, onestep, spandrel, user_class
+from sr_augment.engines.kinds import bicubic, builtin, dat_light, diffusers, onestep, realesrgan, spandrel, user_class
 from sr_augment.engines.registry import REGISTRY
 
 BUILTIN_KINDS = (
@@ -19,6 +19,7 @@ BUILTIN_KINDS = (
     bicubic.KIND,
     builtin.KIND,
     dat_light.KIND,
+    realesrgan.KIND,
     onestep.KIND,
     spandrel.KIND,
     diffusers.LOCAL_FOLDER,
