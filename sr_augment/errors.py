@@ -161,9 +161,10 @@ class UntrustedRow(ValueError, SRAugmentError):
 
 
 class CacheMissRateWarning(SRAugmentWarning):
-    """A process keeps missing a cache that holds this engine's entries: the pixels SRAugment receives
-    are not the ones that were warmed (a random transform before it, or another resize than the warm's).
-    Emitted once per process and adapter."""
+    """An SRAugment transform keeps missing a cache that holds this engine's entries (counted over all
+    the processes it runs in, DataLoader workers included): the pixels SRAugment receives are not the
+    ones that were warmed (a random transform before it, or another resize than the warm's). Emitted
+    once per transform object, by one of its processes."""
 
 
 class NetworkFilesystemWarning(SRAugmentWarning):

@@ -8,7 +8,9 @@ never sees them), so the tests read that stderr (`capfd`), with Python's default
 
 from __future__ import annotations
 
+import pickle
 import re
+import sqlite3
 import sys
 import warnings
 
@@ -16,7 +18,8 @@ import numpy as np
 import pytest
 
 from sr_augment import CacheMissRateWarning
-from sr_augment.cache import SRCache
+from sr_augment.cache import SRCache, counters
+from sr_augment.cache.counters import TALLY_PREFIX, Tally
 from sr_augment.miss_rate import MISS_WARNING_LOOKUPS
 
 torch = pytest.importorskip("torch")
@@ -153,3 +156,79 @@ def test_datasets_map_workers_hits_are_all_counted(cache_dir, rng, tmp_path, mon
     assert len(out) == 55
     after = SRCache(cache_dir).stats()
     assert (after.hits - before.hits, after.misses - before.misses) == (55, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The lookup tallies in the cache
+# ---------------------------------------------------------------------------------------------------------
+def _tally_rows(cache_dir):
+    from sr_augment.cache.rows import read_meta
+
+    return {key: value for key, value in read_meta(cache_dir / "meta").items() if key.startswith(TALLY_PREFIX)}
+
+
+def test_two_processes_of_one_adapter_add_up_and_only_one_gives_the_warning(cache_dir):
+    first, second = SRCache(cache_dir), SRCache(cache_dir)  # as two workers open the one folder
+    first.counters.count_lookups("a1", 10, 9)
+    first.flush()
+    second.counters.count_lookups("a1", 5, 5)
+    second.flush()  # writing, it learns what the other process wrote
+    assert second.counters.tally("a1") == Tally(15, 14, False)
+    assert first.counters.tally("a1") == Tally(10, 9, False)  # until its next flush
+    assert second.counters.claim_warning("a1") is True
+    assert first.counters.claim_warning("a1") is False and second.counters.claim_warning("a1") is False
+    assert SRCache(cache_dir).counters.claim_warning("a1") is False  # a later epoch's worker
+    assert SRCache(cache_dir).counters.claim_warning("b2") is True  # another adapter
+
+
+def test_a_read_only_cache_tallies_in_this_process_and_warns_once(cache_dir):
+    SRCache(cache_dir).close()
+    with SRCache(cache_dir, read_only=True) as cache:
+        cache.counters.count_lookups("a1", 7, 7)
+        cache.flush()
+        cache.counters.count_lookups("a1", 3, 2)
+        assert cache.counters.tally("a1") == Tally(10, 9, False)
+        assert cache.counters.claim_warning("a1") is True and cache.counters.claim_warning("a1") is False
+        assert cache.counters.tally("a1").warned
+    assert _tally_rows(cache_dir) == {}  # nothing written
+
+
+def test_only_the_most_recently_written_tallies_are_kept(cache_dir, monkeypatch):
+    monkeypatch.setattr(counters, "MAX_TALLIES", 3)
+    with SRCache(cache_dir) as cache:
+        for number in range(5):
+            cache.counters.count_lookups(f"t{number}", 1, 1)
+            cache.flush()
+        cache.counters.count_lookups("t1", 1, 0)  # an old row written again: it is recent now
+        cache.flush()
+    assert sorted(_tally_rows(cache_dir)) == [f"{TALLY_PREFIX}t{n}" for n in (1, 3, 4)]
+
+
+def test_planted_or_malformed_tally_rows_are_replaced_never_unpickled(cache_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    with SRCache(cache_dir) as cache:
+        for tally_id in ("p", "j", "n"):
+            cache.counters.count_lookups(tally_id, 1, 1)
+        cache.flush()
+    with sqlite3.connect(cache_dir / "meta" / "cache.db", isolation_level=None) as con:
+        con.execute("UPDATE Cache SET mode = 4, value = ? WHERE key = ?", (pickle.dumps(_Payload(marker)), f"{TALLY_PREFIX}p"))
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", ("[" * 100000, f"{TALLY_PREFIX}j"))
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?",
+                    ('{"lookups": 5, "misses": 9, "warned": "yes", "time": "soon"}', f"{TALLY_PREFIX}n"))
+    with SRCache(cache_dir) as cache:
+        for tally_id in ("p", "j", "n"):
+            cache.counters.count_lookups(tally_id, 2, 1)
+        cache.flush()
+        assert [cache.counters.tally(t) for t in ("p", "j", "n")] == [Tally(2, 1, False)] * 3
+        assert cache.counters.claim_warning("n") is True
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof that a pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
