@@ -1,0 +1,111 @@
+"""The "Diversity" table of the docs: `eval-sr --variants K` per engine and setting, on two sets of real photos.
+
+    python bench/diversity_table.py [--variants 4] [--photos 60] [--rows ROW ...] [--json out.json]
+
+Each row is one `sr-augment eval-sr` run (the command line's own code, through a throw-away cache):
+"ENGINE" or "ENGINE KEY=VALUE ..." (the pairs go to `--set`), e.g. "sr4 preset=diverse". To add an engine
+or a setting, pass `--rows` with the default rows and the new ones (see DEFAULT_ROWS). Sets:
+
+- Set14: the centre 256 px crop of each photo (smaller sides used whole), bicubic-downscaled x4 by eval-sr
+  (64 -> 256 px), `eval-sr --crop 256`;
+- photos: `--photos` hymenoptera val photos (evenly spaced over the sorted list, ants and bees), each
+  resized (antialiased bicubic) to a 128 px short side and centre-cropped to 128 px (the classifier
+  study's input), then bicubic-downscaled x4 by eval-sr (32 -> 128 px), `eval-sr --crop 128`.
+
+Columns: Y-PSNR and SSIM (mean over crops and variants, 4 px shaved), gradient SR/HR (mean Sobel magnitude
+of the SR over that of the HR crop), pairwise MAD and pixel std (`metrics.variant_spread`, 0-255 units).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+import torch  # noqa: E402,F401  (before anything that might import tensorflow)
+
+from sr_augment.cli import main as eval_cli  # noqa: E402
+from sr_augment.images import center_crop, iter_image_files, load_image, resize  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+DEFAULT_ROWS = ["bicubic", "dat-light", "sr4 preset=fast", "sr4 preset=fidelity", "sr4 preset=diverse"]
+
+
+def photo_crops(folder: Path, count: int, side: int = 128) -> Path:
+    """`count` photos, evenly spaced, resized to a `side` short side and centre-cropped, as PNGs in `folder`."""
+    paths = sorted(iter_image_files([DATA / "hymenoptera" / "val"]))
+    picked = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(count, len(paths)))]
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in picked:
+        image = load_image(path)
+        height, width = image.shape[:2]
+        factor = side / min(height, width)
+        image = resize(image, (max(side, round(height * factor)), max(side, round(width * factor))))
+        Image.fromarray(center_crop(image, side)).save(folder / f"{path.parent.name}_{path.stem}.png")
+    return folder
+
+
+def run_row(row: str, data: Path, crop: int, variants: int, work: Path, index: int) -> dict:
+    engine, *params = row.split()
+    out = work / f"{data.name}-{index}"
+    args = ["eval-sr", str(data), "--engine", engine, "--crop", str(crop), "--variants", str(variants),
+            "--out", str(out), "--cache-dir", str(work / "cache"), "--no-progress"]
+    for param in params:
+        args += ["--set", param]
+    if eval_cli(args) != 0:
+        raise SystemExit(f"eval-sr failed for {row!r}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def table(results: list[tuple[str, dict]]) -> str:
+    lines = ["| method | crops | variants | Y-PSNR (dB) | vs bicubic | SSIM | gradient SR/HR | pairwise MAD | pixel std |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    base = results[0][1]["summary"]["bicubic"]
+    shown = [("bicubic", base)] + [(row, next(v for k, v in s["summary"].items() if k != "bicubic"))
+                                   for row, s in results if row != "bicubic"]
+    for name, s in shown:
+        spread = [("-" if s[k] is None else f"{s[k]:.2f}") for k in ("pair_mad", "pixel_std")]
+        if name == "bicubic":
+            spread = ["0", "0"]  # no seed: every variant is the same pixels
+        lines.append(f"| {name} | {s['crops']} | {s['variants'] if name != 'bicubic' else '-'} | {s['psnr_y']:.2f} | "
+                     f"{s['psnr_y'] - base['psnr_y']:+.2f} | {s['ssim_y']:.4f} | {s['grad_ratio']:.3f} | "
+                     f"{spread[0]} | {spread[1]} |")
+    lpips = results[-1][1]["optional_metrics"].get("lpips")
+    lines.append(f"\nLPIPS: {lpips:.4f}" if isinstance(lpips, float) else f"\nLPIPS: {lpips}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", type=int, default=4)
+    parser.add_argument("--photos", type=int, default=60, help="hymenoptera val photos (default: %(default)s)")
+    parser.add_argument("--sets", default="Set14,photos")
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if not (DATA / "Set14").is_dir():
+        sys.exit(f"skipped: benchmark data not found at {DATA}")
+    report = {}
+    with tempfile.TemporaryDirectory(prefix="sr-augment-diversity-") as tmp:
+        work = Path(tmp)
+        sets = {"Set14": (DATA / "Set14", 256),
+                "photos": (lambda: photo_crops(work / "photos", args.photos), 128)}
+        for name in args.sets.split(","):
+            source, crop = sets[name]
+            data = source() if callable(source) else source
+            results = [(row, run_row(row, data, crop, args.variants, work, i)) for i, row in enumerate(args.rows)]
+            report[name] = {row: summary for row, summary in results}
+            print(f"\n### {name} (eval-sr --crop {crop} --variants {args.variants})\n\n{table(results)}\n", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
