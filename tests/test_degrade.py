@@ -311,3 +311,8 @@ def test_get_engine_objects_can_be_wrapped_and_keep_their_output_for_variant_0(t
     assert _mad(results[0], results[1]) > 0.5
     assert core.engine.name == "bicubic+degrade:custom" and core.config()["degrade"] == {"jpeg": {"p": 1.0,
                                                                                                   "quality": [40, 40]}}
+
+
+def test_the_deterministic_engine_warning_names_degrade_as_a_fix(tmp_path):
+    with pytest.warns(DeterministicEngineWarning, match="degrade='light'"):
+        AugmentCore(engine="bicubic", variants=3, cache_dir=tmp_path)

@@ -32,6 +32,11 @@ class Engine(Protocol):
         thread count, batch or CPU. The cache keeps one answer per key, the first writer's."""
         ...
 
+    # Optional: `prepare_input(image, mode, *, seed, variant) -> np.ndarray`, for an engine that makes its own
+    # input from the image as the cache keys it (`degrade.DegradedEngine`: a seeded degradation for variants
+    # > 0). Where cache entries are generated (`SRCache.generate`, the Ray actors) `modes.request_input` calls
+    # it instead of `modes.engine_input`; it must return what `engine_input` returns for variant 0's size.
+
 
 def make_fingerprint(**fields) -> str:
     """Canonical JSON of the fields, so equal settings give byte-equal fingerprints."""
