@@ -59,7 +59,8 @@ def _pil(mode: str) -> Image.Image:
 
 
 PIL_MODES = {"RGB": "RGB", "RGBA": "RGBA", "L": "L", "LA": "LA", "1": "L", "P": "RGB", "P+transparency": "RGBA",
-             "PA": "RGBA", "I;16": "I;16", "I": "I", "F": "F", "CMYK": "CMYK", "YCbCr": "YCbCr"}
+             "PA": "RGBA", "I;16": "I;16", "I": "I", "F": "F", "CMYK": "CMYK", "YCbCr": "YCbCr", "HSV": "HSV",
+             "LAB": "LAB"}
 """Each PIL mode and the mode an image of it comes back in when it is augmented (or resized)."""
 
 def _input(kind: str, channels: int, dtype: str, batch: int | None):

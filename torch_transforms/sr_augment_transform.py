@@ -101,23 +101,26 @@ class SRAugment(v2.Transform):
     the cache see uint8 (uint16: value / 257 rounded; float: value x 255 rounded); results come back x
     257 (uint16) or / 255 (float). Other dtypes raise `TypeError`. An image that is not augmented in
     `resynthesize` mode comes back with its own values exactly (no 8-bit rounding); when no image of
-    the call is augmented, the input itself is returned. 1- and 4-channel tensors become RGB (gray
-    repeated, alpha dropped). Shape: `upscale` multiplies H and W by `scale`,
-    `resynthesize` keeps them, and `output_size` (int or (h, w)) resizes the result.
+    the call is augmented, the input itself is returned. Channels are kept: 3 (RGB), 1 (grey), 4 (RGBA)
+    or 2 (grey, alpha). The engine and the cache see RGB (grey repeated, alpha dropped: the keys are the
+    RGB pixels'); grey comes back as the luma of the RGB result (Pillow's `convert("L")`), and alpha is
+    carried, not super-resolved: as it is at the same size, else resized bicubic. Shape: `upscale`
+    multiplies H and W by `scale`, `resynthesize` keeps them, and `output_size` resizes the result.
 
     PIL images: one that `resynthesize` mode does not augment comes back as it is, the same object, in its own
     mode and range; one with an EXIF orientation comes back as a new image turned upright in its own mode, since
     an augmented one is turned too. With `output_size` it is resized in its own mode (bicubic, Pillow's
-    `Image.resize`), except modes "1" and "P", which Pillow resizes only nearest-neighbour: those come back RGB,
+    `Image.resize`), except modes "1", "P" and "PA", which Pillow resizes only nearest-neighbour: those are
     resized like an augmented image. An augmented PIL image, and every PIL image in `upscale` mode (one not
-    picked gets the bicubic result), comes back RGB, its pixels what the engine saw: "L", "1" and 16/32-bit
-    "I;16"/"I" gray repeated ("I;16" and "I" scaled by 1/257, "I" values over 65535 clipped); "F" read on the
-    0-255 scale (rounded, clipped); "LA", "RGBA" and "P" (its transparency too) with alpha dropped; "CMYK" and
-    other modes as `Image.convert("RGB")`.
+    picked gets the bicubic result), comes back in its own mode, its pixels from what the engine made of its
+    RGB pixels, except: "1" comes back "L", "P" "RGB" ("RGBA" with transparency), "PA" and "RGBa" "RGBA",
+    "I;16B"/"I;16L" "I;16" (see `sr_augment.torch_transforms.pil_modes`, which says why). Grey modes
+    ("L", "I;16", "I", "F") hold the luma on the scale they were read on; alpha is carried as above.
 
     Samples (tuples, dicts, e.g. `(image, {"boxes": ..., "masks": ..., "labels": ...})`): as torchvision's
     geometric transforms, only images are super-resolved (PIL, `tv_tensors.Image`, and a plain tensor
-    when v2 calls it the image: the first one, if the sample holds no Image, PIL image or video).
+    when v2 calls it the image: the first one, if the sample holds no Image, PIL image or video). Each
+    image of a sample gets its own draws (a batched Image and a single one together: one draw per image).
     `BoundingBoxes`, `KeyPoints` and `Mask`s follow the images' new size exactly as `v2.Resize` to that
     size moves them (same kernels); in `resynthesize` mode without `output_size` they pass through
     untouched, as do labels and anything else. A `tv_tensors.Video` raises `TypeError`.
@@ -132,7 +135,8 @@ class SRAugment(v2.Transform):
         variants: stochastic samples per image; each call picks one uniformly.
         p: probability of applying. An image not picked passes through in `resynthesize` mode and
             gets the bicubic result in `upscale` mode, so every output has the same shape.
-        output_size: resize the result to this size (int: square).
+        output_size: resize the result: `(height, width)` exactly; an int (or `[int]`) is the shorter
+            side, the other keeping the aspect ratio, as in `v2.Resize(int)`.
         on_miss: "generate" (run the engine, store, return), "passthrough" (bicubic result, the
             miss is counted) or "error" (raise `CacheMiss` naming the key).
         cache_dir: cache folder (default: `$SR_AUGMENT_CACHE_DIR` or the user cache folder).
