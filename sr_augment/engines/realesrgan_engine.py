@@ -20,8 +20,9 @@ from pathlib import Path
 
 from sr_augment.engines.base import make_fingerprint
 from sr_augment.engines.kinds.realesrgan import model_files, native_scale
+from sr_augment.engines.kinds.spandrel import hash_file
 from sr_augment.engines.ncnn_weights import Layer, read_ncnn
-from sr_augment.engines.spandrel_engine import SpandrelEngine, _require_spandrel, hash_file
+from sr_augment.engines.spandrel_engine import SpandrelEngine, _require_spandrel
 
 CONVERTER_VERSION = 1
 """Part of the fingerprint: bumped whenever the ncnn-to-torch mapping changes what the model computes."""

