@@ -249,3 +249,13 @@ def test_every_kind_keeps_its_channels_under_dataloader_workers(tmp_path):
     expected = [transform(item) for item in _Mixed(transform).items]
     assert [g.mode if isinstance(g, Image.Image) else g.shape[0] for g in got] == ["L", "RGBA", 1, 4]
     assert all(_same(g, e) for g, e in zip(got, expected))
+
+
+# --- warm: the keys of every kind are the ones its lookups use ---------------------------------------------
+def test_warm_covers_grey_alpha_and_pil_modes_so_on_miss_error_finds_every_image(tmp_path):
+    items = [_tensor(2, torch.uint8), tv_tensors.Image(_tensor(4, torch.float32, batch=2)), _pil("LA"), _pil("1"),
+             (_tensor(1, torch.uint16, batch=2), _pil("P+transparency"))]
+    _sr(tmp_path, "upscale").warm(items, progress=False)
+    strict = _sr(tmp_path, "upscale", on_miss="error")
+    for item in items:
+        strict(item)  # no CacheMiss: warm keyed each image by its RGB pixels, as the lookups do
