@@ -75,8 +75,8 @@ def test_order_decides_where_forms_overlap(tmp_path, monkeypatch):
     assert REGISTRY.kind_of("mod:Cls").id == "local-folder"  # an existing path is not a class spec
     (tmp_path / "folder.pth").mkdir()
     assert REGISTRY.kind_of("folder.pth").id == "local-folder"  # a folder is never a checkpoint file
-    assert [k.id for k in REGISTRY.kinds] == ["user-class", "bicubic", "sr4", "dat-light", "onestep", "spandrel-file",
-                                               "local-folder", "hub-alias", "hub-id"]
+    assert [k.id for k in REGISTRY.kinds] == ["user-class", "bicubic", "sr4", "dat-light", "realesrgan", "onestep",
+                                               "spandrel-file", "local-folder", "hub-alias", "hub-id"]
 
 
 @pytest.mark.parametrize("spec, hub", [
@@ -218,8 +218,10 @@ def test_registering_refuses_a_taken_id_or_name(toy):
 
 def test_the_listing_comes_from_the_kinds():
     entries = builtin_engines()
-    assert [e.spec for e in entries] == ["bicubic", "sr4", "sd-x4-upscaler", "ldm-4x", "dat-light", "osediff", "pisa-sr"]
-    assert [e.spec for e in entries if e.deterministic] == ["bicubic", "dat-light", "osediff", "pisa-sr"]
+    realesrgan = ["realesrgan", "realesrgan-anime", "realesr-animevideov3"]
+    assert [e.spec for e in entries] == ["bicubic", "sr4", "sd-x4-upscaler", "ldm-4x", "dat-light", *realesrgan,
+                                         "osediff", "pisa-sr"]
+    assert [e.spec for e in entries if e.deterministic] == ["bicubic", "dat-light", *realesrgan, "osediff", "pisa-sr"]
     table = format_table(entries)
     assert table.index("FILE.pth") < table.index("DIR") < table.index("owner/name") < table.index("package.module:Class")
 
@@ -235,7 +237,7 @@ def test_deterministic_and_stamps_from_the_spec_alone(paths):
 
 
 def test_asking_every_kind_imports_no_torch(paths):
-    specs = {"bicubic": "bicubic", "sr4": "sr4", "dat-light": "dat-light", "onestep": "osediff",
+    specs = {"bicubic": "bicubic", "sr4": "sr4", "dat-light": "dat-light", "realesrgan": "realesrgan", "onestep": "osediff",
              "spandrel-file": paths["FILE.pth"], "local-folder": paths["DIR"], "hub-alias": "sd-x4-upscaler",
              "hub-id": "owner/name", "user-class": "sr_augment.engines.bicubic:BicubicEngine"}
     code = (
