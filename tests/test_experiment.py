@@ -36,6 +36,7 @@ def _run(data, out, cache_dir, *extra):
                  str(cache_dir), "--no-progress", *extra])
 
 
+@pytest.mark.slow  # trains 12 small CNNs (two runs of 3 arms x 2 folds)
 def test_study_runs_end_to_end_and_a_second_run_makes_no_sr(tmp_path, cache_dir, capsys):
     data = _photo_classes(tmp_path / "data")
     out = tmp_path / "out"

@@ -12,6 +12,7 @@ from test_experiment import _photo_classes
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # six Keras trainings: each builds and traces its graphs
 def test_the_study_trains_with_keras_and_reports_the_same_outputs(tmp_path, cache_dir):
     data = _photo_classes(tmp_path / "data", per_class=4, placeholder=False)
     out = tmp_path / "out"
