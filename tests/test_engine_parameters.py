@@ -172,9 +172,11 @@ def test_each_described_parameter_is_taken_by_the_engine_constructor():
 
     from sr_augment.engines.diffusers_engine import DiffusersEngine
     from sr_augment.engines.onestep_engine import OneStepEngine
+    from sr_augment.engines.realesrgan_engine import RealESRGANEngine
     from sr_augment.engines.spandrel_engine import SpandrelEngine
 
-    for spec, cls in [("sr4", DiffusersEngine), ("dat-light", SpandrelEngine), ("pisa-sr", OneStepEngine)]:
+    for spec, cls in [("sr4", DiffusersEngine), ("dat-light", SpandrelEngine), ("pisa-sr", OneStepEngine),
+                      ("realesrgan", RealESRGANEngine)]:
         taken = set(inspect.signature(cls).parameters) - {"self", "spec", "path", "kind", "scale", "device", "dtype",
                                                           "steps"}  # steps: taken by get_engine (refused by some kinds)
         described = {p.name for p in REGISTRY.kind_of(spec).accepted(spec)} - {"steps"}
@@ -188,7 +190,7 @@ def test_the_engines_reference_lists_each_engines_parameters():
     page = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "engines.md").read_text()
     rows = [line.split("|")[1:3] for line in page.splitlines() if line.startswith("| `") and line.count("|") == 3]
     table = {re.findall(r"`([^`]+)`", specs)[0]: set(re.findall(r"`([a-z_]+)`", names)) for specs, names in rows}
-    for spec in ("sr4", "dat-light", "osediff", "pisa-sr"):
+    for spec in ("sr4", "dat-light", "realesrgan", "osediff", "pisa-sr"):
         documented = table[spec] - {"adain", "none"}  # color_fix's choices
         taken = {p.name for p in REGISTRY.kind_of(spec).accepted(spec) if not (p.note and p.types == (type(None),))}
         assert documented == taken, spec  # (a parameter that is only ever None, with a note, is one refused)
