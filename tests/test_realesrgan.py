@@ -232,6 +232,45 @@ def test_a_written_model_with_a_bicubic_downscale_tail_runs_at_the_downscaled_fa
     assert np.abs(out.astype(int) - _ncnn_run(param, weights, image).astype(int)).max() <= 1
 
 
+def test_a_written_rrdbnet_maps_convolution_by_convolution_onto_spandrels_esrgan(tmp_path):
+    """The RRDBNet mapping without the wheel: a small ESRGAN written as ncnn convolutions in forward order
+    (leaky ReLU where the architecture has one) reads back to the same state dict and the same output."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from sr_augment.engines.realesrgan_engine import realesrgan_descriptor
+
+    torch.manual_seed(0)
+    model = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=2, scale=4).eval()
+    state = model.state_dict()
+    keys = list(state)[::2]
+    last = max(int(key.split(".")[1]) for key in keys)
+    lines, payload, blob = ["Input input 0 1 data"], b"", "data"
+    for i, key in enumerate(keys):
+        top = int(key.split(".")[1])
+        if top in (3, 6):  # each upsampling conv follows a x2 nearest resize
+            lines.append(f"Interp up{top} 1 1 {blob} u{top} 0=1 1=2.000000e+00 2=2.000000e+00")
+            blob = f"u{top}"
+        weight, bias = state[key].numpy(), state[key.replace("weight", "bias")].numpy()
+        leaky = ".conv5." not in key and (".RDB" in key or 1 < top < last)
+        act = " 9=2 -23310=1,2.000000e-01" if leaky else ""
+        out = "output" if i == len(keys) - 1 else f"c{i}"
+        lines.append(f"Convolution conv{i} 1 1 {blob} {out} 0={weight.shape[0]} 1=3 4=1 5=1 6={weight.size}{act}")
+        payload += struct.pack("<I", 0) + weight.tobytes() + bias.tobytes()
+        blob = out
+    param, weights = tmp_path / "rrdb.param", tmp_path / "rrdb.bin"
+    param.write_text(f"7767517\n{len(lines)} {len(lines)}\n" + "\n".join(lines) + "\n")
+    weights.write_bytes(payload)
+    descriptor = realesrgan_descriptor(param, weights)
+    assert descriptor.architecture.id == "ESRGAN" and descriptor.scale == 4
+    for key, value in descriptor.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    image = torch.rand(1, 3, 12, 12)
+    with torch.inference_mode():
+        assert torch.equal(descriptor(image), model(image).clamp(0, 1))
+    param.write_text(param.read_text().replace(" 9=2 -23310=1,2.000000e-01", "", 1))  # conv1 of the first block
+    assert "expected a leaky ReLU" in _refused(param, weights, "conv1")
+
+
 def _refused(param, weights, match, error=ValueError):
     from sr_augment.engines.realesrgan_engine import realesrgan_descriptor
 
@@ -301,3 +340,36 @@ def test_nan_weights_and_unknown_storage_tags_are_refused(tmp_path):
     blob[0:4] = struct.pack("<I", 0x12345678)
     weights.write_bytes(bytes(blob))
     _refused(param, weights, "storage tag 0x12345678")
+
+
+# -- through the engine service and the command line --------------------------------------------------------
+
+@pytest.mark.slow  # starts an engine service process
+def test_the_engine_service_and_cli_warm_run_it_like_the_local_engine(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from sr_augment.cli import main
+    from sr_augment.service.client import RemoteEngine
+
+    _wheel_or_skip("realesr-animevideov3", 2)
+    monkeypatch.setenv("SR_AUGMENT_SERVICE_LINGER", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr("sr_augment.service.common.DEFAULT_LINGER", 1.0)
+    images = _crops(16)
+    local = get_engine("realesr-animevideov3", scale=2, device="cpu")
+    remote = RemoteEngine({"spec": "realesr-animevideov3", "scale": 2, "device": "cpu"}, tmp_path)
+    try:
+        assert remote.fingerprint == local.fingerprint
+        for got, want in zip(remote.upscale(images, [0, 1, 2]), local.upscale(images, [0, 1, 2])):
+            assert np.array_equal(got, want)
+    finally:
+        remote.close()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    args = ["warm", str(folder), "--engine", "realesr-animevideov3", "--scale", "2", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache"), "--json", "--no-progress"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["generated"] == 3 and report["failed"] == 0
