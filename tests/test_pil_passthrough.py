@@ -83,9 +83,9 @@ def test_an_output_size_equal_to_the_images_size_returns_the_image_itself(tmp_pa
     assert _sr(tmp_path, 0.0, output_size=(12, 16))(image) is image
 
 
-def test_an_image_turned_by_exif_comes_back_upright_in_its_own_mode(tmp_path):
-    """Augmented images are turned upright (EXIF orientation) before the engine sees them; one that is
-    not augmented is turned too, so both come back the same way up and size."""
+def test_an_image_with_an_exif_orientation_comes_back_unturned_augmented_or_not(tmp_path):
+    """PIL images are taken as their pixels are (no EXIF turn, as `pil_to_rgb` and torchvision's
+    `ImageFolder`): one not augmented is the image itself, an augmented one has its size and mode."""
     image = _image("L")
     exif = image.getexif()
     exif[ExifTags.Base.Orientation] = 6  # 90 degrees
@@ -94,7 +94,8 @@ def test_an_image_turned_by_exif_comes_back_upright_in_its_own_mode(tmp_path):
     with Image.open(path) as turned:
         kept = _sr(tmp_path, 0.0)(turned)
         augmented = _sr(tmp_path, 1.0)(turned)
-    assert kept.mode == "L" and kept.size == augmented.size == (12, 16)
+        assert kept is turned
+    assert kept.mode == augmented.mode == "L" and kept.size == augmented.size == (16, 12)
     assert np.array_equal(np.asarray(kept.convert("RGB")), pil_to_rgb(Image.open(path)))
 
 

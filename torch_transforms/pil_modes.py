@@ -23,20 +23,12 @@ input's kind of image:
 from __future__ import annotations
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
 
 GREY_MODES = {"L": "L", "1": "L", "I;16": "I;16", "I;16L": "I;16", "I;16B": "I;16", "I": "I", "F": "F"}
 ALPHA_MODES = {"RGBA": "RGBA", "LA": "LA", "PA": "RGBA", "RGBa": "RGBA"}
 NEAREST_ONLY = ("1", "P", "PA")
 """Modes Pillow resizes nearest-neighbour only: an image of them is resized as the engine's RGB."""
-
-
-def upright(image: Image.Image) -> Image.Image:
-    """The image turned upright when its EXIF orientation says so (the pixels the engine sees), else itself."""
-    image.load()  # some formats (PNG) read their EXIF with the pixels
-    if image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9):
-        return ImageOps.exif_transpose(image)
-    return image
 
 
 def has_alpha(image: Image.Image) -> bool:
@@ -66,7 +58,7 @@ def carry_alpha(alpha: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def restore(rgb: np.ndarray, source: Image.Image) -> Image.Image:
     """The engine's uint8 HWC RGB result `rgb` for `source`, in the mode `source` comes back in, its
-    alpha (if any) carried over from `source` (turned upright as its pixels were)."""
+    alpha (if any) carried over from `source` (as its pixels are: no EXIF turn, as `pil_to_rgb`)."""
     mode = out_mode(source)
     colour = Image.fromarray(rgb)
     if mode == "RGB":
@@ -81,8 +73,7 @@ def restore(rgb: np.ndarray, source: Image.Image) -> Image.Image:
         if mode == "F":
             return Image.fromarray(luma.astype(np.float32))
     if mode in ("RGBA", "LA"):
-        image = upright(source)
-        alpha = (image.convert("RGBA") if image.mode == "P" else image).getchannel("A")
+        alpha = (source.convert("RGBA") if source.mode == "P" else source).getchannel("A")
         colour.putalpha(carry_alpha(alpha, rgb.shape[:2]))
         return colour
     if mode == "L":

@@ -107,15 +107,16 @@ class SRAugment(v2.Transform):
     carried, not super-resolved: as it is at the same size, else resized bicubic. Shape: `upscale`
     multiplies H and W by `scale`, `resynthesize` keeps them, and `output_size` resizes the result.
 
-    PIL images: one that `resynthesize` mode does not augment comes back as it is, the same object, in its own
-    mode and range; one with an EXIF orientation comes back as a new image turned upright in its own mode, since
-    an augmented one is turned too. With `output_size` it is resized in its own mode (bicubic, Pillow's
-    `Image.resize`), except modes "1", "P" and "PA", which Pillow resizes only nearest-neighbour: those are
-    resized like an augmented image. An augmented PIL image, and every PIL image in `upscale` mode (one not
-    picked gets the bicubic result), comes back in its own mode, its pixels from what the engine made of its
-    RGB pixels, except: "1" comes back "L", "P" "RGB" ("RGBA" with transparency), "PA" and "RGBa" "RGBA",
-    "I;16B"/"I;16L" "I;16" (see `sr_augment.torch_transforms.pil_modes`, which says why). Grey modes
-    ("L", "I;16", "I", "F") hold the luma on the scale they were read on; alpha is carried as above.
+    PIL images are taken as their pixels are, whatever their EXIF orientation says (as torchvision's
+    `ImageFolder` hands them over; `sr_augment.images.pil_to_rgb`). One that `resynthesize` mode does not
+    augment comes back as it is, the same object, in its own mode and range. With `output_size` it is
+    resized in its own mode (bicubic, Pillow's `Image.resize`), except modes "1", "P" and "PA", which
+    Pillow resizes only nearest-neighbour: those are resized like an augmented image. An augmented PIL
+    image, and every PIL image in `upscale` mode (one not picked gets the bicubic result), comes back in
+    its own mode, its pixels from what the engine made of its RGB pixels, except: "1" comes back "L",
+    "P" "RGB" ("RGBA" with transparency), "PA" and "RGBa" "RGBA", "I;16B"/"I;16L" "I;16" (see
+    `sr_augment.torch_transforms.pil_modes`, which says why). Grey modes ("L", "I;16", "I", "F") hold the
+    luma on the scale they were read on; alpha is carried as above.
 
     Samples (tuples, dicts, e.g. `(image, {"boxes": ..., "masks": ..., "labels": ...})`): as torchvision's
     geometric transforms, only images are super-resolved (PIL, `tv_tensors.Image`, and a plain tensor
@@ -263,12 +264,11 @@ class SRAugment(v2.Transform):
         return out.to(batch.device)
 
     def _pil_not_augmented(self, image: PIL.Image.Image) -> PIL.Image.Image:
-        """A PIL image `resynthesize` mode did not pick: the image itself; turned upright first when its
-        EXIF orientation says so (as an augmented one is, so both come back the same way up); resized
-        to `output_size` in its own mode (bicubic), except modes "1", "P" and "PA", which Pillow resizes
-        only nearest-neighbour: those take the path an augmented image takes (the RGB pixels resized,
+        """A PIL image `resynthesize` mode did not pick: the image itself, as its pixels are (no EXIF turn,
+        as an augmented one, so both come back the same way up); resized to `output_size` in its own
+        mode (bicubic), except modes "1", "P" and "PA", which Pillow resizes only nearest-neighbour:
+        those take the path an augmented image takes (the RGB pixels resized,
         in the mode an augmented image comes back in, `pil_modes.restore`)."""
-        image = pil_modes.upright(image)
         size = self.core.target_size(image.height, image.width)
         if size is None or (image.height, image.width) == tuple(size):
             return image
