@@ -308,6 +308,7 @@ def test_a_param_declaring_huge_layers_is_refused(tmp_path):
     (lambda t: t.replace("1 1 p0 c1", "1 1 nowhere c1"), "no earlier layer's output"),
     (lambda t: t.replace("0=4 1=3 4=1 5=1 6=108", "0=4 1=3 4=1 5=1 6=108 9=2 -23310=1,2.0e-01"), "expected no activation"),
     (lambda t: t.replace("0=4 1=3 4=1 5=1 6=108", "0=4 1=3 4=1 5=1 6=108 8=1"), "int8"),
+    (lambda t: t.replace("Interp up 1 1 data_1 base 0=1", "Interp up 1 1 data_1 base 0=2"), "nearest upsampling"),
     (lambda t: t + "Split extra 1 1 data data_extra\n", "declares"),
 ])
 def test_malformed_graphs_are_refused_naming_the_file(tmp_path, edit, match):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from sr_augment.errors import WeightsTooLarge
+from sr_augment.weights_bounds import check_weights_file
 
 PARAM_MAGIC = 7767517
 MAX_PARAM_BYTES = 4 << 20
@@ -169,7 +170,7 @@ def read_ncnn(param: str | os.PathLike, weights: str | os.PathLike) -> list[Laye
                              f"(only {', '.join(sorted(WEIGHTED | WEIGHTLESS))}), so its weights cannot be located")
     most = sum(4 * n + (4 if tagged else 0) for _, _, n, tagged in plan)
     least = sum(_aligned(2 * n) + 4 if tagged else 4 * n for _, _, n, tagged in plan)
-    size = weights.stat().st_size
+    size = check_weights_file(weights)  # at most MAX_WEIGHTS_BYTES, like any weight file
     if not least <= size <= most:
         error = WeightsTooLarge if size > most else ValueError
         raise error(f"{weights}: {size} bytes, but {param.name} declares weights taking {least} (all float16) to "

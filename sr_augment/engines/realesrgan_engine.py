@@ -126,6 +126,10 @@ def _compact(param: Path, layers: list[Layer]):
         raise ValueError(f"{_where(param, shuffles[0])}: upscale factor {upscale!r} must be 1 to 8")
     for conv in weighted[::2]:
         _check_activation(param, conv, leaky=False)
+    for layer in (layer for layer in layers if layer.type == "Interp"):  # the input, upsampled for the residual
+        if layer.param(0) != 1 or layer.param(1) != float(upscale) or layer.param(2) != float(upscale):
+            raise ValueError(f"{_where(param, layer)}: expected a x{upscale} nearest upsampling (0=1 1={upscale}.0 "
+                             f"2={upscale}.0), got {layer.params}")
     with torch.device("meta"):
         reference = Compact(num_in_ch=3, num_out_ch=3, num_feat=weighted[0].params[0],
                             num_conv=len(weighted) // 2 - 1, upscale=upscale)
