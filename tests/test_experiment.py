@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import photo
 from sr_augment.cli import main
 from sr_augment.experiment import EngineChoice, collect, make_folds, parse_engines
+from sr_augment.experiment.study import build_engines
 
 
 def _photo_classes(root, per_class=6, size=48, placeholder=True):
@@ -132,6 +133,19 @@ def test_engine_list_takes_parameters_presets_and_module_classes():
         parse_engines("bicubic,bicubic")
     with pytest.raises(ValueError, match="empty"):
         parse_engines("bicubic,")
+
+
+def test_degrade_in_the_engine_list_gives_varied_variants_and_its_own_keys():
+    """`dat-light:degrade=light` in --engines: a deterministic engine whose HR+SRAugment variants differ
+    (the study then keeps --variants for it) and whose keys are not the clean engine's."""
+    from sr_augment.engines.determinism import is_deterministic
+
+    built = build_engines(parse_engines("bicubic,bicubic:degrade=light"), lr_factor=4)
+    clean, degraded = built["bicubic"], built["bicubic:degrade=light"]
+    assert is_deterministic(clean) and not is_deterministic(degraded)
+    assert degraded.fingerprint != clean.fingerprint
+    with pytest.raises(ValueError, match="degrade"):
+        build_engines(parse_engines("bicubic:degrade=lihgt"), lr_factor=4)
 
 
 def test_a_bad_engine_or_folder_is_named_before_any_training(tmp_path, cache_dir):

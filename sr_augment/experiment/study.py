@@ -158,6 +158,25 @@ def estimate_seconds(trainings: int, epochs: int, train_images: int, seconds_per
     return trainings * epochs * train_images * seconds_per_image * 4 / 3
 
 
+def build_engines(engines: list[EngineChoice], lr_factor: int, device: str = "auto", dtype: str = "auto") -> dict:
+    """{label: engine} for `--engines`, each checked and built; `degrade=` wraps an engine so that its
+    variants k > 0 super-resolve seeded degradations (`sr_augment.engines.degrade`). A ValueError names
+    the engine that cannot be built."""
+    from sr_augment.engines import get_engine
+    from sr_augment.engines.degrade import with_degradation
+
+    built = {}
+    for choice in engines:
+        params = dict(choice.params)
+        degrade = params.pop("degrade", None)
+        try:
+            built[choice.label] = with_degradation(get_engine(choice.spec, scale=lr_factor, device=device,
+                                                              dtype=dtype, **params), degrade)
+        except Exception as exc:
+            raise ValueError(f"--engines {choice.label}: {exc}") from exc
+    return built
+
+
 def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: int = DEFAULTS["folds"],
                    repeats: int = DEFAULTS["repeats"], epochs: int = DEFAULTS["epochs"],
                    image_size: int = DEFAULTS["image_size"], lr_factor: int = DEFAULTS["lr_factor"],
@@ -166,7 +185,6 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
                    engine_device: str = "auto", engine_dtype: str = "auto", batch_size: int = 16,
                    progress: bool = True, log=print) -> dict:
     """Run the study; write results.json, report.md and the figures to `out`; return the results."""
-    from sr_augment.engines import get_engine
     from sr_augment.experiment.report import write_outputs
 
     if framework not in ("torch", "keras"):
@@ -183,13 +201,7 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
     if not engines:
         raise ValueError("--engines: no engine given")
     started = time.perf_counter()
-    built = {}
-    for choice in engines:  # checked and built before any image is read
-        try:
-            built[choice.label] = get_engine(choice.spec, scale=lr_factor, device=engine_device, dtype=engine_dtype,
-                                             **choice.params)
-        except Exception as exc:
-            raise ValueError(f"--engines {choice.label}: {exc}") from exc
+    built = build_engines(engines, lr_factor, engine_device, engine_dtype)  # before any image is read
     from sr_augment.engines.determinism import is_deterministic
 
     engine_variants = {}  # a deterministic engine's variants would all be the same pixels: one is enough
