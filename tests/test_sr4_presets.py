@@ -61,6 +61,19 @@ def test_an_unknown_preset_is_refused_with_the_closest_name():
         get_engine("dat-light", preset="fast")
 
 
+def test_the_torch_adapter_takes_a_preset_and_refuses_a_misspelt_one(cache_dir):
+    import pickle
+
+    from sr_augment.torch_transforms import SRAugment
+
+    with pytest.raises(EngineParameterError, match=r"did you mean 'diverse'\?"):
+        SRAugment(engine="sr4", preset="divers")
+    transform = pickle.loads(pickle.dumps(SRAugment(engine="sr4", preset="fast", p=1.0, on_miss="passthrough",
+                                                          cache_dir=cache_dir)))
+    image = center_crop(photo("coffee"), 32)
+    assert transform(image).shape == image.shape  # built, pickled, and run (a passthrough miss: no model)
+
+
 def test_the_cli_checks_the_preset_before_anything_runs(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["eval-sr", str(tmp_path), "--engine", "sr4", "--set", "preset=diverce", "--out", str(tmp_path / "o"),
