@@ -1,12 +1,9 @@
-"""The command line: warm (resume, bad files, JSON), info, clear, demo."""
+"""The command line: warm (resume, bad files, JSON), info, clear (the demo: test_demo.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,21 +95,6 @@ def test_info_and_clear(capsys, cache_dir, tmp_path, rng, monkeypatch):
     capsys.readouterr()
     main(["info", "--cache-dir", str(cache_dir), "--json"])
     assert json.loads(capsys.readouterr().out)["entries"] == 0
-
-
-@pytest.mark.slow  # a subprocess and a tiny diffusion model
-def test_demo_console_script_writes_grid_and_timings(tmp_path):
-    beside = Path(sys.executable).with_name("sr-augment")  # the venv's script, even when PATH lacks it
-    exe = str(beside) if beside.exists() else shutil.which("sr-augment") or pytest.skip("console script not installed")
-    out = subprocess.run([exe, "demo", "--out", str(tmp_path / "demo"), "--variants", "2"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    grid = Image.open(tmp_path / "demo" / "grid.png")
-    timings = json.loads((tmp_path / "demo" / "timings.json").read_text())
-    assert timings["images"] == 4 and timings["cache_hits"] >= 8
-    # 4 rows of (LR | bicubic | 2 variants | original) tiles of 256 px plus 4 px gaps
-    assert grid.size == (5 * 260 + 4, 4 * 260 + 4)
-    assert timings["hit_ms_per_entry"] > 0 and "cache hit" in out.stdout
 
 
 def test_ctrl_c_keeps_finished_batches_and_a_rerun_resumes(cache_dir, tmp_path, rng):

@@ -230,16 +230,9 @@ def cmd_engines(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from sr_augment.cli.demo import run_demo
+    from sr_augment.cli.demo import run_from_args
 
-    engine = _build_engine(args)
-    result = run_demo(engine, out_dir=args.out, variants=args.variants)
-    print(f"wrote {result['grid']}")
-    print(f"{result['images']} images x {result['variants']} variants: "
-          f"generate {result['generate_ms_per_entry']:.1f} ms/entry, "
-          f"cache hit {result['hit_ms_per_entry']:.2f} ms/entry, "
-          f"PNG file decode {result['png_decode_ms_per_entry']:.2f} ms/entry")
-    return 0
+    return run_from_args(args)
 
 
 def cmd_eval_sr(args) -> int:
@@ -385,10 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="offline: SR on sample images, a comparison grid PNG and hit/miss timings")
+    p = sub.add_parser("demo", help="offline: every engine available here side by side on sample photos, two "
+                                    "variants each: a comparison grid PNG and per-engine timings")
     _add_engine_options(p)
-    p.add_argument("--variants", type=int, default=2, help="SR samples per image shown in the grid (default: %(default)s)")
-    p.add_argument("--out", default="sr-augment-demo", help="output folder (default: %(default)s)")
+    from sr_augment.cli.demo import add_demo_options
+
+    add_demo_options(p)
     p.set_defaults(func=cmd_demo)
     for command in sub.choices.values():  # every command's --size-limit (cache_commands' too): positive only
         for action in command._actions:
