@@ -49,6 +49,12 @@ NOTES = {
     "experiment": "The study's arms and a result: [Evaluate](../how-to/evaluate.md#the-lr-hr-sr-classifier-study).",
     "train": "The recipe: [the sr4 model](../explanation/engines.md#the-built-in-sr4-model); a run folder's contents: "
              "[Bring your own engine or model](../how-to/own-engine.md#an-sr4-model-trained-on-your-images).",
+    "demo": "What the grid shows: [the tutorial](../tutorial.md#1-install-and-run-the-demo). `timings.json`: "
+            "`{\"samples\", \"images\", \"variants\", \"lr_size\", \"scale\", \"columns\" (the grid's column labels), "
+            "\"engines\": {name: {\"entries\", \"generate_ms_per_entry\", \"hit_ms_per_entry\", \"load_s\", "
+            "\"cache_hits\", \"cache_misses\", \"fingerprint\", \"degrade\"}}, \"skipped\": {name: why}, "
+            "\"png_decode_ms_per_entry\", \"total_s\", \"grid\"}`; `load_s` is building the engine and its first "
+            "call (the model load), not counted in `generate_ms_per_entry`.",
 }
 
 

@@ -216,7 +216,7 @@ def timings_table(result: dict) -> str:
         rows.append((name, count if how is None else f"{count} (v1+: degrade {how})", f"{t['load_s']:.1f}",
                      f"{t['generate_ms_per_entry']:.1f}", f"{t['hit_ms_per_entry']:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in rows]
     lines.append(f"PNG file decode of the same size: {result['png_decode_ms_per_entry']:.2f} ms/entry")
     lines += [f"skipped {name}: {why}" for name, why in result["skipped"].items()]
