@@ -3,8 +3,9 @@
     python bench/diversity_table.py [--variants 4] [--photos 60] [--rows ROW ...] [--json out.json]
 
 Each row is one `sr-augment eval-sr` run (the command line's own code, through a throw-away cache):
-"ENGINE" or "ENGINE KEY=VALUE ..." (the pairs go to `--set`), e.g. "sr4 preset=diverse". To add an engine
-or a setting, pass `--rows` with the default rows and the new ones (see DEFAULT_ROWS). Sets:
+"ENGINE" or "ENGINE KEY=VALUE ..." (the pairs go to `--set`; a token starting with "--", e.g.
+"--degrade=light", goes to eval-sr as it is), e.g. "sr4 preset=diverse". To add an engine or a setting,
+pass `--rows` with the default rows and the new ones (see DEFAULT_ROWS). Sets:
 
 - Set14: the centre 256 px crop of each photo (smaller sides used whole), bicubic-downscaled x4 by eval-sr
   (64 -> 256 px), `eval-sr --crop 256`;
@@ -58,7 +59,7 @@ def run_row(row: str, data: Path, crop: int, variants: int, work: Path, index: i
     args = ["eval-sr", str(data), "--engine", engine, "--crop", str(crop), "--variants", str(variants),
             "--out", str(out), "--cache-dir", str(work / "cache"), "--no-progress"]
     for param in params:
-        args += ["--set", param]
+        args += [param] if param.startswith("--") else ["--set", param]
     if eval_cli(args) != 0:
         raise SystemExit(f"eval-sr failed for {row!r}")
     return json.loads((out / "summary.json").read_text())
