@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
     img = Image.fromarray(tile)
     draw = ImageDraw.Draw(img)
-    draw.rectangle((0, 0, 8 + 7 * len(text), 16), fill=(0, 0, 0))
+    left, top, right, bottom = draw.textbbox((4, 3), text)  # the box fits the text the font draws
+    draw.rectangle((0, 0, right + 4, bottom + 3), fill=(0, 0, 0))
     draw.text((4, 3), text, fill=(255, 255, 255))
     return np.asarray(img)
 
