@@ -167,15 +167,33 @@ def center_crop(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def iter_image_files(paths, suffixes=IMAGE_SUFFIXES) -> list[Path]:
-    """Files under the given files/folders (folders recursively), sorted, images by suffix (`suffixes`,
-    lower case with the dot); a file named explicitly is taken whatever its suffix."""
+    """Files under the given files/folders (folders recursively, following links to folders as
+    torchvision's `ImageFolder` and Keras do), sorted, images by suffix (`suffixes`, lower case with the
+    dot); a file named explicitly is taken whatever its suffix. A folder reached twice by its real path
+    (two links to it, or a link loop) is listed once, under the first path in sorted order."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes)
+            found.extend(p for p in sorted(_walk_files(path)) if p.suffix.lower() in suffixes and p.is_file())
         elif path.exists():
             found.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
+    return found
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """Every file name under `folder`, walked as `ImageFolder` walks (`os.walk(followlinks=True)`), except
+    that a folder whose real path was already walked is not walked again, so a link loop ends."""
+    seen: set[str] = set()
+    found: list[Path] = []
+    for top, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders.sort()  # depth first in sorted order: the first path to a folder seen twice is the one kept
+        found.extend(Path(top, name) for name in files)
     return found
