@@ -13,6 +13,7 @@ workers share one model. Cache and engine are created lazily, per process, and d
 
 from __future__ import annotations
 
+import numbers
 import os
 import secrets
 import threading
@@ -24,7 +25,7 @@ from sr_augment.cache import CacheMiss, SRCache, default_cache_dir
 from sr_augment.engines import DEFAULT_ENGINE, BicubicEngine, check_spec, default_scale, with_steps
 from sr_augment.engines.degrade import degrade_config, with_degradation
 from sr_augment.engines.determinism import warn_deterministic_variants
-from sr_augment.errors import CacheMissRateWarning  # noqa: F401  (defined in errors, named here too)
+from sr_augment.errors import AdapterArgumentError, CacheMissRateWarning  # noqa: F401  (the latter named here too)
 from sr_augment.images import resize
 from sr_augment.miss_rate import MISS_WARNING_HIT_RATE, MISS_WARNING_LOOKUPS, MissRate  # noqa: F401
 from sr_augment.modes import check_mode, engine_input, mode_result
@@ -75,6 +76,32 @@ def check_params(params: dict, count: int) -> tuple[list[bool], list[int]]:
     return augment, variants
 
 
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_arguments(*, on_miss, scale, variants, p, seed, device, engine_dtype) -> None:
+    """`AdapterArgumentError` naming the first of these adapter arguments of the wrong type or out of range
+    (nothing coerced: `scale=3.5` or `scale="4"` is refused, not run at x3 or read as text later)."""
+    from sr_augment.engines.registry import device_problem, dtype_problem
+
+    problem = None
+    if on_miss not in ON_MISS:
+        problem = f"on_miss must be one of {', '.join(map(repr, ON_MISS))}, got {on_miss!r}"
+    elif scale is not None and not (_whole(scale) and scale >= 1):
+        problem = f"scale must be a whole number >= 1 (an int), or None for the engine's own, got {scale!r}"
+    elif not (_whole(variants) and variants >= 1):
+        problem = f"variants must be a whole number >= 1 (an int), got {variants!r}"
+    elif not (isinstance(p, numbers.Real) and not isinstance(p, bool) and 0 <= p <= 1):
+        problem = f"p must be a number in [0, 1], got {p!r}"
+    elif seed is not None and not _whole(seed):
+        problem = f"seed must be an int or None, got {seed!r}"
+    else:
+        problem = device_problem(device) or dtype_problem(engine_dtype, "engine_dtype")
+    if problem:
+        raise AdapterArgumentError(f"SRAugment: {problem}")
+
+
 def _checked_spec(engine, on_miss: str, cache_dir, settings: dict):
     """`check_spec(engine, params)`; but a spec whose weights are not on this machine (a checkpoint file a
     training node does not have) is accepted when nothing will be generated (`on_miss` "error" or
@@ -112,14 +139,8 @@ class AugmentCore:
                  steps: int | None = None, device: str = "auto", engine_dtype: str = "auto",
                  int_is_shorter_side: bool = False, degrade=None, **engine_params):
         check_mode(mode)
-        if on_miss not in ON_MISS:
-            raise ValueError(f"on_miss must be one of {', '.join(ON_MISS)}; got {on_miss!r}")
-        if int(variants) < 1:
-            raise ValueError(f"variants must be >= 1, got {variants}")
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
-        if scale is not None and int(scale) < 1:
-            raise ValueError(f"scale must be a positive integer, got {scale}")
+        check_arguments(on_miss=on_miss, scale=scale, variants=variants, p=p, seed=seed, device=device,
+                        engine_dtype=engine_dtype)
         # a misspelt engine or engine parameter fails here, not in the service (nothing loaded, no torch)
         self.engine_spec = _checked_spec(engine, on_miss, cache_dir, {"scale": scale, "steps": steps, "device": device,
                                                                       "dtype": engine_dtype, "params": engine_params})

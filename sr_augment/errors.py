@@ -22,7 +22,7 @@ __all__ = [
     "ImageDecodeError", "ImageShapeError",
     # engines
     "EngineUnavailable", "EngineSpecError", "EngineParameterError", "EngineOutOfMemory", "WeightsTooLarge",
-    "DegradeSettingsError",
+    "DegradeSettingsError", "AdapterArgumentError",
     "DeterministicEngineWarning", "OutOfMemoryBackoffWarning", "ModelScaleWarning",
     # engine service
     "ServiceError",
@@ -77,6 +77,12 @@ class EngineParameterError(EngineSpecError, TypeError):
     (the one-step engines' LoRA file). Raised where the spec is checked: an adapter's constructor,
     `get_engine`, the CLI's `--set`; before any model is loaded. An `EngineSpecError` (so a `ValueError`
     and an `EngineUnavailable`) and a `TypeError`, as an unexpected keyword argument would be."""
+
+
+class AdapterArgumentError(ValueError, TypeError, SRAugmentError):
+    """An `SRAugment` argument of the wrong type or outside what it accepts (`scale`, `variants`, `p`, `seed`,
+    `on_miss`, `device`, `engine_dtype`), refused when the adapter is built; the message names the argument,
+    the value and what is accepted. Both a `ValueError` and a `TypeError`."""
 
 
 class DegradeSettingsError(ValueError, SRAugmentError):

@@ -22,10 +22,28 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scale", type=int, default=None,
                        help="upscaling factor (default: 4; a spandrel checkpoint: its model's own factor)")
     group.add_argument("--steps", type=int, default=None, help="denoising steps (default: the engine's)")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
-    group.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (default: %(default)s)")
+    group.add_argument("--device", default="auto", type=engine_device, help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    group.add_argument("--dtype", default="auto", type=engine_dtype, help="auto, fp32, fp16, bf16 (default: %(default)s)")
     group.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
                        help="engine parameter, e.g. --set noise_level=30 --set prompt='a photo' (repeatable)")
+
+
+def engine_device(text: str) -> str:
+    """`--device`: a device an engine can run on (`registry.device_problem`), else argparse's usage error."""
+    from sr_augment.engines.registry import device_problem
+
+    if device_problem(text):
+        raise argparse.ArgumentTypeError(device_problem(text, "the device"))
+    return text
+
+
+def engine_dtype(text: str) -> str:
+    """`--dtype`: an engine dtype (`registry.dtype_problem`), else argparse's usage error."""
+    from sr_augment.engines.registry import dtype_problem
+
+    if dtype_problem(text):
+        raise argparse.ArgumentTypeError(dtype_problem(text, "the dtype"))
+    return text
 
 
 def size_limit(text: str) -> int:

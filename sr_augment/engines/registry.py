@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import numbers
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -33,6 +34,24 @@ OWN_ARGUMENTS = {"scale": "scale=", "device": "device=", "dtype": "engine_dtype=
 """Settings that are arguments of their own (of `get_engine`, the adapters, the CLI), never engine
 parameters: passing one among the parameters is refused with where it goes."""
 
+DEVICES = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
+DTYPES = ("auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
+"""The devices and engine dtypes an engine may be asked for (`torch_device.resolve_device` / `resolve_dtype`)."""
+
+
+def device_problem(device, name: str = "device") -> str | None:
+    """What is wrong with `device` (argument `name`) as an engine's device, or None. Imports no torch."""
+    if isinstance(device, str) and (device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:[0-9]+", device)):
+        return None
+    return f"{name} must be one of {DEVICES}, got {device!r}"
+
+
+def dtype_problem(dtype, name: str = "dtype") -> str | None:
+    """What is wrong with `dtype` (argument `name`) as an engine's dtype, or None. Imports no torch."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return None
+    return f"{name} must be one of {', '.join(DTYPES)}, got {dtype!r}"
+
 
 @dataclass(frozen=True)
 class Parameter:
@@ -45,6 +64,10 @@ class Parameter:
         required: whether it must be given.
         choices: the accepted values, when they are few.
         note: said instead of the type or choice problem (e.g. why a value never applies to this kind).
+        low, high: the range a number must be in (None: unbounded on that side), checked once its type is
+            right; None passes when `types` takes it.
+        low_open: the range excludes `low` itself (`strength` in (0, 1]).
+        also: values accepted outside the range (a `tile` of 0: never tile).
     """
 
     name: str
@@ -52,18 +75,46 @@ class Parameter:
     required: bool = False
     choices: tuple | None = None
     note: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    also: tuple = ()
 
     def problem(self, value) -> str | None:
         """What is wrong with `value` for this parameter, or None."""
         if self.choices is not None and value in self.choices and type(value) is not bool:
             return None
         if self.choices is None and (not self.types or any(_is(value, t) for t in self.types)):
-            return None
+            return self.range_problem(value)
         if self.note:
             return f"{self.note}; got {self.name}={value!r}"
         if self.choices is not None:
             return f"{self.name} must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
         return f"{self.name} must be {' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in self.types)}, got {value!r}"
+
+    def range_text(self) -> str:
+        """The accepted range in words (">= 1", "in (0, 1]", ">= 8 or 0"); "" without one."""
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {self.low}"
+        elif self.high is not None:
+            text = f"<= {self.high}"
+        else:
+            return ""
+        return text + "".join(f" or {v!r}" for v in self.also)
+
+    def range_problem(self, value) -> str | None:
+        """What is wrong with a `value` of the right type for this parameter's range, or None."""
+        if (self.low is None and self.high is None) or not isinstance(value, numbers.Real) or isinstance(value, bool) \
+                or any(value == v for v in self.also):
+            return None
+        inside = value == value  # NaN is in no range
+        if self.low is not None:
+            inside = inside and (value > self.low if self.low_open else value >= self.low)
+        if self.high is not None:
+            inside = inside and value <= self.high
+        return None if inside else f"{self.name} must be {self.range_text()}, got {value!r}"
 
 
 def _is(value, kind) -> bool:

@@ -15,12 +15,14 @@ SCHEDULER_NAMES = ("ddim", "dpm++", "euler", "ddpm", "pndm")
 """The keys of `diffusers_engine.SCHEDULERS` (named here so that checking imports no engine module)."""
 
 PIPELINE_PARAMETERS = (
-    Parameter("steps", INT), Parameter("batch_size", INT), Parameter("tile", INT + NONE), Parameter("overlap", INT),
-    Parameter("scheduler", choices=(*SCHEDULER_NAMES, None, "default")), Parameter("eta", NUMBER),
-    Parameter("prompt", TEXT), Parameter("negative_prompt", TEXT + NONE), Parameter("guidance_scale", NUMBER),
-    Parameter("noise_level", INT), Parameter("strength", NUMBER + NONE), Parameter("revision", TEXT + NONE),
+    Parameter("steps", INT, low=1), Parameter("batch_size", INT, low=1), Parameter("tile", INT + NONE, low=8),
+    Parameter("overlap", INT, low=0), Parameter("scheduler", choices=(*SCHEDULER_NAMES, None, "default")),
+    Parameter("eta", NUMBER, low=0, high=1), Parameter("prompt", TEXT), Parameter("negative_prompt", TEXT + NONE),
+    Parameter("guidance_scale", NUMBER, low=0), Parameter("noise_level", INT, low=0, high=350),
+    Parameter("strength", NUMBER + NONE, low=0, low_open=True, high=1), Parameter("revision", TEXT + NONE),
 )
-"""What `DiffusersEngine.__init__` takes besides spec, scale, device and dtype."""
+"""What `DiffusersEngine.__init__` takes besides spec, scale, device and dtype, with the ranges it accepts
+(`overlap` must also be below `tile`, which the engine checks)."""
 
 
 def build_pipeline_engine(spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):

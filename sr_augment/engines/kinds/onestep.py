@@ -11,9 +11,10 @@ from sr_augment.errors import EngineParameterError
 
 PATH = (str, os.PathLike)
 ONESTEP_PARAMETERS = (
-    Parameter("base", PATH + NONE), Parameter("lora", PATH + NONE), Parameter("batch_size", INT),
-    Parameter("tile", INT + NONE), Parameter("overlap", INT), Parameter("prompt", TEXT),
-    Parameter("color_fix", choices=("adain", "none")), Parameter("process_size", INT), Parameter("revision", TEXT + NONE),
+    Parameter("base", PATH + NONE), Parameter("lora", PATH + NONE), Parameter("batch_size", INT, low=1),
+    Parameter("tile", INT + NONE, low=8), Parameter("overlap", INT, low=0), Parameter("prompt", TEXT),
+    Parameter("color_fix", choices=("adain", "none")), Parameter("process_size", INT, low=0),
+    Parameter("revision", TEXT + NONE),
     Parameter("steps", choices=(1,), note="a one-step diffusion model: steps does not apply (leave it unset)"),
 )
 """What `OneStepEngine.__init__` takes besides the kind, scale, device and dtype (lambda_pix and lambda_sem:

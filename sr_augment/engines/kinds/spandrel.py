@@ -11,10 +11,11 @@ from sr_augment.engines.registry import INT, NONE, TEXT, EngineKind, Parameter
 from sr_augment.engines.specs import SPANDREL_INSTALL, SPANDREL_SUFFIXES, is_spandrel_file
 
 SPANDREL_PARAMETERS = (
-    Parameter("batch_size", INT), Parameter("tile", INT + NONE), Parameter("overlap", INT), Parameter("name", TEXT + NONE),
+    Parameter("batch_size", INT, low=1), Parameter("tile", INT + NONE, low=8, also=(0,)), Parameter("overlap", INT, low=0),
+    Parameter("name", TEXT + NONE),
     Parameter("steps", NONE, note="not a diffusion model: steps does not apply (leave it unset)"),
 )
-"""What `SpandrelEngine.__init__` takes besides the path, scale, device and dtype."""
+"""What `SpandrelEngine.__init__` takes besides the path, scale, device and dtype (tile 0: never tile)."""
 
 
 def files_stamp(paths) -> list:
