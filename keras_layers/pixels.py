@@ -3,7 +3,11 @@
 The engines and the cache work on uint8 RGB. Keras' image layers take any dtype and say which values
 the input spans with `value_range` (default `(0, 255)`); a float image in [0, 1] after
 `Rescaling(1 / 255)` must be told apart from a dark [0, 255] image, so values far outside
-`value_range` are an error, never silently clipped. The one mistake no range check can see, float [0, 1]
+`value_range` are an error, never silently clipped. Values a little outside it are clipped to it, as
+Keras' own image layers clip: bicubic, Lanczos and Mitchell-cubic resizes (`image_dataset_from_directory(
+interpolation=...)`, `Resizing`) overshoot sharp edges, by up to about one range width on a one-pixel
+checkerboard (Lanczos 5); anything within `OVERSHOOT` range widths of `value_range` is taken as such
+overshoot. The one mistake no range check can see, float [0, 1]
 images with the default `(0, 255)`, is suspected by `unit_range_suspected` and the layer warns once
 (`ValueRangeWarning`): a dark [0, 255] batch may legally look the same.
 """
@@ -15,8 +19,12 @@ import numpy as np
 from sr_augment.images import ImageShapeError
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
-# Float rounding (e.g. 1.0000001 after a division) is accepted and clipped; anything further out is an error.
+# Float rounding (e.g. 1.0000001 after a division): what `unit_range_suspected` still counts as 1.
 RANGE_TOLERANCE = 1e-3
+OVERSHOOT = 1.5
+"""Values within this many widths of `value_range` outside it are a resize's overshoot and are clipped to it;
+anything further out (a [0, 255] image given value_range=(0, 1): 255 widths) is an error."""
+_USUAL_RANGES = ((0, 1), (-1, 1), (0, 255), (0, 65535))
 
 
 def check_value_range(value_range) -> tuple[float, float]:
@@ -44,8 +52,8 @@ def _is_uint8_range(value_range) -> bool:
 
 
 def to_uint8(batch: np.ndarray, value_range) -> np.ndarray:
-    """The engine's uint8 [0, 255] from `batch` in `value_range` (NaN, infinity or values outside
-    `value_range` beyond `RANGE_TOLERANCE` of its width are an error)."""
+    """The engine's uint8 [0, 255] from `batch` in `value_range`, clipped to it (NaN, infinity or values
+    more than `OVERSHOOT` widths outside `value_range` are an error)."""
     if batch.dtype == np.uint8 and _is_uint8_range(value_range):
         return np.ascontiguousarray(batch)
     low, high = value_range
@@ -53,12 +61,14 @@ def to_uint8(batch: np.ndarray, value_range) -> np.ndarray:
         if batch.dtype != np.uint8 and not np.all(np.isfinite(batch)):
             raise ValueError("SRAugment: float image contains NaN or infinity")
         lo, hi = float(batch.min()), float(batch.max())
-        slack = RANGE_TOLERANCE * (high - low)
+        slack = OVERSHOOT * (high - low)
         if lo < low - slack or hi > high + slack:
-            hint = ("; for images in [0, 1] (e.g. after Rescaling(1/255)) pass value_range=(0, 1)"
-                    if _is_uint8_range(value_range) else "")
-            raise ValueError(f"SRAugment: input values in [{lo:.4g}, {hi:.4g}] lie outside value_range=[{low}, {high}]"
-                             f"{hint}")
+            fits = [r for r in _USUAL_RANGES if r[0] - OVERSHOOT * (r[1] - r[0]) <= lo
+                    and hi <= r[1] + OVERSHOOT * (r[1] - r[0]) and r != tuple(value_range)]
+            hint = f"; pass the range your images are in, e.g. value_range={fits[0]}" if fits else \
+                "; pass the range your images are in as value_range"
+            raise ValueError(f"SRAugment: input values in [{lo:.4g}, {hi:.4g}] lie outside value_range=[{low}, {high}] "
+                             f"by more than a resize's overshoot ({OVERSHOOT:g} x its width, clipped){hint}")
     values = batch.astype(np.float64)
     if not _is_uint8_range(value_range):
         values = (values - low) * (255.0 / (high - low))

@@ -69,8 +69,9 @@ class SRAugment(keras.layers.Layer):
 
     Pixel values: `value_range` gives the input's range, as in Keras' image layers: `(0, 255)` by
     default, `(0, 1)` after `Rescaling(1 / 255)`. The input is mapped to uint8 for the engine and the
-    output is mapped back: same dtype, same range. NaN, or values outside `value_range` (beyond float
-    rounding), raise a `ValueError` naming `value_range`. Float images whose batch maximum is at most 1
+    output is mapped back: same dtype, same range. Values slightly outside `value_range` (the overshoot
+    of a bicubic or Lanczos resize) are clipped to it, as Keras' image layers clip; NaN, or values more
+    than 1.5 range widths outside it, raise a `ValueError` naming `value_range`. Float images whose batch maximum is at most 1
     with the default `(0, 255)` (most likely [0, 1] images, which would come back as {0, 1}) give a
     `sr_augment.ValueRangeWarning` naming the fix, once per layer, eagerly and in `tf.data` alike (not
     an error: genuinely dark [0, 255] images can be that dark).

@@ -12,7 +12,8 @@ may hold 16 bits, TIFFs 32-bit integers, and each library treats them its own wa
 - `keras`: `keras.utils.image_dataset_from_directory(..., color_mode="rgb")`: Keras' own per-file function
   (TensorFlow's `decode_image` with 3 channels, then its resize to `image_size`, bilinear unless
   `interpolation` says otherwise, or `crop_to_aspect_ratio` / `pad_to_aspect_ratio`) is called, not
-  imitated, and its float result is rounded to uint8 as the Keras SRAugment layer rounds its input. Keras
+  imitated, and its float result is clipped to [0, 255] and rounded to uint8 as the Keras SRAugment layer
+  does with its input (`pixels.to_uint8`: bicubic / Lanczos overshoot is clipped, not refused). Keras
   always resizes (`image_size` defaults to 256x256). No EXIF turn. Files: Keras' allowed extensions (no
   TIFF, no WebP). Needs TensorFlow and Keras.
 - `exif`: `sr_augment.load_image`: EXIF orientation applied, 16-bit grey scaled to 8 bits (value / 257),
@@ -107,7 +108,7 @@ class FileLoader:
 
         try:
             return np.ascontiguousarray(to_uint8(values[None], (0, 255))[0])
-        except ValueError as exc:  # bicubic / lanczos overshoot: the layer refuses it the same way
+        except ValueError as exc:  # values far outside [0, 255]: the layer refuses them the same way
             raise ImageDecodeError(f"{path}: {exc}") from None
 
     def describe(self) -> str:

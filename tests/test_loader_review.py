@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sr_augment.cli.main import main
@@ -66,3 +67,62 @@ def test_a_folder_reached_twice_or_through_a_link_loop_is_listed_once(tmp_path):
     assert found == ["a/1.png"]
     # the link itself named as the root: its folder's files, by the path given
     assert [p.relative_to(root).as_posix() for p in iter_image_files([root / "b"])] == ["b/1.png"]
+
+
+# -- Keras resize overshoot ----------------------------------------------------------------------------------
+
+
+def _photo_folder(root, size=96) -> None:
+    """Three of scikit-image's photos, shrunk, as JPEGs in root/c (the sharp edges a bicubic resize overshoots)."""
+    from conftest import photo
+
+    (root / "c").mkdir(parents=True)
+    for name in ("astronaut", "coffee", "rocket"):
+        Image.fromarray(photo(name)).resize((size, size), Image.BILINEAR).save(root / "c" / f"{name}.jpg", quality=95)
+
+
+@pytest.mark.slow  # TensorFlow's decode and resize, through the CLI and the layer
+@pytest.mark.parametrize("interpolation", ["bicubic", "lanczos3"])
+def test_keras_bicubic_and_lanczos_overshoot_is_clipped_identically_by_warm_and_the_layer(tmp_path, capsys,
+                                                                                         interpolation):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("tensorflow")
+    from sr_augment.keras_layers import SRAugment
+
+    root = tmp_path / "photos"
+    _photo_folder(root)
+    report = _warm(root, tmp_path / "cache", capsys, "--loader", "keras", "--resize", "40x40", "--interpolation",
+                   interpolation)
+    assert report["images"] == 3 and report["failed"] == 0, report
+    data = keras.utils.image_dataset_from_directory(str(root), labels=None, image_size=(40, 40), batch_size=None,
+                                                    shuffle=False, interpolation=interpolation)
+    images = [np.asarray(image) for image in data]
+    assert min(image.min() for image in images) < 0 and max(image.max() for image in images) > 255  # it overshoots
+    layer = SRAugment(engine="bicubic", scale=SCALE, on_miss="error", cache_dir=str(tmp_path / "cache"))
+    for image in images:  # on_miss="error": the layer keys each overshooting image as the warm did
+        out = np.asarray(layer(image[None], training=True))
+        assert out.shape == (1, 80, 80, 3) and out.min() >= 0 and out.max() <= 255
+
+
+def test_resize_overshoot_is_clipped_but_values_far_outside_value_range_stay_an_error():
+    pytest.importorskip("keras")
+    tf = pytest.importorskip("tensorflow")
+    from sr_augment.keras_layers.pixels import to_uint8, unit_range_suspected
+
+    # the worst overshoot of Keras' interpolations: Lanczos 5 of a one-pixel checkerboard (about 1.04 widths out)
+    board = np.repeat((np.indices((16, 16)).sum(0) % 2 * 255.0)[..., None], 3, -1).astype("float32")
+    for interpolation in ("bicubic", "lanczos3", "lanczos5", "mitchellcubic"):
+        resized = tf.image.resize(board, (33, 33), method=interpolation).numpy()
+        assert resized.min() < -1 and resized.max() > 256
+        np.testing.assert_array_equal(to_uint8(resized[None], (0, 255))[0], np.round(np.clip(resized, 0, 255)))
+        unit = (resized / 255)[None]  # the same overshoot in a (0, 1) pipeline: the same pixels
+        np.testing.assert_array_equal(to_uint8(unit, (0, 1)), to_uint8(resized[None], (0, 255)))
+    # the real mistakes: [0, 255] images with value_range=(0, 1), 16-bit values with (0, 255)
+    with pytest.raises(ValueError, match=r"outside value_range=\[0, 1\].*value_range=\(0, 255\)") as exc:
+        to_uint8(board[None], (0, 1))
+    assert "resize" in str(exc.value)
+    with pytest.raises(ValueError, match=r"outside value_range=\[0, 255\].*value_range=\(0, 65535\)") as exc:
+        to_uint8((board * 257)[None], (0, 255))
+    assert "[0, 1]" not in str(exc.value)  # not the (0, 1) hint: that mistake is a warning, below
+    # [0, 1] images with the default (0, 255) lie inside the range: the value-range warning's case
+    assert unit_range_suspected((board / 255)[None], (0, 255)) == (0.0, 1.0)
