@@ -126,3 +126,21 @@ def test_resize_overshoot_is_clipped_but_values_far_outside_value_range_stay_an_
     assert "[0, 1]" not in str(exc.value)  # not the (0, 1) hint: that mistake is a warning, below
     # [0, 1] images with the default (0, 255) lie inside the range: the value-range warning's case
     assert unit_range_suspected((board / 255)[None], (0, 255)) == (0.0, 1.0)
+
+
+# -- warm's command line -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option, value", [("--variants", "0"), ("--variants", "-1"), ("--batch-size", "0"),
+                                           ("--actors", "0"), ("--scale", "0"), ("--steps", "0"),
+                                           ("--batch-size", "two")])
+def test_warms_whole_number_options_below_one_are_a_usage_error_not_a_traceback(tmp_path, capsys, option, value):
+    _noise_png(tmp_path / "a.png", 0)
+    with pytest.raises(SystemExit) as exc:
+        main(["warm", str(tmp_path / "a.png"), "--engine", "bicubic", "--cache-dir", str(tmp_path / "cache"),
+              "--no-progress", option, value])
+    assert exc.value.code == 2  # argparse's usage error
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and ">= 1" in err, err
+    assert not (tmp_path / "cache").exists()
+

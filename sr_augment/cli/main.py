@@ -19,9 +19,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help="sr4, bicubic, dat-light, osediff, pisa-sr, sd-x4-upscaler, ldm-4x, an SR checkpoint file "
                             "(.pth/.pt/.ckpt/.safetensors), a hub id (owner/name), a local diffusers folder, or "
                             "package.module:Class (your own Engine); `sr-augment engines` lists them (default: %(default)s)")
-    group.add_argument("--scale", type=int, default=None,
+    group.add_argument("--scale", type=positive_count, default=None,
                        help="upscaling factor (default: 4; a spandrel checkpoint: its model's own factor)")
-    group.add_argument("--steps", type=int, default=None, help="denoising steps (default: the engine's)")
+    group.add_argument("--steps", type=positive_count, default=None, help="denoising steps (default: the engine's)")
     group.add_argument("--device", default="auto", type=engine_device, help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     group.add_argument("--dtype", default="auto", type=engine_dtype, help="auto, fp32, fp16, bf16 (default: %(default)s)")
     group.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
@@ -59,7 +59,8 @@ def size_limit(text: str) -> int:
 
 
 def positive_count(text: str) -> int:
-    """A count option (`eval-sr --variants`): a whole number >= 1, else argparse's usage error (exit 2)."""
+    """A count option (`--variants`, `--batch-size`, `--scale`, ...): a whole number >= 1, else argparse's usage
+    error (exit 2), never a traceback."""
     try:
         value = int(text)
     except ValueError:
@@ -318,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["upscale", "resynthesize"], default="upscale",
                    help="upscale: the files are LR, results are --scale x larger; resynthesize: down by --scale, "
                         "SR back to the same size (what SRAugment(mode='resynthesize') looks up) (default: %(default)s)")
-    p.add_argument("--variants", type=int, default=1, help="stochastic samples per image (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="requests per engine call (default: %(default)s)")
+    p.add_argument("--variants", type=positive_count, default=1, help="stochastic samples per image (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_count, default=8, help="requests per engine call (default: %(default)s)")
     _add_cache_options(p)
     p.add_argument("--size-limit", type=size_limit, default=None,
                    help="cache size limit in bytes, remembered by the cache folder (default: the folder's, else 20 GiB)")
@@ -329,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="generate on a Ray cluster (ADDRESS; 'auto': the one running here; none: start one) into --out")
     p.add_argument("--out", default=None, metavar="URI", help="with --ray: folder or URI (s3://...) for the shards")
-    p.add_argument("--actors", type=int, default=2,
+    p.add_argument("--actors", type=positive_count, default=2,
                    help="with --ray: engine actors, one GPU each where there are GPUs (default: %(default)s)")
     p.set_defaults(func=cmd_warm)
 
