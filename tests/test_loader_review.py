@@ -144,3 +144,16 @@ def test_warms_whole_number_options_below_one_are_a_usage_error_not_a_traceback(
     assert f"argument {option}" in err and ">= 1" in err, err
     assert not (tmp_path / "cache").exists()
 
+
+def test_the_engine_help_lists_every_engine_of_the_registry(capsys, monkeypatch):
+    from sr_augment.engines.kinds import REGISTRY
+
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per option: no name broken at a hyphen
+    for command in ("warm", "eval-sr"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        (line,) = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("--engine")]
+        missing = [name for name in REGISTRY.names() if name not in line]
+        assert not missing and "realesrgan-anime" in line, (missing, line)
+        assert all(kind.accepts in line for kind in REGISTRY.listing() if kind.accepts), line
+

@@ -13,12 +13,20 @@ from sr_augment.engines import DEFAULT_ENGINE, EngineUnavailable, get_engine
 from sr_augment.warm import options as warm_options
 
 
+def _engine_help() -> str:
+    """`--engine`'s help from the engine registry (its names, then the spec forms its kinds accept), so a
+    new engine is listed the day it is registered."""
+    from sr_augment.engines.kinds import REGISTRY
+
+    forms = [kind.accepts for kind in REGISTRY.listing() if kind.accepts]
+    forms[-1:] = [f"or {forms[-1]} (your own Engine)"] if forms else []
+    text = ", ".join([*REGISTRY.names(), *forms]).replace("%", "%%")
+    return f"{text}; `sr-augment engines` lists them (default: %(default)s)"
+
+
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
-    group.add_argument("--engine", default=DEFAULT_ENGINE,
-                       help="sr4, bicubic, dat-light, osediff, pisa-sr, sd-x4-upscaler, ldm-4x, an SR checkpoint file "
-                            "(.pth/.pt/.ckpt/.safetensors), a hub id (owner/name), a local diffusers folder, or "
-                            "package.module:Class (your own Engine); `sr-augment engines` lists them (default: %(default)s)")
+    group.add_argument("--engine", default=DEFAULT_ENGINE, help=_engine_help())
     group.add_argument("--scale", type=positive_count, default=None,
                        help="upscaling factor (default: 4; a spandrel checkpoint: its model's own factor)")
     group.add_argument("--steps", type=positive_count, default=None, help="denoising steps (default: the engine's)")
