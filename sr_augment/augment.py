@@ -242,14 +242,14 @@ class AugmentCore:
             else:
                 raise CacheMiss(
                     f"no cached SR image{f' for {source}' if source else ''} with key "
-                    f"{cache.key(image, engine, self.mode, variant)} (image {image.shape[1]}x{image.shape[0]}, mode "
-                    f"{self.mode}, variant {variant}) in {cache.directory}. If the cache was warmed, these pixels "
-                    f"differ from the warmed ones; likely causes: another decoder (EXIF orientation applied or not; "
-                    f"16-bit or 32-bit images brought to 8 bits another way: `sr-augment warm --loader "
-                    f"torchvision|keras|exif` must name the training pipeline's loader), another resize (--resize, "
-                    f"--center-crop), a random transform before SRAugment, or other engine settings. Warm the cache "
-                    f"first (`sr-augment warm ...`, or through the pipeline: `SRAugment(...).warm(dataset)`) "
-                    f"or use on_miss='generate' or 'passthrough'"
+                    f"{cache.key(image, engine, self.mode, variant)} (image {image.shape[0]}x{image.shape[1]} "
+                    f"(height x width, as --resize HxW), mode {self.mode}, variant {variant}) in {cache.directory}. "
+                    f"If the cache was warmed, these pixels differ from the warmed ones; likely causes: another "
+                    f"decoder (EXIF orientation applied or not; 16-bit or 32-bit images brought to 8 bits another "
+                    f"way: `sr-augment warm --loader torchvision|keras|exif` must name the training pipeline's "
+                    f"loader), another resize (--resize, --center-crop), a random transform before SRAugment, or "
+                    f"other engine settings; warm the cache first (`sr-augment warm ...`, or through the pipeline: "
+                    f"`SRAugment(...).warm(dataset)`) or use on_miss='generate' or 'passthrough'"
                 )
         return self.resize_output(result)
 

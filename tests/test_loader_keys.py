@@ -167,7 +167,7 @@ def test_a_cache_miss_names_the_likely_causes_and_the_image_size(tmp_path):
     with pytest.raises(CacheMiss) as exc:
         sr(Image.fromarray(_rgb(12, 16)))
     message = str(exc.value)
-    assert "16x12" in message and "EXIF" in message and "--loader" in message and "16-bit" in message
+    assert "12x16 (height x width" in message and "EXIF" in message and "--loader" in message and "16-bit" in message
 
 
 def test_a_cache_miss_names_the_source_file_when_it_is_known(tmp_path):

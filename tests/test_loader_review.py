@@ -157,3 +157,13 @@ def test_the_engine_help_lists_every_engine_of_the_registry(capsys, monkeypatch)
         assert not missing and "realesrgan-anime" in line, (missing, line)
         assert all(kind.accepts in line for kind in REGISTRY.listing() if kind.accepts), line
 
+
+def test_a_cache_miss_gives_the_size_as_height_x_width_as_resize_takes_it(tmp_path):
+    from sr_augment.augment import AugmentCore
+    from sr_augment.cache import CacheMiss
+
+    core = AugmentCore(engine="bicubic", scale=SCALE, on_miss="error", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(CacheMiss) as exc:
+        core.apply(np.zeros((16, 20, 3), np.uint8), 0)  # 16 high, 20 wide
+    message = str(exc.value)
+    assert "16x20 (height x width" in message and "20x16" not in message, message
