@@ -1,6 +1,7 @@
 """How sr4's `diverse` preset was chosen: spread between variants vs Y-PSNR over a grid of sampler settings.
 
-    python bench/sr4_diverse_sweep.py [--crops-per-photo 6] [--variants 4] [--json out.json]
+    python bench/sr4_diverse_sweep.py [--crops-per-photo 6] [--variants 4] [--strength 0.7 1.0]
+        [--eta 0 0.5 1] [--steps 5 10 20] [--json out.json]
 
 Selection photos: the 4 photos that `sr-augment train data/T91 data/BSD200` (seed 0) held out of the
 built-in model's training, recomputed here with the training code's own split, so neither a training
@@ -33,7 +34,6 @@ from sr_augment.sr4.train import load_photos, split_holdout  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SCALE, CROP = 4, 128
-GRID = {"strength": (0.7, 1.0), "eta": (0.0, 0.5, 1.0), "steps": (5, 10, 20)}
 
 
 def held_out_crops(per_photo: int, seed: int = 0) -> tuple[list[str], list[np.ndarray]]:
@@ -66,6 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops-per-photo", type=int, default=6)
     parser.add_argument("--variants", type=int, default=4)
+    parser.add_argument("--strength", type=float, nargs="+", default=[0.7, 1.0])
+    parser.add_argument("--eta", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not (DATA / "BSD200").is_dir():
@@ -80,7 +83,7 @@ def main() -> None:
     print("| strength | eta | steps | Y-PSNR (dB) | vs bicubic | pairwise MAD | pixel std | gradient SR/HR |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
-    for strength, eta, steps in itertools.product(*GRID.values()):
+    for strength, eta, steps in itertools.product(args.strength, args.eta, args.steps):
         engine = get_engine("sr4", device="cpu", steps=steps, strength=strength, eta=eta, batch_size=32)
         row = {"strength": strength, "eta": eta, "steps": steps, **measure(engine, crops, lrs, args.variants)}
         rows.append(row)
