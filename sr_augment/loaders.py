@@ -17,8 +17,10 @@ may hold 16 bits, TIFFs 32-bit integers, and each library treats them its own wa
   always resizes (`image_size` defaults to 256x256). No EXIF turn. Files: Keras' allowed extensions (no
   TIFF, no WebP). Needs TensorFlow and Keras.
 - `exif`: `sr_augment.load_image`: EXIF orientation applied, 16-bit grey scaled to 8 bits (value / 257),
-  then `--resize` / `--center-crop` as for `torchvision`. For pipelines that decode with `load_image` or
-  turn their images upright themselves (`PIL.ImageOps.exif_transpose`) before resizing.
+  then `--resize` / `--center-crop` as for `torchvision`. For pipelines that decode with `load_image`.
+- `exif-transpose`: `PIL.ImageOps.exif_transpose(Image.open(f)).convert("RGB")`, the usual way a custom
+  loader turns photos upright: EXIF orientation applied, 16-bit and 32-bit grey clipped to 255 as for
+  `torchvision` (not scaled as by `exif`), then `--resize` / `--center-crop` as for `torchvision`.
 
 A loader is a small frozen dataclass (picklable: the Ray and accelerate warms ship it to workers); calling
 it on a path returns uint8 HWC RGB, raising `ImageDecodeError` naming the file.
@@ -34,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import ImageOps
 
 from sr_augment.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, load_image, opened_image
 from sr_augment.warm.tv_geometry import Preprocess, Size
 
-LOADERS = ("torchvision", "keras", "exif")
+LOADERS = ("torchvision", "keras", "exif", "exif-transpose")
 DEFAULT_LOADER = "torchvision"
 TORCHVISION_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
 """`torchvision.datasets.folder.IMG_EXTENSIONS`: the files `ImageFolder` lists."""
@@ -74,8 +77,10 @@ class FileLoader:
         """uint8 HWC RGB of the file at `path`, as the pipeline's loader and deterministic resize give it."""
         if self.name == "keras":
             return self._keras(Path(path))
-        image = load_image(path) if self.name == "exif" else _check_size(path, lambda: _torchvision_decode(path, path))
-        return self._geometry(image)
+        if self.name == "exif":
+            return self._geometry(load_image(path))
+        upright = self.name == "exif-transpose"
+        return self._geometry(_check_size(path, lambda: _torchvision_decode(path, path, upright)))
 
     def decode(self, source, name: str) -> np.ndarray:
         """As `__call__`, for a binary file object `source` (bytes fetched from any filesystem) named `name`."""
@@ -88,8 +93,9 @@ class FileLoader:
                     return self._keras(path)
                 except ImageDecodeError as exc:
                     raise ImageDecodeError(str(exc).replace(str(path), str(name))) from None
-        image = decode_image(source, name) if self.name == "exif" else _torchvision_decode(source, name)
-        return self._geometry(image)
+        if self.name == "exif":
+            return self._geometry(decode_image(source, name))
+        return self._geometry(_torchvision_decode(source, name, self.name == "exif-transpose"))
 
     def _geometry(self, image: np.ndarray) -> np.ndarray:
         steps = Preprocess(self.resize, self.center_crop)
@@ -119,7 +125,8 @@ class FileLoader:
                     f"interpolation={self.interpolation!r}{extra})")
         steps = [f"v2.Resize({_size_text(self.resize)})"] if self.resize else []
         steps += [f"v2.CenterCrop({_size_text(self.center_crop)})"] if self.center_crop else []
-        first = "torchvision ImageFolder loader" if self.name == "torchvision" else "sr_augment.load_image (EXIF applied)"
+        first = {"torchvision": "torchvision ImageFolder loader", "exif": "sr_augment.load_image (EXIF applied)",
+                 "exif-transpose": 'ImageOps.exif_transpose(Image.open(f)).convert("RGB")'}[self.name]
         return " -> ".join([first, *steps])
 
 
@@ -161,10 +168,12 @@ def file_loader(name: str = DEFAULT_LOADER, *, resize: Size | None = None, cente
     return FileLoader(name, resize, center_crop)
 
 
-def _torchvision_decode(source, name) -> np.ndarray:
-    """`torchvision.datasets.folder.pil_loader`: `Image.open(f).convert("RGB")`, errors naming `name`."""
+def _torchvision_decode(source, name, upright: bool = False) -> np.ndarray:
+    """`torchvision.datasets.folder.pil_loader`: `Image.open(f).convert("RGB")`, errors naming `name`;
+    `upright`: `ImageOps.exif_transpose(Image.open(f)).convert("RGB")`."""
     with opened_image(source, name) as img:
-        return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+        return np.ascontiguousarray(np.asarray((ImageOps.exif_transpose(img) if upright else img).convert("RGB"),
+                                               dtype=np.uint8))
 
 
 def _check_size(path, decode):

@@ -167,3 +167,37 @@ def test_a_cache_miss_gives_the_size_as_height_x_width_as_resize_takes_it(tmp_pa
         core.apply(np.zeros((16, 20, 3), np.uint8), 0)  # 16 high, 20 wide
     message = str(exc.value)
     assert "16x20 (height x width" in message and "20x16" not in message, message
+
+
+# -- loaders that turn photos upright ------------------------------------------------------------------------
+
+
+def _exif_transpose_loader(path):
+    """A common custom loader: photos turned upright by their EXIF orientation, then Pillow's RGB."""
+    from PIL import ImageOps
+
+    with open(path, "rb") as f:
+        return ImageOps.exif_transpose(Image.open(f)).convert("RGB")
+
+
+def test_the_exif_transpose_loader_warms_what_an_exif_transpose_pipeline_gives_sraugment(tmp_path, capsys):
+    """`exif` is `sr_augment.load_image` (16-bit scaled / 257); a pipeline that calls
+    `ImageOps.exif_transpose(...).convert("RGB")` clips 16-bit instead: `--loader exif-transpose` matches it."""
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    from sr_augment.images import load_image
+    from sr_augment.torch_transforms import SRAugment
+    from test_loader_keys import _make_files
+
+    root = tmp_path / "data"
+    names = _make_files(root / "class_a")
+    report = _warm(root, tmp_path / "cache", capsys, "--loader", "exif-transpose", "--resize", "24")
+    sr = SRAugment(engine="bicubic", scale=SCALE, on_miss="error", cache_dir=str(tmp_path / "cache"))
+    data = datasets.ImageFolder(str(root), loader=_exif_transpose_loader, transform=v2.Compose([v2.Resize(24), sr]))
+    assert report["images"] == len(data) == len(names) and report["failed"] == 0, report
+    for _ in data:  # on_miss="error": every file hits, the turned phone photo and the 16-bit PNG included
+        pass
+    phone, grey16 = root / "class_a" / "phone.jpg", root / "class_a" / "grey16.png"
+    assert np.asarray(_exif_transpose_loader(phone)).shape == (44, 30, 3)  # turned upright
+    assert not np.array_equal(np.asarray(_exif_transpose_loader(grey16)), load_image(grey16))  # clipped, not / 257

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(datasets.ImageFolder: PIL convert('RGB'), no EXIF turn, 16-bit clipped), keras "
                              "(image_dataset_from_directory, TensorFlow's decode and resize: --resize HxW is its "
                              "image_size, default 256x256), exif (sr_augment.load_image: EXIF orientation applied, "
-                             "16-bit scaled /257) (default: %(default)s)")
+                             "16-bit scaled /257), exif-transpose (PIL ImageOps.exif_transpose(Image.open(f))"
+                             ".convert('RGB'): EXIF orientation applied, 16-bit clipped) (default: %(default)s)")
     parser.add_argument("--interpolation", default=None, metavar="NAME",
                         help="with --loader keras: image_dataset_from_directory's interpolation (default bilinear); "
                              "the torchvision and exif loaders resize bilinear only")
