@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -144,3 +145,70 @@ def test_the_engines_reference_gives_each_declared_range():
         assert ranged, spec
         for parameter in ranged:
             assert _documented_range(parameter) in rows[spec], (spec, parameter.name)
+
+
+# --- a model run at another scale than its own is said where the user is ---------------------------------
+
+@pytest.fixture(scope="module")
+def x2_checkpoint(tmp_path_factory):
+    """A tiny ESRGAN x2 with seeded random weights, saved as users get one (torch.save of a state dict)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("spandrel")
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-x2.pth"
+    torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=2).state_dict(), path)
+    return path
+
+
+def _scale_warnings(caught) -> list:
+    from sr_augment import ModelScaleWarning
+
+    return [w for w in caught if issubclass(w.category, ModelScaleWarning)]
+
+
+@pytest.mark.slow  # starts the engine service (a process importing torch)
+def test_the_adapter_says_the_models_scale_in_the_process_that_uses_it(x2_checkpoint, tmp_path):
+    """The engine service's own warning goes to its log; the adapter's process says it too, once, at the
+    user's line, from the identity (whose fingerprint names the model's own factor)."""
+    from PIL import Image
+
+    from sr_augment.torch_transforms import SRAugment
+
+    transform = SRAugment(engine=x2_checkpoint, scale=4, device="cpu", cache_dir=tmp_path / "cache")
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert transform(image).size == (32, 32)
+        assert transform(image).size == (32, 32)
+    said = _scale_warnings(caught)
+    assert len(said) == 1, [str(w.message) for w in caught]
+    assert "tiny-x2.pth is a x2 model" in str(said[0].message) and "scale=4" in str(said[0].message)
+    assert said[0].filename == __file__  # this line, not one inside sr-augment
+
+
+def test_the_command_lines_warning_shows_no_line_of_the_library(x2_checkpoint, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["warm", str(folder), "--engine", str(x2_checkpoint), "--scale", "4", "--device", "cpu",
+                     "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 0
+    said = _scale_warnings(caught)
+    assert len(said) == 1 and said[0].filename == __file__
+    shown = warnings.formatwarning(said[0].message, said[0].category, said[0].filename, said[0].lineno)
+    assert "kind.build" not in shown and "sr_augment" not in shown
+
+
+def test_the_identity_says_the_models_own_scale_without_loading_it():
+    from sr_augment.engines.base import make_fingerprint
+    from sr_augment.engines.kinds.spandrel import identity_scale_message
+
+    fingerprint = make_fingerprint(engine="spandrel", architecture="ESRGAN", scale=4, native_scale=2)
+    message = identity_scale_message({"name": "x2.pth", "scale": 4, "fingerprint": fingerprint})
+    assert message.startswith("x2.pth is a x2 model (ESRGAN); with scale=4")
+    assert identity_scale_message({"name": "x2.pth", "scale": 2, "fingerprint": fingerprint.replace(":4", ":2")}) is None
+    sr4 = make_fingerprint(engine="diffusers", scale=2, native_scale=4)  # sr4 at x2: its own way, no warning
+    assert identity_scale_message({"name": "sr4", "scale": 2, "fingerprint": sr4}) is None
+    assert identity_scale_message({"name": "x", "scale": 4, "fingerprint": "not json"}) is None

@@ -15,7 +15,6 @@ engine is built.
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,10 +23,10 @@ import numpy as np
 from sr_augment.engines.backoff import BatchBackoff, tile_description
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.catalog import dat_light_weights
-from sr_augment.engines.kinds.spandrel import hash_file
+from sr_augment.engines.kinds.spandrel import hash_file, model_scale_message, warn_model_scale
 from sr_augment.engines.specs import DAT_LIGHT, DAT_LIGHT_SCALES, SPANDREL_INSTALL, SPANDREL_SUFFIXES
 from sr_augment.engines.tiling import pad_to_multiple, upscale_to_scale
-from sr_augment.errors import ModelScaleWarning
+from sr_augment.errors import ModelScaleWarning  # noqa: F401  (named here too)
 from sr_augment.torch_device import resolve_device, resolve_dtype
 from sr_augment.weights_bounds import check_weights_file
 
@@ -155,9 +154,8 @@ class SpandrelEngine:
         self.native_scale = int(self.descriptor.scale)
         self.scale = int(scale) if scale is not None else self.native_scale
         if self.scale != self.native_scale:  # said once, where the engine is built
-            warnings.warn(f"{name or self.path.name} is a x{self.native_scale} model ({self.descriptor.architecture.name}); "
-                          f"with scale={self.scale} its output is resized (bicubic) to x{self.scale}. Leave scale "
-                          f"unset to run it at its own x{self.native_scale}", ModelScaleWarning, stacklevel=4)
+            warn_model_scale(model_scale_message(name or self.path.name, self.native_scale, self.scale,
+                                                 self.descriptor.architecture.name))
         if tile is None:
             tile = DEFAULT_TILE if self.descriptor.tiling == ModelTiling.SUPPORTED else 0
         self.tile, self.overlap, self.batch_size = int(tile), int(overlap), int(batch_size)

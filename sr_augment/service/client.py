@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from sr_augment.engines.kinds.spandrel import identity_scale_message, warn_model_scale
 from sr_augment.service import common
 from sr_augment.service.common import CONNECT_TIMEOUT, REQUEST_TIMEOUT, START_TIMEOUT, ServiceError, engine_config, service_id
 from sr_augment.service.identity import load_identity, remember_identity
@@ -78,11 +79,18 @@ class RemoteEngine:
 
     def _identity(self) -> dict:
         """Name, scale and fingerprint, remembered in the cache folder (`root`) so a warm cache, or a
-        copy of it, never starts the service (see `identity`)."""
+        copy of it, never starts the service (see `identity`). When it first becomes known here, a model
+        run at another scale than its own is said in this process (`ModelScaleWarning`): the service's
+        own warning goes to its log only."""
         with self._ident_lock:  # tf.data calls from several threads at once
             if self._ident is None:
                 self._ident = self._load_identity()
-            return self._ident
+                warn = identity_scale_message(self._ident)
+            else:
+                warn = None
+        if warn:
+            warn_model_scale(warn)
+        return self._ident
 
     def _load_identity(self) -> dict:
         if self.root is not None:

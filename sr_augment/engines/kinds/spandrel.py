@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+import warnings
 from pathlib import Path
 
 from sr_augment.engines.base import EngineSpecError
 from sr_augment.engines.registry import INT, NONE, TEXT, EngineKind, Parameter
 from sr_augment.engines.specs import SPANDREL_INSTALL, SPANDREL_SUFFIXES, is_spandrel_file
+from sr_augment.errors import ModelScaleWarning
 
 SPANDREL_PARAMETERS = (
     Parameter("batch_size", INT, low=1), Parameter("tile", INT + NONE, low=8, also=(0,)), Parameter("overlap", INT, low=0),
@@ -16,6 +20,55 @@ SPANDREL_PARAMETERS = (
     Parameter("steps", NONE, note="not a diffusion model: steps does not apply (leave it unset)"),
 )
 """What `SpandrelEngine.__init__` takes besides the path, scale, device and dtype (tile 0: never tile)."""
+
+
+def model_scale_message(name: str, native_scale: int, scale: int, architecture: str = "") -> str:
+    """What `ModelScaleWarning` says: a x`native_scale` model asked for x`scale` runs at its own factor and
+    its output is resized."""
+    return (f"{name} is a x{native_scale} model{f' ({architecture})' if architecture else ''}; with scale={scale} its "
+            f"output is resized (bicubic) to x{scale}. Leave scale unset to run it at its own x{native_scale}")
+
+
+def identity_scale_message(identity: dict) -> str | None:
+    """The `ModelScaleWarning` text for an engine identity (name, scale, fingerprint: from the engine service
+    or remembered in a cache) of a spandrel or realesrgan model run at another scale than its own; else None.
+    The fingerprint names the model's own factor, so nothing is loaded."""
+    try:
+        fields = json.loads(identity["fingerprint"])
+        scale, native = int(identity["scale"]), int(fields["native_scale"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(fields, dict) or fields.get("engine") not in ("spandrel", "realesrgan") or scale == native:
+        return None
+    return model_scale_message(str(identity.get("name", "the model")), native, scale, str(fields.get("architecture", "")))
+
+
+CALLERS_SKIPPED = ("sr_augment", "torch", "torchvision", "keras", "tensorflow", "tf_keras", "multiprocessing",
+                   "concurrent", "threading", "runpy", "importlib")
+"""Modules whose lines a `ModelScaleWarning` never points at: sr-augment's own, and the frameworks and
+machinery that call it (a DataLoader worker, a tf.data thread, `python -m`)."""
+
+_FALLBACK_REGISTRY: dict = {}
+
+
+def warn_model_scale(message: str) -> None:
+    """`ModelScaleWarning(message)` reported at the caller's first line outside sr-augment and the frameworks
+    calling it (`CALLERS_SKIPPED`: the user's call, the command line's entry point), as
+    `warnings.warn(skip_file_prefixes=...)` does from Python 3.12, never at a line inside the library
+    (`engine = kind.build(...)`), which says nothing to the user; "sr-augment:0" where there is no such
+    line (a DataLoader worker), once per process."""
+    own = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "")
+    frame = sys._getframe(1)
+    while frame is not None and (str(frame.f_globals.get("__name__", "")).split(".")[0] in CALLERS_SKIPPED
+                                 or frame.f_code.co_filename.startswith(own)):
+        frame = frame.f_back
+    if frame is None:
+        warnings.warn_explicit(message, ModelScaleWarning, "sr-augment", 0, module="sr_augment",
+                               registry=_FALLBACK_REGISTRY)
+        return
+    warnings.warn_explicit(message, ModelScaleWarning, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"),
+                           registry=frame.f_globals.setdefault("__warningregistry__", {}), module_globals=frame.f_globals)
 
 
 def files_stamp(paths) -> list:
