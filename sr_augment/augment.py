@@ -117,11 +117,20 @@ def _checked_spec(engine, on_miss: str, cache_dir, settings: dict):
     except EngineSpecError as exc:
         spec = str(engine)
         kind = None if isinstance(exc, EngineParameterError) else REGISTRY.kind_of(spec)
-        if kind is None or on_miss == "generate" or not kind.weights_absent(spec):
+        if kind is None or not kind.weights_absent(spec):
             raise
         EngineKind.check(kind, spec, params)  # the parameters, as the kind checks them
         root = cache_dir if cache_dir is not None else default_cache_dir()
         config = {**settings, "spec": spec, "scale": default_scale(spec, settings["scale"])}
+        if on_miss == "generate":
+            held = load_identity(root, config, weights_optional=True) is not None
+            raise EngineSpecError(
+                f"{spec}: no such file: its weights are missing on this machine, and on_miss='generate' needs them to "
+                f"generate what the cache misses. Provide the file; or, on a node that only reads a cache warmed "
+                f"elsewhere, use on_miss='error' or 'passthrough' with a cache holding this engine's identity for "
+                f"these settings (imported shards or a copied cache, warmed with this spec, these settings and this "
+                f"sr-augment version): the cache {root} "
+                + ("holds it" if held else "holds none (import the shards first: `sr-augment import`)")) from None
         if load_identity(root, config, weights_optional=True) is None:
             raise EngineSpecError(
                 f"{spec}: no such file, and the cache {root} holds no identity of this engine with these settings, "

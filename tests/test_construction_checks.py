@@ -212,3 +212,38 @@ def test_the_identity_says_the_models_own_scale_without_loading_it():
     sr4 = make_fingerprint(engine="diffusers", scale=2, native_scale=4)  # sr4 at x2: its own way, no warning
     assert identity_scale_message({"name": "sr4", "scale": 2, "fingerprint": sr4}) is None
     assert identity_scale_message({"name": "x", "scale": 4, "fingerprint": "not json"}) is None
+
+
+# --- a missing checkpoint with on_miss="generate" -------------------------------------------------------
+
+def test_a_missing_checkpoint_with_generate_says_what_is_missing_and_what_a_cache_only_node_needs(tmp_path):
+    from sr_augment import EngineSpecError
+
+    spec = str(tmp_path / "models" / "x4.pth")  # not there
+    with pytest.raises(EngineSpecError) as info:
+        AugmentCore(engine=spec, cache_dir=tmp_path / "cache", on_miss="generate")
+    message = str(info.value)
+    assert message.startswith(f"{spec}: no such file: its weights are missing") and "on_miss='generate'" in message
+    assert "on_miss='error' or 'passthrough'" in message and "identity" in message
+    assert f"the cache {tmp_path / 'cache'} holds none" in message
+    assert "An engine is one of" not in message  # the spec is a checkpoint: no list of every engine
+    assert not (tmp_path / "cache").exists()  # looking wrote nothing
+
+
+def test_the_refusal_says_when_the_cache_holds_the_engines_identity(x2_checkpoint, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from sr_augment import EngineSpecError
+
+    (tmp_path / "data").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "data" / "0.png")
+    spec = str(shutil.copy(x2_checkpoint, tmp_path / "x2.pth"))
+    cache = tmp_path / "cache"
+    assert main(["warm", str(tmp_path / "data"), "--engine", spec, "--device", "cpu", "--cache-dir", str(cache),
+                 "--no-progress"]) == 0
+    (tmp_path / "x2.pth").unlink()
+    with pytest.raises(EngineSpecError, match=rf"the cache {cache} holds it$"):
+        AugmentCore(engine=spec, device="cpu", cache_dir=cache, on_miss="generate")
+    AugmentCore(engine=spec, device="cpu", cache_dir=cache, on_miss="error")  # what the message advises works
