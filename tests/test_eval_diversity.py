@@ -85,3 +85,34 @@ def test_variants_must_be_a_positive_count(photos, tmp_path, cache_dir, bad, cap
     with pytest.raises(SystemExit) as info:
         _eval(photos, tmp_path / "o", cache_dir, "--engine", "bicubic", "--variants", bad)
     assert info.value.code == 2 and "--variants" in capsys.readouterr().err
+
+
+def test_eval_sr_degrade_gives_a_deterministic_engine_spread(photos, tmp_path, cache_dir, capsys):
+    out = tmp_path / "report"
+    assert _eval(photos, out, cache_dir, "--engine", "bicubic", "--variants", "3", "--degrade", "light") == 0
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    label = "bicubic + degrade light"  # the row says the engine and the degradation
+    assert set(summary) == {"bicubic", label}
+    assert summary[label]["variants"] == 3 and summary[label]["pair_mad"] > 0 and summary[label]["pixel_std"] > 0
+    assert summary["bicubic"]["pair_mad"] == 0
+    # variant 0 is the clean input: exactly bicubic's score; the degraded variants 1, 2 score lower on average
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    clean = {r["image"]: float(r["psnr_y"]) for r in rows if r["method"] == "bicubic"}
+    variant0 = {r["image"]: float(r["psnr_y"]) for r in rows if r["method"] == label and r["variant"] == "0"}
+    assert variant0 == pytest.approx(clean)
+    assert summary[label]["psnr_y"] < summary["bicubic"]["psnr_y"]
+    assert f"| {label} | 2 | 3 |" in capsys.readouterr().out
+    # the same engine without --degrade: copies (test_a_deterministic_engine_has_no_spread); with settings as JSON
+    out = tmp_path / "json"
+    assert _eval(photos, out, cache_dir, "--engine", "bicubic", "--variants", "2",
+                 "--degrade", '{"noise": {"sigma": 5}}') == 0
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["bicubic + degrade custom"]["pair_mad"] > 0
+
+
+def test_eval_sr_degrade_refuses_bad_settings_naming_the_option(photos, tmp_path, cache_dir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _eval(photos, tmp_path / "report", cache_dir, "--engine", "bicubic", "--degrade", "lihgt")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--degrade" in err and "unknown preset 'lihgt'" in err and "did you mean 'light'" in err

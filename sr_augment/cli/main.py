@@ -263,9 +263,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval_sr(args) -> int:
+    from sr_augment.engines.degrade import with_degradation
     from sr_augment.evaluate import eval_sr, summary_markdown, write_report
 
-    engine = _build_engine(args, args.batch_size)
+    engine = with_degradation(_build_engine(args, args.batch_size), args.degrade)
     with _open_cache(args) as cache:
         try:
             report = eval_sr(args.hr, engine, cache, scale=args.scale, crop=args.crop,
@@ -284,9 +285,15 @@ def cmd_eval_sr(args) -> int:
 
 
 def _eval_label(args, engine) -> str | None:
-    """The engine's row in the eval-sr report: its name and the settings given (`sr4 [preset=fast]`)."""
+    """The engine's row in the eval-sr report: its name, the settings given and the degradation
+    (`sr4 [preset=fast]`, `realesrgan + degrade light`; a JSON --degrade is `custom`)."""
+    from sr_augment.engines.degrade import undegraded
+
     given = ([f"steps={args.steps}"] if args.steps is not None else []) + list(args.params)
-    return f"{engine.name} [{', '.join(given)}]" if given else None
+    label = f"{undegraded(engine).name} [{', '.join(given)}]" if given else None
+    if args.degrade is not None:
+        label = f"{label or undegraded(engine).name} + degrade {args.degrade if isinstance(args.degrade, str) else 'custom'}"
+    return label
 
 
 def cmd_experiment(args) -> int:
@@ -374,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=positive_count, default=1,
                    help="SR samples per crop (variants 0..K-1); K > 1 adds the spread between them: mean absolute "
                         "difference over variant pairs and per-pixel standard deviation (default: %(default)s)")
+    p.add_argument("--degrade", type=warm_options._degrade, default=None, metavar="PRESET|JSON",
+                   help="variants > 0 super-resolve a seeded degradation of the LR crop (the adapters' degrade=: "
+                        "'light', 'realistic' or a JSON object of operations); variant 0 stays clean")
     p.add_argument("--batch-size", type=int, default=8, help="crops per engine call (default: %(default)s)")
     p.add_argument("--out", default="sr-augment-eval", help="report folder (default: %(default)s)")
     _add_cache_options(p)
