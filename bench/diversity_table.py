@@ -1,11 +1,13 @@
 """The "Diversity" table of the docs: `eval-sr --variants K` per engine and setting, on two sets of real photos.
 
     python bench/diversity_table.py [--variants 4] [--photos 60] [--rows ROW ...] [--json out.json]
+    python bench/diversity_table.py --speed [--rows ROW ...]
 
 Each row is one `sr-augment eval-sr` run (the command line's own code, through a throw-away cache):
 "ENGINE" or "ENGINE KEY=VALUE ..." (the pairs go to `--set`; a token starting with "--", e.g.
-"--degrade=light", goes to eval-sr as it is), e.g. "sr4 preset=diverse". To add an engine or a setting,
-pass `--rows` with the default rows and the new ones (see DEFAULT_ROWS). Sets:
+"--degrade=light", goes to eval-sr as it is), e.g. "sr4 preset=diverse" or "realesrgan --degrade=light"
+(shown as "realesrgan + degrade light"). To add an engine or a setting, pass `--rows` with the default
+rows and the new ones (see DEFAULT_ROWS). Sets:
 
 - Set14: the centre 256 px crop of each photo (smaller sides used whole), bicubic-downscaled x4 by eval-sr
   (64 -> 256 px), `eval-sr --crop 256`;
@@ -15,14 +17,22 @@ pass `--rows` with the default rows and the new ones (see DEFAULT_ROWS). Sets:
 
 Columns: Y-PSNR and SSIM (mean over crops and variants, 4 px shaved), gradient SR/HR (mean Sobel magnitude
 of the SR over that of the HR crop), pairwise MAD and pixel std (`metrics.variant_spread`, 0-255 units).
+
+`--speed` measures instead, per row, the seconds one 128x128 -> 512x512 image takes: the centre 128 px
+crop of Set14's first photo, fed as variant 1 (so a `--degrade` row includes making the degraded input),
+after one warm-up call on a 32 px input (weights loaded, first-call costs paid); the median of
+`--repeat` calls, with the load average before and after (the CPU may be shared).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +75,53 @@ def run_row(row: str, data: Path, crop: int, variants: int, work: Path, index: i
     return json.loads((out / "summary.json").read_text())
 
 
+def display(row: str) -> str:
+    """A row as the table shows it: "--degrade=light" as "+ degrade light"; "--variants=N" left to its column."""
+    words = []
+    for token in row.split():
+        if token.startswith("--degrade="):
+            words.append(f"+ degrade {token.split('=', 1)[1]}")
+        elif not token.startswith("--variants="):
+            words.append(token)
+    return " ".join(words)
+
+
+def _upscale_once(engine, picture: np.ndarray) -> None:
+    """Variant 1 of `picture` in upscale mode: the engine's own input (degraded by a `--degrade` row), then SR."""
+    from sr_augment.modes import engine_input
+
+    prepare = getattr(engine, "prepare_input", None)
+    lowres = prepare(picture, "upscale", seed=1, variant=1) if prepare else engine_input(picture, "upscale", engine.scale)
+    engine.upscale([lowres], [1])
+
+
+def speed(rows: list[str], repeat: int) -> str:
+    """Seconds per 128x128 -> 512x512 image of each row's engine (see the module docstring)."""
+    from sr_augment.engines import get_engine
+    from sr_augment.engines.degrade import parse_degrade_option, with_degradation
+    from sr_augment.warm.options import engine_params
+
+    first = sorted(iter_image_files([DATA / "Set14"]))[0]
+    image = center_crop(load_image(first), 128)
+    lines = [f"input: centre 128 px of {first.name}; median of {repeat} after a warm-up", "",
+             "| row | s per 128->512 image | load average before / after |", "|---|---|---|"]
+    for row in rows:
+        name, *params = row.split()
+        degrade = next((parse_degrade_option(p.split("=", 1)[1]) for p in params if p.startswith("--degrade=")), None)
+        engine = with_degradation(get_engine(name, **engine_params([p for p in params if not p.startswith("--")])),
+                                  degrade)
+        _upscale_once(engine, np.ascontiguousarray(image[:32, :32]))
+        before = os.getloadavg()[0]
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            _upscale_once(engine, image)
+            times.append(time.perf_counter() - start)
+        lines.append(f"| {display(row)} | {statistics.median(times):.3g} | {before:.1f} / {os.getloadavg()[0]:.1f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def table(results: list[tuple[str, dict]]) -> str:
     lines = ["| method | crops | variants | Y-PSNR (dB) | vs bicubic | SSIM | gradient SR/HR | pairwise MAD | pixel std |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -75,7 +132,7 @@ def table(results: list[tuple[str, dict]]) -> str:
         spread = [("-" if s[k] is None else f"{s[k]:.2f}") for k in ("pair_mad", "pixel_std")]
         if name == "bicubic":
             spread = ["0", "0"]  # no seed: every variant is the same pixels
-        lines.append(f"| {name} | {s['crops']} | {s['variants'] if name != 'bicubic' else '-'} | {s['psnr_y']:.2f} | "
+        lines.append(f"| {display(name)} | {s['crops']} | {s['variants'] if name != 'bicubic' else '-'} | {s['psnr_y']:.2f} | "
                      f"{s['psnr_y'] - base['psnr_y']:+.2f} | {s['ssim_y']:.4f} | {s['grad_ratio']:.3f} | "
                      f"{spread[0]} | {spread[1]} |")
     lpips = results[-1][1]["optional_metrics"].get("lpips")
@@ -90,9 +147,14 @@ def main() -> None:
     parser.add_argument("--sets", default="Set14,photos")
     parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--speed", action="store_true", help="seconds per 128 -> 512 image of each row instead")
+    parser.add_argument("--repeat", type=int, default=1, help="with --speed: timed calls per row (default: %(default)s)")
     args = parser.parse_args()
     if not (DATA / "Set14").is_dir():
         sys.exit(f"skipped: benchmark data not found at {DATA}")
+    if args.speed:
+        print(f"\n{speed(args.rows, args.repeat)}")
+        return
     report = {}
     with tempfile.TemporaryDirectory(prefix="sr-augment-diversity-") as tmp:
         work = Path(tmp)
