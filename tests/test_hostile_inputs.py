@@ -140,12 +140,12 @@ def test_bad_tensors_through_both_adapters_leave_the_cache_as_it_was(cache_dir):
         before = {key: cache.record(key) for key in cache.keys()}
     assert len(before) == 1
     bad_tensors = [torch.full((3, 4, 4), 2.0), torch.full((3, 4, 4), -0.5), torch.full((3, 4, 4), float("nan")),
-                   torch.zeros(2, 8, 8, dtype=torch.uint8), torch.zeros(1, 1, 3, 8, 8), torch.zeros(8, 8)]
+                   torch.zeros(5, 8, 8, dtype=torch.uint8), torch.zeros(1, 1, 3, 8, 8), torch.zeros(8, 8)]
     for bad in bad_tensors:
         with pytest.raises((ImageDecodeError, ImageShapeError)):  # bad values, bad shapes
             transform(bad)
     layer = KerasSRAugment(engine="bicubic", scale=2, cache_dir=cache_dir)
-    bad_arrays = [np.full((6, 5, 3), np.nan, np.float32), np.full((6, 5, 3), 300.0, np.float32),
+    bad_arrays = [np.full((6, 5, 3), np.nan, np.float32), np.full((6, 5, 3), 1000.0, np.float32),
                   np.zeros((6, 5, 2), np.uint8), np.zeros((6, 5), np.uint8), np.zeros((6, 5, 3), np.int32)]
     for bad in bad_arrays:
         with pytest.raises((ValueError, TypeError)):
