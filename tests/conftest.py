@@ -60,6 +60,17 @@ def _private_service_dir(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (tiny models; two threads only contend on a 2-core box), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
 

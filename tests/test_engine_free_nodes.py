@@ -40,11 +40,8 @@ def _esrgan(path: Path, seed: int) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread):
+    """Every test here on one torch thread (the shared fixture in conftest)."""
 
 
 @pytest.fixture

@@ -117,6 +117,9 @@ def test_fingerprints_name_the_model_and_its_files_and_differ_between_models():
     assert kind.identity_problem("realesr-animevideov3", identity) is None
     other = {**identity, "fingerprint": json.dumps({**fields, "weights": "0" * 32})}
     assert "other model files" in kind.identity_problem("realesr-animevideov3", other)
+    for planted in ("not json", json.dumps(["a list"]), json.dumps({**fields, "engine": "spandrel"})):
+        assert "not a realesrgan engine's" in kind.identity_problem("realesr-animevideov3",
+                                                                     {**identity, "fingerprint": planted})
     assert not kind.weights_absent("realesr-animevideov3")
 
 

@@ -36,11 +36,8 @@ def x2_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread):
+    """Every test here on one torch thread (the shared fixture in conftest)."""
 
 
 def _image(rng, height=12, width=16):

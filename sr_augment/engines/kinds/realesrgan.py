@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 from sr_augment.engines.base import EngineUnavailable
 from sr_augment.engines.catalog import missing
-from sr_augment.engines.kinds.spandrel import SPANDREL_PARAMETERS, files_stamp, hash_file
+from sr_augment.engines.kinds.spandrel import SPANDREL_PARAMETERS, files_stamp, fingerprint_fields, hash_file
 from sr_augment.engines.registry import EngineKind
 from sr_augment.engines.specs import SPANDREL_INSTALL
 
@@ -94,11 +93,8 @@ class RealESRGANKind(EngineKind):
             param, weights = model_files(spec, native_scale(spec, identity["scale"]))
         except EngineUnavailable:
             return None  # absent weights: the record is all there is (see `weights_absent`)
-        try:
-            fields = json.loads(identity["fingerprint"])
-        except ValueError:
-            fields = None
-        if not isinstance(fields, dict) or fields.get("engine") != "realesrgan":
+        fields = fingerprint_fields(identity, "realesrgan")
+        if fields is None:
             return "its fingerprint is not a realesrgan engine's"
         if fields.get("weights") != hash_file(weights) or fields.get("graph") != hash_file(param):
             return f"it was made from other model files than {weights.parent} holds now"

@@ -79,6 +79,16 @@ def files_stamp(paths) -> list:
 _HASH_MEMO: dict[tuple, str] = {}
 
 
+def fingerprint_fields(identity: dict, engine: str) -> dict | None:
+    """The fields of an identity record's fingerprint (JSON) when it is `engine`'s, else None: a record
+    is untrusted input, so anything else (not JSON, not an object, another engine) is simply not it."""
+    try:
+        fields = json.loads(identity["fingerprint"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return fields if isinstance(fields, dict) and fields.get("engine") == engine else None
+
+
 def hash_file(path: Path) -> str:
     """blake2b of the file's content (memoised on path, size and mtime): the weights' identity, as the
     engine's fingerprint names it."""
@@ -131,11 +141,8 @@ class SpandrelFileKind(EngineKind):
         path = Path(spec).expanduser()
         if not path.is_file():
             return None  # absent weights: the record is all there is (see `weights_absent`)
-        try:
-            fields = json.loads(identity["fingerprint"])
-        except ValueError:
-            fields = None
-        if not isinstance(fields, dict) or fields.get("engine") != "spandrel":
+        fields = fingerprint_fields(identity, "spandrel")
+        if fields is None:
             return "its fingerprint is not a spandrel engine's"
         if fields.get("weights") != hash_file(path):
             return f"it was made from other weights than {path} holds now"
