@@ -26,8 +26,9 @@ from sr_augment.torch_transforms import SRAugment  # noqa: E402
 H, W = 8, 12
 PIXELS = np.random.default_rng(0).integers(0, 256, (H, W, 4), dtype=np.uint8)
 BICUBIC = F.InterpolationMode.BICUBIC
-SETTINGS = [("upscale", 1.0), ("upscale", 0.0), ("resynthesize", 1.0), ("resynthesize", 0.0),
-            ("resynthesize", 0.5)]
+SETTINGS = [("upscale", 1.0), ("resynthesize", 0.5)] + [
+    pytest.param(*setting, marks=pytest.mark.slow)  # the whole matrix in CI; two settings in the everyday loop
+    for setting in (("upscale", 0.0), ("resynthesize", 1.0), ("resynthesize", 0.0))]
 
 
 def _sr(tmp_path, mode="resynthesize", p=1.0, **kwargs) -> SRAugment:
