@@ -109,7 +109,7 @@ def _checked_spec(engine, on_miss: str, cache_dir, settings: dict):
     import or merge brought it): the identity, not the weights, is what a lookup needs."""
     from sr_augment.engines import REGISTRY, EngineKind, EngineSpecError
     from sr_augment.errors import EngineParameterError
-    from sr_augment.service.identity import load_identity
+    from sr_augment.service.identity import held_settings, load_identity
 
     params = with_steps(settings["params"], settings["steps"])
     try:
@@ -132,11 +132,15 @@ def _checked_spec(engine, on_miss: str, cache_dir, settings: dict):
                 f"sr-augment version): the cache {root} "
                 + ("holds it" if held else "holds none (import the shards first: `sr-augment import`)")) from None
         if load_identity(root, config, weights_optional=True) is None:
+            held = held_settings(root, config)
             raise EngineSpecError(
                 f"{spec}: no such file, and the cache {root} holds no identity of this engine with these settings, "
                 f"which on_miss={on_miss!r} could use instead of the weights: provide the file, or import the shards "
                 f"(`sr-augment import`) or copy the cache warmed with this engine, these settings and this "
-                f"sr-augment version") from None
+                f"sr-augment version. "
+                + ("For this file the cache holds identities made with: " + " | ".join(held)
+                   + " (pass the adapter those settings: device, engine_dtype, scale, steps, engine parameters)"
+                   if held else "The cache holds no identity made for this file with any settings")) from None
         return spec
 
 

@@ -45,6 +45,22 @@ def identity_config(config: dict) -> dict:
     return config
 
 
+def _located(config: dict) -> dict:
+    """`identity_config(config)` with a checkpoint file's spec as its absolute, normalised path (a relative
+    one resolved against the working folder, `..` removed): records are made and looked up by the file,
+    not by its spelling. Records hold this form; `_checked` (export, import, merge) takes them as they are."""
+    from sr_augment.engines import REGISTRY, EngineSpecError
+
+    config = identity_config(config)
+    try:
+        kind = REGISTRY.kind_of(config["spec"])
+    except EngineSpecError:
+        return config
+    if kind.id == "spandrel-file":
+        config["spec"] = os.path.normpath(os.path.abspath(os.path.expanduser(config["spec"])))
+    return config
+
+
 def identity_stamp(config: dict) -> dict:
     """What must still hold for a remembered identity to be current: library version and weights files."""
     import sr_augment
@@ -59,7 +75,7 @@ def _plain(config: dict) -> dict:
 
 
 def record_path(cache_dir, config: dict) -> Path:
-    return Path(cache_dir) / FOLDER / f"{service_id(identity_config(config))}.json"
+    return Path(cache_dir) / FOLDER / f"{service_id(_located(config))}.json"
 
 
 def _read(path: Path) -> bytes | None:
@@ -93,7 +109,17 @@ def _parsed(data: bytes) -> tuple[dict, dict]:
 def load_identity(cache_dir, config: dict, *, weights_optional: bool = False) -> dict | None:
     """The remembered identity of `config` in `cache_dir`, or None (none, stale, or bad: warned). With
     `weights_optional` (the caller generates nothing), a record stands for an engine whose weights are
-    not on this machine (see the module's docstring)."""
+    not on this machine (see the module's docstring). A record made with `scale` unset (a checkpoint
+    run at its model's own factor) also stands for `scale` given equal to that factor."""
+    identity = _load(cache_dir, config, weights_optional)
+    if identity is None and config.get("scale") is not None:
+        native = _load(cache_dir, {**config, "scale": None}, weights_optional)
+        if native is not None and native["scale"] == int(config["scale"]):
+            return native
+    return identity
+
+
+def _load(cache_dir, config: dict, weights_optional: bool) -> dict | None:
     from sr_augment.engines import REGISTRY, EngineSpecError
 
     path = record_path(cache_dir, config)
@@ -106,7 +132,7 @@ def load_identity(cache_dir, config: dict, *, weights_optional: bool = False) ->
         warnings.warn(f"ignoring the engine identity record {path}: {type(exc).__name__}: {exc}; it will be rewritten",
                       stacklevel=3)
         return None
-    config = identity_config(config)
+    config = _located(config)
     if record.get("config", _plain(config)) != _plain(config):  # filed under the id of other settings
         return None
     try:
@@ -150,7 +176,7 @@ def remember_identity(cache_dir, config: dict, engine) -> bool:
         _validated({"stamp": {}, "identity": identity})
     except ValueError:
         return False  # an identity we could not read back: remember nothing
-    config = identity_config(config)
+    config = _located(config)
     text = json.dumps({"stamp": identity_stamp(config), "identity": identity, "config": _plain(config)}).encode()
     return _write(record_path(cache_dir, config), text)
 
@@ -242,3 +268,29 @@ def store_record(cache_dir, name: str, data: bytes) -> bool:
     if not _write(path, data):
         raise OSError(f"cannot write {path} (read-only, or {FOLDER} is not a plain folder)")
     return True
+
+
+_SHOWN = ("device", "dtype", "scale", "steps", "params")
+
+
+def held_settings(cache_dir, config: dict) -> list[str]:
+    """For a refusal: one line per identity record in `cache_dir` made for the same checkpoint file as
+    `config` (any spelling of its path), giving its settings and which of `config`'s differ, so that the
+    caller can fix them in one try. Empty when the cache holds no record of this file."""
+    wanted = _located(config)
+    lines = []
+    for _, data in records(cache_dir)[0]:
+        record = json.loads(data)
+        held = record["config"]
+        if os.path.normpath(os.path.abspath(os.path.expanduser(str(held["spec"])))) != wanted["spec"]:
+            continue
+        native = record["identity"]["scale"]
+        value = {key: repr(held[key]) for key in _SHOWN}
+        if held["scale"] is None:
+            value["scale"] = f"None (the model's own factor, {native})"
+        shown = ", ".join(f"{key}={value[key]}" for key in _SHOWN if key != "params" or held[key])
+        plain = _plain(wanted)
+        differ = [f"{key}: {plain[key]!r} here, {value[key]} in the cache" for key in _SHOWN
+                  if plain[key] != held[key] and not (key == "scale" and held[key] is None and plain[key] == native)]
+        lines.append(f"{shown}" + (f" -- differs: {'; '.join(differ)}" if differ else ""))
+    return lines
