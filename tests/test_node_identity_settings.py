@@ -82,3 +82,18 @@ def test_a_refusal_says_what_the_cache_holds_for_the_file_and_which_settings_dif
     assert "device='cpu', dtype='fp32', scale=None (the model's own factor, 2)" in message  # what the cache holds for x2.pth
     assert "device: 'auto' here, 'cpu' in the cache" in message
     assert "dtype: 'auto' here, 'fp32' in the cache" in message
+
+
+def test_scale_unset_finds_a_record_made_with_the_models_own_factor_given(warmed, capsys):
+    """The other way round: a warm given `--scale 2` (the model's own factor), a node leaving it unset."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    cache, checkpoint = warmed["cache"].parent / "cache-scale-2", warmed["checkpoint"]
+    torch.manual_seed(0)
+    torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=2).state_dict(), checkpoint)
+    assert main(["warm", str(warmed["photo"].parent), "--engine", str(checkpoint), "--scale", "2", "--device", "cpu",
+                 "--dtype", "fp32", "--cache-dir", str(cache), "--no-progress"]) == 0
+    capsys.readouterr()
+    checkpoint.unlink()
+    transform = SRAugment(engine=checkpoint, device="cpu", engine_dtype="fp32", on_miss="error", cache_dir=cache)
+    assert _upscaled(transform, warmed["photo"]).size == (2 * SIDE, 2 * SIDE)

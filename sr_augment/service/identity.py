@@ -116,7 +116,25 @@ def load_identity(cache_dir, config: dict, *, weights_optional: bool = False) ->
         native = _load(cache_dir, {**config, "scale": None}, weights_optional)
         if native is not None and native["scale"] == int(config["scale"]):
             return native
+    if identity is None and config.get("scale", 4) is None:  # and the other way round: a record of scale=N
+        wanted = {key: value for key, value in _plain(_located(config)).items() if key != "scale"}
+        for _, data in records(cache_dir)[0]:
+            held = json.loads(data)["config"]
+            if held["scale"] is None or {key: value for key, value in held.items() if key != "scale"} != wanted:
+                continue
+            given = _load(cache_dir, {**config, "scale": held["scale"]}, weights_optional)
+            if given is not None and given["scale"] == _native_scale(given):
+                return given
     return identity
+
+
+def _native_scale(identity: dict) -> int | None:
+    """The model's own factor, as an engine's fingerprint names it (`native_scale`), else None."""
+    try:
+        fields = json.loads(identity["fingerprint"])
+    except ValueError:
+        return None
+    return fields.get("native_scale") if isinstance(fields, dict) else None
 
 
 def _load(cache_dir, config: dict, weights_optional: bool) -> dict | None:
