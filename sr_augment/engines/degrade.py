@@ -75,7 +75,8 @@ PRESETS = {
                   "noise": {"p": 1.0, "sigma": [1.0, 30.0], "gray": 0.4, "poisson": 0.5},
                   "jpeg": {"p": 1.0, "quality": [30, 95]}},
 }
-"""`light`: mild blur, noise and JPEG quality 70-95, close to the clean input. `realistic`: Real-ESRGAN's
+"""`light`: blur, noise and JPEG quality 70-95, close to the clean input at 64 px and above (JPEG's halved
+colour resolution moves tiny inputs more). `realistic`: Real-ESRGAN's
 first-order ranges (isotropic or anisotropic blur sigma 0.2-3, a downscale kernel, Gaussian or Poisson
 noise sigma 1-30, JPEG quality 30-95)."""
 
