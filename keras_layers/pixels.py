@@ -7,7 +7,9 @@ the input spans with `value_range` (default `(0, 255)`); a float image in [0, 1]
 Keras' own image layers clip: bicubic, Lanczos and Mitchell-cubic resizes (`image_dataset_from_directory(
 interpolation=...)`, `Resizing`) overshoot sharp edges, by up to about one range width on a one-pixel
 checkerboard (Lanczos 5); anything within `OVERSHOOT` range widths of `value_range` is taken as such
-overshoot. The one mistake no range check can see, float [0, 1]
+overshoot. Floats become uint8 rounding halves up, with a small tolerance for float error
+(`round_half_up`), so a half keys alike before and after `Rescaling(1 / 255)`. The one mistake no range
+check can see, float [0, 1]
 images with the default `(0, 255)`, is suspected by `unit_range_suspected` and the layer warns once
 (`ValueRangeWarning`): a dark [0, 255] batch may legally look the same.
 """
@@ -21,6 +23,8 @@ from sr_augment.images import ImageShapeError
 FLOAT_DTYPES = ("float16", "float32", "float64")
 # Float rounding (e.g. 1.0000001 after a division): what `unit_range_suspected` still counts as 1.
 RANGE_TOLERANCE = 1e-3
+# Float error in [0, 255] units that float -> uint8 still reads as a half (see `round_half_up`).
+HALF_TOLERANCE = 1e-3
 OVERSHOOT = 1.5
 """Values within this many widths of `value_range` outside it are a resize's overshoot and are clipped to it;
 anything further out (a [0, 255] image given value_range=(0, 1): 255 widths) is an error."""
@@ -72,7 +76,14 @@ def to_uint8(batch: np.ndarray, value_range) -> np.ndarray:
     values = batch.astype(np.float64)
     if not _is_uint8_range(value_range):
         values = (values - low) * (255.0 / (high - low))
-    return np.round(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+    return round_half_up(np.clip(values, 0.0, 255.0))
+
+
+def round_half_up(values: np.ndarray) -> np.ndarray:
+    """uint8 of `values` in [0, 255], halves rounded up after a `HALF_TOLERANCE` slack: a resize's exact
+    half (126.5) and the same half after a float32 round trip through another range (126.49999x after
+    x (1 / 255) and back) both give 127, where round-half-to-even would give 126 and 127."""
+    return np.minimum(np.floor(values + (0.5 + HALF_TOLERANCE)), 255.0).astype(np.uint8)
 
 
 def unit_range_suspected(batch: np.ndarray, value_range) -> tuple[float, float] | None:

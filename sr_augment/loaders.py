@@ -12,7 +12,7 @@ may hold 16 bits, TIFFs 32-bit integers, and each library treats them its own wa
 - `keras`: `keras.utils.image_dataset_from_directory(..., color_mode="rgb")`: Keras' own per-file function
   (TensorFlow's `decode_image` with 3 channels, then its resize to `image_size`, bilinear unless
   `interpolation` says otherwise, or `crop_to_aspect_ratio` / `pad_to_aspect_ratio`) is called, not
-  imitated, and its float result is clipped to [0, 255] and rounded to uint8 as the Keras SRAugment layer
+  imitated, and its float result is clipped to [0, 255] and rounded to uint8 (halves up) as the Keras SRAugment layer
   does with its input (`pixels.to_uint8`: bicubic / Lanczos overshoot is clipped, not refused). Keras
   always resizes (`image_size` defaults to 256x256). No EXIF turn. Files: Keras' allowed extensions (no
   TIFF, no WebP). Needs TensorFlow and Keras.

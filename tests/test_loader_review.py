@@ -107,14 +107,15 @@ def test_keras_bicubic_and_lanczos_overshoot_is_clipped_identically_by_warm_and_
 def test_resize_overshoot_is_clipped_but_values_far_outside_value_range_stay_an_error():
     pytest.importorskip("keras")
     tf = pytest.importorskip("tensorflow")
-    from sr_augment.keras_layers.pixels import to_uint8, unit_range_suspected
+    from sr_augment.keras_layers.pixels import HALF_TOLERANCE, to_uint8, unit_range_suspected
 
     # the worst overshoot of Keras' interpolations: Lanczos 5 of a one-pixel checkerboard (about 1.04 widths out)
     board = np.repeat((np.indices((16, 16)).sum(0) % 2 * 255.0)[..., None], 3, -1).astype("float32")
     for interpolation in ("bicubic", "lanczos3", "lanczos5", "mitchellcubic"):
         resized = tf.image.resize(board, (33, 33), method=interpolation).numpy()
         assert resized.min() < -1 and resized.max() > 256
-        np.testing.assert_array_equal(to_uint8(resized[None], (0, 255))[0], np.round(np.clip(resized, 0, 255)))
+        np.testing.assert_array_equal(to_uint8(resized[None], (0, 255))[0],
+                                      np.floor(np.clip(resized, 0, 255) + 0.5 + HALF_TOLERANCE))  # halves up
         unit = (resized / 255)[None]  # the same overshoot in a (0, 1) pipeline: the same pixels
         np.testing.assert_array_equal(to_uint8(unit, (0, 1)), to_uint8(resized[None], (0, 255)))
     # the real mistakes: [0, 255] images with value_range=(0, 1), 16-bit values with (0, 255)
