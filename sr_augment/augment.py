@@ -253,13 +253,15 @@ class AugmentCore:
             if self.on_miss == "passthrough":
                 result = self.bicubic(image)
             else:
+                from sr_augment.loaders import LOADERS  # warm's --loader choices, named in the hint
+
                 raise CacheMiss(
                     f"no cached SR image{f' for {source}' if source else ''} with key "
                     f"{cache.key(image, engine, self.mode, variant)} (image {image.shape[0]}x{image.shape[1]} "
                     f"(height x width, as --resize HxW), mode {self.mode}, variant {variant}) in {cache.directory}. "
                     f"If the cache was warmed, these pixels differ from the warmed ones; likely causes: another "
                     f"decoder (EXIF orientation applied or not; 16-bit or 32-bit images brought to 8 bits another "
-                    f"way: `sr-augment warm --loader torchvision|keras|exif` must name the training pipeline's "
+                    f"way: `sr-augment warm --loader {'|'.join(LOADERS)}` must name the training pipeline's "
                     f"loader), another resize (--resize, --center-crop), a random transform before SRAugment, or "
                     f"other engine settings; warm the cache first (`sr-augment warm ...`, or through the pipeline: "
                     f"`SRAugment(...).warm(dataset)`) or use on_miss='generate' or 'passthrough'"
