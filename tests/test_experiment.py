@@ -158,3 +158,44 @@ def test_a_bad_engine_or_folder_is_named_before_any_training(tmp_path, cache_dir
     with pytest.raises(SystemExit, match="class folders"):
         _run(tmp_path / "only", tmp_path / "o", cache_dir)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option, value, problem", [
+    ("--device", "tpu", "the device must be one of"), ("--engine-device", "gpu", "the device must be one of"),
+    ("--engine-dtype", "fp13", "the dtype must be one of"), ("--batch-size", "0", "must be >= 1")])
+def test_a_bad_device_dtype_or_batch_size_is_a_usage_error_before_anything_runs(tmp_path, cache_dir, capsys,
+                                                                                 option, value, problem):
+    with pytest.raises(SystemExit) as exit_info:
+        _run(tmp_path / "missing", tmp_path / "o", cache_dir, option, value)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and problem in err and value in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_engine_and_its_degraded_self_share_one_sr_arm_and_bicubic_never_gets_one():
+    from sr_augment.experiment.study import arm_names
+
+    assert arm_names(parse_engines("realesr-animevideov3:degrade=light,realesr-animevideov3")) == [
+        "LR", "SR(realesr-animevideov3)", "HR", "HR+SRAugment(realesr-animevideov3:degrade=light)",
+        "HR+SRAugment(realesr-animevideov3)"]
+    assert arm_names(parse_engines("bicubic:degrade=light,dat-light:degrade=light:tile=32")) == [
+        "LR", "SR(dat-light:tile=32)", "HR", "HR+SRAugment(bicubic:degrade=light)",
+        "HR+SRAugment(dat-light:degrade=light:tile=32)"]
+
+
+def test_the_sr_arm_of_a_degraded_engine_is_built_once_from_the_clean_engine(cache_dir):
+    """dat-light:degrade=light and dat-light share SR(dat-light), made by the clean engine (so its cache
+    entries are the clean engine's); bicubic:degrade=light adds no SR arm (LR is bicubic SR)."""
+    from sr_augment.cache import SRCache
+    from sr_augment.experiment.study import build_arm_images
+    from sr_augment.images import resize
+
+    built = build_engines(parse_engines("bicubic:degrade=light,dat-light:degrade=light"), lr_factor=4)
+    hr = np.stack([photo("astronaut")[:32, :32], photo("chelsea")[:32, :32]])
+    cache = SRCache(cache_dir)
+    images, _ = build_arm_images(hr, built, cache, 4, 1, 2, progress=False)
+    assert sorted(images) == ["HR", "HR+SRAugment(bicubic:degrade=light)", "HR+SRAugment(dat-light:degrade=light)",
+                              "LR", "SR(dat-light)"]
+    clean = build_engines(parse_engines("dat-light"), lr_factor=4)["dat-light"]
+    assert cache.plan([resize(im, (8, 8)) for im in hr], clean, "upscale", 1) == []
