@@ -115,7 +115,7 @@ def test_a_valid_parameter_set_still_builds(tmp_path):
     AugmentCore(engine="sd-x4-upscaler", noise_level=30, prompt="a photo", guidance_scale=1, revision="main")
     AugmentCore(engine="dat-light", tile=0, batch_size=np.int64(2))
     assert get_engine("bicubic", scale=2).scale == 2
-    AugmentCore(engine="bicubic", steps=3)  # steps does not apply to bicubic and is ignored, as it always was
+    assert "not a diffusion model" in _message(AugmentCore, engine="bicubic", steps=3)  # bicubic refuses steps
     assert "takes no parameter" in _message(get_engine, "bicubic", tile=64)
 
 

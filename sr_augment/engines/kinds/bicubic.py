@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sr_augment.engines.registry import EngineKind
+from sr_augment.errors import EngineParameterError
 
 
 class BicubicKind(EngineKind):
@@ -14,8 +15,11 @@ class BicubicKind(EngineKind):
     parameters = ()  # BicubicEngine(scale) only
 
     def check(self, spec, params=None):
-        """No parameters; `steps` is let through and ignored, as it always was (a sweep over engines may
-        set it for all)."""
+        """No parameters; `steps` (unset: None) is refused as by the other engines that are not diffusion
+        models (dat-light, realesrgan)."""
+        if params is not None and params.get("steps") is not None:
+            raise EngineParameterError(f"engine {spec!r}: not a diffusion model: steps does not apply (leave it "
+                                       f"unset); got steps={params['steps']!r}")
         super().check(spec, None if params is None else {k: v for k, v in params.items() if k != "steps"})
 
     def build(self, spec, *, scale=4, steps=None, device="auto", dtype="auto", **params):
