@@ -120,9 +120,8 @@ def study_png(results: dict, path: Path) -> None:
                                                        [a["high"] - a["estimate"] for a in acc]],
                   fmt="o", capsize=4, color="tab:blue")
     left.set_yticks(y, arms)
-    left.set_xlabel("accuracy (95% CI)")
-    left.axvline(1 / len(results["data"]["classes"]), color="grey", ls=":", lw=1, label="chance")
-    left.legend(loc="lower right", fontsize=8)
+    left.set_xlabel("accuracy (95% CI; dotted line: chance)")  # no legend box to hide a point
+    left.axvline(1 / len(results["data"]["classes"]), color="grey", ls=":", lw=1)
     yd = np.arange(len(others))[::-1]
     d = [diffs[a] for a in others]
     right.errorbar([v[0] for v in d], yd, xerr=[[v[0] - v[1] for v in d], [v[2] - v[0] for v in d]], fmt="o",
@@ -133,7 +132,7 @@ def study_png(results: dict, path: Path) -> None:
     fig.suptitle(f"{results['data']['images']} images, {results['config']['folds']}-fold x "
                  f"{results['config']['repeats']} repeats", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # long arm names: keep every label inside the picture
 
 
 def curves_png(results: dict, path: Path) -> None:
