@@ -44,9 +44,11 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
                         + "; trains on the GPU")
     p.add_argument("--framework", choices=["torch", "keras"], default="torch",
                    help="which framework trains the CNN (default: %(default)s)")
-    p.add_argument("--device", default="auto", type=engine_device, help="training device: auto, cpu, cuda, cuda:1 (default: %(default)s)")
+    p.add_argument("--device", default="auto", type=engine_device,
+                   help="training device: auto, cpu, cuda, cuda:1 (default: %(default)s)")
     p.add_argument("--engine-device", default="auto", type=engine_device, help="SR engines' device (default: %(default)s)")
-    p.add_argument("--engine-dtype", default="auto", type=engine_dtype, help="SR engines' dtype: auto, fp32, fp16, bf16 (default: %(default)s)")
+    p.add_argument("--engine-dtype", default="auto", type=engine_dtype,
+                   help="SR engines' dtype: auto, fp32, fp16, bf16 (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_count, default=16, help="images per SR engine call (default: %(default)s)")
     p.add_argument("--out", default="sr-augment-experiment", help="report folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

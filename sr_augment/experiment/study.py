@@ -92,10 +92,19 @@ def parse_engines(text: str) -> list[EngineChoice]:
     return choices
 
 
+def sr_arm(choice: EngineChoice) -> str | None:
+    """The SR arm of an engine: named after it without its `degrade=` settings (its SR is the clean
+    engine's, variant 0), or None for bicubic (the LR arm is bicubic SR)."""
+    if choice.spec == "bicubic":
+        return None
+    return f"SR({EngineChoice(choice.spec, {k: v for k, v in choice.params.items() if k != 'degrade'}).label})"
+
+
 def arm_names(engines: list[EngineChoice]) -> list[str]:
-    """LR, SR(e) for every engine but bicubic (the LR arm is bicubic SR), HR, HR+SRAugment(e) for each."""
-    return (["LR"] + [f"SR({e.label})" for e in engines if e.label != "bicubic"] + [BASELINE]
-            + [f"HR+SRAugment({e.label})" for e in engines])
+    """LR, SR(e) for every engine but bicubic (without its degrade settings; each such arm once), HR,
+    HR+SRAugment(e) for each engine (with its full label)."""
+    sr = list(dict.fromkeys(arm for arm in map(sr_arm, engines) if arm is not None))
+    return ["LR"] + sr + [BASELINE] + [f"HR+SRAugment({e.label})" for e in engines]
 
 
 def _upscaled(cache, engine, lows: list, size: int, batch_size: int, bar) -> tuple[np.ndarray, int]:
@@ -128,10 +137,14 @@ def _warm_variants(cache, engine, images: np.ndarray, variants: int, batch_size:
 
 
 def build_arm_images(hr: np.ndarray, engines: dict, cache, lr_factor: int, variants, batch_size: int,
-                     progress: bool) -> tuple[dict, dict]:
+                     progress: bool, sr_arms: dict | None = None) -> tuple[dict, dict]:
     """{arm: images} (the HR+SRAugment arms train on HR) and {engine label: SR images generated};
-    `variants`: SRAugment variants, one number or one per engine label."""
+    `engines`: {label: engine} as `build_engines` gives; `variants`: SRAugment variants, one number or one
+    per engine label; `sr_arms`: {label: its `sr_arm`} (default: from the labels read back by `parse_engines`).
+    An SR arm is made once, by the engine without its degradation."""
     from tqdm.auto import tqdm
+
+    from sr_augment.engines.degrade import undegraded
 
     size = hr.shape[1]
     low = max(1, round(size / lr_factor))
@@ -141,9 +154,10 @@ def build_arm_images(hr: np.ndarray, engines: dict, cache, lr_factor: int, varia
     generated = {}
     for label, engine in engines.items():
         count = 0
-        if label != "bicubic":
-            with tqdm(total=len(lows), desc=f"SR {label}", unit="img", disable=not progress) as bar:
-                images[f"SR({label})"], count = _upscaled(cache, engine, lows, size, batch_size, bar)
+        arm = sr_arms[label] if sr_arms is not None else sr_arm(parse_engines(label)[0])
+        if arm is not None and arm not in images:
+            with tqdm(total=len(lows), desc=arm, unit="img", disable=not progress) as bar:
+                images[arm], count = _upscaled(cache, undegraded(engine), lows, size, batch_size, bar)
         with tqdm(total=len(hr) * variants[label], desc=f"SRAugment variants {label}", unit="img",
                   disable=not progress) as bar:
             count += _warm_variants(cache, engine, hr, variants[label], batch_size, bar)
@@ -218,7 +232,7 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
     log(f"{len(images)} images, {len(data.classes)} classes ({data.layout}); {folds} folds x {repeats} repeats, "
         f"{len(arms)} arms: {', '.join(arms)}")
     arm_images, generated = build_arm_images(images, built, cache, lr_factor, engine_variants, batch_size,
-                                             progress)
+                                             progress, sr_arms={c.label: sr_arm(c) for c in engines})
     log(f"SR generated: {sum(generated.values())} (the rest came from the cache)")
 
     if framework == "torch":
