@@ -170,7 +170,8 @@ def iter_image_files(paths, suffixes=IMAGE_SUFFIXES) -> list[Path]:
     """Files under the given files/folders (folders recursively, following links to folders as
     torchvision's `ImageFolder` and Keras do), sorted, images by suffix (`suffixes`, lower case with the
     dot); a file named explicitly is taken whatever its suffix. A folder reached twice by its real path
-    (two links to it, or a link loop) is listed once, under the first path in sorted order."""
+    (two links to it, or a link loop) is listed once, under the first path in sorted order; a file reached
+    twice by its real path, through one path argument or several, is listed once, under the first path."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -180,7 +181,10 @@ def iter_image_files(paths, suffixes=IMAGE_SUFFIXES) -> list[Path]:
             found.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    return found
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
 
 
 def _walk_files(folder: Path) -> list[Path]:
