@@ -26,9 +26,10 @@ from sr_augment.torch_transforms import SRAugment  # noqa: E402
 H, W = 8, 12
 PIXELS = np.random.default_rng(0).integers(0, 256, (H, W, 4), dtype=np.uint8)
 BICUBIC = F.InterpolationMode.BICUBIC
-SETTINGS = [("upscale", 1.0), ("resynthesize", 0.5)] + [
-    pytest.param(*setting, marks=pytest.mark.slow)  # the whole matrix in CI; two settings in the everyday loop
-    for setting in (("upscale", 0.0), ("resynthesize", 1.0), ("resynthesize", 0.0))]
+ALL_SETTINGS = [("upscale", 1.0), ("resynthesize", 0.5), ("upscale", 0.0), ("resynthesize", 1.0), ("resynthesize", 0.0)]
+"""(mode, p) pairs every input kind is checked under."""
+SETTINGS = ALL_SETTINGS[:2] + [pytest.param(*setting, marks=pytest.mark.slow) for setting in ALL_SETTINGS[2:]]
+"""ALL_SETTINGS as parameters: the whole matrix in CI, the first two in the everyday loop (-m "not slow")."""
 
 
 def _sr(tmp_path, mode="resynthesize", p=1.0, **kwargs) -> SRAugment:
@@ -220,7 +221,7 @@ def test_output_size_means_what_it_means_to_v2_resize(kind, output_size, tmp_pat
     expected = _size(v2.Resize(output_size)(inpt))
     assert expected == {16: (24, 16), (16, 16): (16, 16), (10, 20): (10, 20)}[
         output_size if not isinstance(output_size, list) else 16]
-    for mode, p in SETTINGS:
+    for mode, p in ALL_SETTINGS:
         check_transform(lambda mode=mode, p=p: _sr(tmp_path, mode, p, output_size=output_size), inpt, expected, "RGB")
 
 
