@@ -33,7 +33,7 @@ from sr_augment.engines.degrade import (
     parse_degrade_option,
     undegraded,
 )
-from sr_augment.images import load_image
+from sr_augment.images import load_image, resize
 
 TESTS = Path(__file__).resolve().parent
 
@@ -61,10 +61,30 @@ def test_a_preset_and_its_dict_are_the_same_settings_and_survive_json():
         assert check_degrade(settings) == canonical
         assert check_degrade(json.loads(json.dumps(canonical))) == canonical
     assert degrade_config("light") == "light" and degrade_config(None) is None
-    assert check_degrade({"jpeg": {"quality": (50, 90)}}) == {"jpeg": {"p": 1.0, "quality": [50, 90]}}
+    assert check_degrade({"jpeg": {"quality": (50, 90)}}) == {"jpeg": {"full_chroma": 0.0, "p": 1.0,
+                                                                        "quality": [50, 90]}}
     assert parse_degrade_option('{"noise": {"sigma": 4}}') == {"noise": {"gray": 0.0, "p": 1.0, "poisson": 0.0,
                                                                          "sigma": [4.0, 4.0]}}
     assert parse_degrade_option("realistic") == "realistic"
+
+
+def test_light_keeps_full_colour_resolution_so_a_16px_input_moves_less_than_with_4_2_0():
+    """The review measured `light` (JPEG 4:2:0) changing 16-24 px inputs by 6-10 grey levels; JPEG at
+    full chroma moves them clearly less at the same quality."""
+    from sr_augment.engines.degrade import degrade_input
+
+    assert check_degrade("light")["jpeg"]["full_chroma"] == 1.0
+    tiny = [resize(photo(name), (16, 16)) for name in ("astronaut", "chelsea", "coffee")]
+    half = check_degrade({"jpeg": {"quality": [80, 95], "full_chroma": 0.0}})
+    full = check_degrade({"jpeg": {"quality": [80, 95], "full_chroma": 1.0}})
+
+    def change(settings):
+        return np.mean([_mad(degrade_input(im, "upscale", 4, settings, seed), im) for im in tiny for seed in (1, 2, 3)])
+
+    assert change(full) < 0.9 * change(half)
+    light = np.mean([_mad(degrade_input(im, "upscale", 4, check_degrade("light"), seed), im)
+                     for im in tiny for seed in (1, 2, 3)])
+    assert 0 < light < 7.0  # was 8.2 with 4:2:0 and quality 70-95
 
 
 @pytest.mark.parametrize("value, words", [
@@ -309,8 +329,8 @@ def test_get_engine_objects_can_be_wrapped_and_keep_their_output_for_variant_0(t
     results = _variants(core, image, 2)
     np.testing.assert_array_equal(results[0], inner.upscale([image], [0])[0])
     assert _mad(results[0], results[1]) > 0.5
-    assert core.engine.name == "bicubic+degrade:custom" and core.config()["degrade"] == {"jpeg": {"p": 1.0,
-                                                                                                  "quality": [40, 40]}}
+    assert core.engine.name == "bicubic+degrade:custom" and core.config()["degrade"] == {"jpeg": {
+        "full_chroma": 0.0, "p": 1.0, "quality": [40, 40]}}
 
 
 def test_the_deterministic_engine_warning_names_degrade_as_a_fix(tmp_path):

@@ -20,7 +20,7 @@ Settings are a preset name or a dict of operations, each with its fields (missin
 defaults in `DEFAULTS`; an operation not named is not applied):
 
     >>> check_degrade("light")["jpeg"]
-    {'p': 1.0, 'quality': [70, 95]}
+    {'full_chroma': 1.0, 'p': 1.0, 'quality': [80, 95]}
     >>> check_degrade({"noise": {"sigma": 5}})["noise"]
     {'gray': 0.0, 'p': 1.0, 'poisson': 0.0, 'sigma': [5.0, 5.0]}
 
@@ -33,7 +33,8 @@ defaults in `DEFAULTS`; an operation not named is not applied):
 - `noise`: `p`, `sigma` ([low, high] grey levels), `gray` (probability that the noise is the same in the
   three channels), `poisson` (probability of Poisson (signal-dependent) noise of that sigma at mid-grey
   instead of Gaussian).
-- `jpeg`: `p`, `quality` ([low, high], 1 to 100).
+- `jpeg`: `p`, `quality` ([low, high], 1 to 100), `full_chroma` (the probability of keeping full colour
+  resolution, 4:4:4, instead of JPEG's usual 4:2:0).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from PIL import Image
 from sr_augment.engines.base import make_fingerprint
 from sr_augment.errors import DegradeSettingsError
 
-DEGRADE_VERSION = 1
+DEGRADE_VERSION = 2
 """Part of every degraded engine's fingerprint: a change of what the settings draw or do changes it."""
 
 KERNELS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR, "hamming": Image.Resampling.HAMMING,
@@ -62,21 +63,21 @@ DEFAULTS = {
     "blur": {"p": 1.0, "sigma": [0.2, 3.0], "anisotropic": 0.5},
     "downscale": {"p": 1.0, "kernels": ["box", "bilinear", "bicubic", "lanczos"]},
     "noise": {"p": 1.0, "sigma": [1.0, 10.0], "gray": 0.0, "poisson": 0.0},
-    "jpeg": {"p": 1.0, "quality": [30, 95]},
+    "jpeg": {"p": 1.0, "quality": [30, 95], "full_chroma": 0.0},
 }
 """Every operation, in the order it is applied, with the defaults of its fields."""
 
 PRESETS = {
     "light": {"blur": {"p": 0.5, "sigma": [0.4, 2.0], "anisotropic": 0.0},
               "noise": {"p": 0.5, "sigma": [1.0, 5.0], "gray": 0.4},
-              "jpeg": {"p": 1.0, "quality": [70, 95]}},
+              "jpeg": {"p": 1.0, "quality": [80, 95], "full_chroma": 1.0}},
     "realistic": {"blur": {"p": 1.0, "sigma": [0.2, 3.0], "anisotropic": 0.5},
                   "downscale": {"p": 1.0, "kernels": ["box", "bilinear", "bicubic", "lanczos"]},
                   "noise": {"p": 1.0, "sigma": [1.0, 30.0], "gray": 0.4, "poisson": 0.5},
                   "jpeg": {"p": 1.0, "quality": [30, 95]}},
 }
-"""`light`: blur, noise and JPEG quality 70-95, close to the clean input at 64 px and above (JPEG's halved
-colour resolution moves tiny inputs more). `realistic`: Real-ESRGAN's
+"""`light`: blur, noise and JPEG quality 80-95 at full colour resolution (4:4:4; the default 4:2:0
+halves colour resolution, which moves a 16 px input far more than a 64 px one). `realistic`: Real-ESRGAN's
 first-order ranges (isotropic or anisotropic blur sigma 0.2-3, a downscale kernel, Gaussian or Poisson
 noise sigma 1-30, JPEG quality 30-95)."""
 
@@ -167,7 +168,7 @@ def check_degrade(value) -> dict | None:
         merged = {**copy.deepcopy(DEFAULTS[op]), **fields}
         checked = {}
         for field, given in sorted(merged.items()):
-            if field in ("p", "anisotropic", "gray", "poisson"):
+            if field in ("p", "anisotropic", "gray", "poisson", "full_chroma"):
                 checked[field] = _probability(f"{op}.{field}", given)
             elif field == "kernels":
                 checked[field] = _kernels(given)
@@ -248,8 +249,9 @@ def _noise(image: np.ndarray, settings: dict, rng: np.random.Generator) -> np.nd
 
 def _jpeg(image: np.ndarray, settings: dict, rng: np.random.Generator) -> np.ndarray:
     quality = int(rng.integers(settings["quality"][0], settings["quality"][1] + 1))
+    full = settings["full_chroma"] == 1.0 or (settings["full_chroma"] > 0.0 and rng.random() < settings["full_chroma"])
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=0 if full else 2)
     buffer.seek(0)
     with Image.open(buffer) as decoded:
         return np.asarray(decoded.convert("RGB"), dtype=np.uint8)

@@ -7,8 +7,10 @@ the report each live in their own module of this package.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +193,49 @@ def build_engines(engines: list[EngineChoice], lr_factor: int, device: str = "au
     return built
 
 
+CHECKPOINTS = "trainings"
+"""Sub-folder of `--out` holding one JSON file per finished training, so a cut-off study resumes."""
+
+
+def training_key(settings: dict, arm: str, split: dict, seed: int, ids: list[str]) -> str:
+    """A digest of everything one training's predictions depend on: a checkpoint is reused only on a match."""
+    blob = json.dumps({"settings": settings, "arm": arm, "repeat": split["repeat"], "fold": split["fold"],
+                       "seed": seed, "train": [ids[i] for i in split["train"]],
+                       "test": [ids[i] for i in split["test"]]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load_checkpoint(path: Path, key: str, test_size: int, num_classes: int, log=print) -> dict | None:
+    """The saved training at `path` if it is this training's (same key) and well formed, else None.
+
+    The file is plain JSON, never unpickled; a stale or damaged one is ignored with a line saying why.
+    """
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        predictions = saved["predictions"]
+        ok = (saved["key"] == key and isinstance(predictions, list) and len(predictions) == test_size
+              and all(isinstance(v, int) and 0 <= v < num_classes for v in predictions)
+              and isinstance(saved["curves"], dict) and isinstance(saved["seconds"], (int, float)))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log(f"{path}: ignored, not a readable checkpoint ({exc}); training again")
+        return None
+    if not ok:
+        log(f"{path}: ignored, it belongs to other settings or is damaged; training again")
+        return None
+    return saved
+
+
+def save_checkpoint(path: Path, key: str, result: dict, seconds: float) -> None:
+    """Write atomically: a crash mid-write leaves the old file or none, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key, "predictions": [int(v) for v in result["predictions"]],
+                               "curves": result["curves"], "seconds": round(seconds, 1)}))
+    os.replace(tmp, path)
+
+
 def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: int = DEFAULTS["folds"],
                    repeats: int = DEFAULTS["repeats"], epochs: int = DEFAULTS["epochs"],
                    image_size: int = DEFAULTS["image_size"], lr_factor: int = DEFAULTS["lr_factor"],
@@ -249,27 +294,40 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
     predictions = {arm: np.full((repeats, len(images)), -1, np.int64) for arm in arms}
     runs = []
     cache_dir = str(cache.directory)
+    settings = {"engines": {c.label: getattr(built[c.label], "fingerprint", "") for c in engines},
+                "epochs": epochs, "image_size": image_size, "lr_factor": lr_factor, "variants": engine_variants,
+                "p": p, "width": width, "framework": framework, "protocol": trainer.PROTOCOL, "data": str(data_dir)}
+    resumed = 0
     for index, (split, arm) in enumerate(itertools.product(plan, arms)):
         run_seed = seed * 1000 + split["repeat"] * 100 + split["fold"]
+        key = training_key(settings, arm, split, run_seed, ids)
+        slug = "".join(c if c.isalnum() else "-" for c in arm).strip("-")
+        checkpoint = Path(out) / CHECKPOINTS / f"r{split['repeat']}-f{split['fold']}-{slug}.json"
         engine_label = arm[len("HR+SRAugment("):-1] if arm.startswith("HR+SRAugment(") else None
         augment = None if engine_label is None else {"engine": built[engine_label], "p": p, "scale": lr_factor,
                                                      "variants": engine_variants[engine_label], "cache_dir": cache_dir}
         x = arm_images[arm]
         train, test = split["train"], split["test"]
         weights = stats.class_weights(labels[train], len(data.classes))
-        t0 = time.perf_counter()
-        result = trainer.train_and_predict(x[train], labels[train], x[test], labels[test], len(data.classes),
-                                           epochs=epochs, seed=run_seed, class_weight=weights, width=width,
-                                           device=device, augment=augment)
+        saved = load_checkpoint(checkpoint, key, len(test), len(data.classes), log)
+        if saved is not None:
+            result, seconds = {"predictions": saved["predictions"], "curves": saved["curves"]}, saved["seconds"]
+            resumed += 1
+        else:
+            t0 = time.perf_counter()
+            result = trainer.train_and_predict(x[train], labels[train], x[test], labels[test], len(data.classes),
+                                               epochs=epochs, seed=run_seed, class_weight=weights, width=width,
+                                               device=device, augment=augment)
+            seconds = time.perf_counter() - t0
+            save_checkpoint(checkpoint, key, result, seconds)
         predictions[arm][split["repeat"], test] = result["predictions"]
-        seconds = time.perf_counter() - t0
         runs.append({"arm": arm, "repeat": split["repeat"], "fold": split["fold"], "seed": run_seed,
                      "train_images": len(train), "test_images": len(test), "seconds": round(seconds, 1),
                      "test_accuracy": result["curves"]["test_accuracy"][-1], "curves": result["curves"]})
         left = (trainings - index - 1) * sum(r["seconds"] for r in runs) / len(runs)
         log(f"[{index + 1}/{trainings}] repeat {split['repeat']} fold {split['fold']} {arm}: test accuracy "
             f"{runs[-1]['test_accuracy']:.3f}, train accuracy {result['curves']['train_accuracy'][-1]:.3f} "
-            f"({seconds:.0f} s; about {left / 60:.0f} min left)")
+            f"({seconds:.0f} s{', saved earlier' if saved is not None else ''}; about {left / 60:.0f} min left)")
 
     results = {
         "config": {"data": str(data_dir), "engines": [{"label": c.label, "spec": c.spec, "params": c.params,
@@ -289,6 +347,7 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
                          "label": int(labels[i]), "prediction": int(predictions[arm][f["repeat"], i])}
                         for f in plan for arm in arms for i in f["test"].tolist()],
         "sr_generated": generated,
+        "trainings_resumed": resumed,
         **compare(labels, predictions, data.classes, seed),
         "estimate_seconds": round(estimate, 1),
     }
