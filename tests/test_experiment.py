@@ -96,6 +96,29 @@ def test_study_runs_end_to_end_and_a_second_run_makes_no_sr(tmp_path, cache_dir,
     assert [p["prediction"] for p in again["predictions"]] == [p["prediction"] for p in results["predictions"]]
 
 
+@pytest.mark.slow  # trains 13 small CNNs
+def test_a_cut_off_study_resumes_from_its_checkpoints_and_retrains_a_damaged_or_stale_one(tmp_path, cache_dir,
+                                                                                       capsys):
+    data = _photo_classes(tmp_path / "data", placeholder=False)
+    out = tmp_path / "out"
+    assert _run(data, out, cache_dir) == 0
+    first = json.loads((out / "results.json").read_text())
+    saved = sorted((out / "trainings").glob("*.json"))
+    assert len(saved) == 6 and first["trainings_resumed"] == 0
+    capsys.readouterr()
+
+    saved[0].write_text('{"key": "')  # cut off mid-write (or damaged): trained again
+    assert _run(data, out, cache_dir) == 0
+    printed = capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    assert again["trainings_resumed"] == 5 and f"{saved[0]}: ignored, not a readable checkpoint" in printed
+    assert [p["prediction"] for p in again["predictions"]] == [p["prediction"] for p in first["predictions"]]
+
+    assert _run(data, out, cache_dir, "--epochs", "1") == 0  # other settings: nothing reused
+    stale = json.loads((out / "results.json").read_text())
+    assert stale["trainings_resumed"] == 0 and "belongs to other settings" in capsys.readouterr().out
+
+
 def test_folds_are_stratified_repeated_and_refuse_too_small_classes():
     labels = np.array([0] * 6 + [1] * 9)
     plan = make_folds(labels, 3, 2, seed=0, classes=["a", "b"])
