@@ -132,6 +132,28 @@ def test_large_inputs_are_tiled_without_seams(rng):
     assert blended_error <= 3 < hard_error, (blended_error, hard_error)
 
 
+def test_tile_context_gives_a_wide_receptive_field_the_whole_image_s_neighbourhood(rng):
+    """A "model" that sees 4 px around each pixel (a 9x9 box mean, mirrored at its input's edges): tiles run
+    without context see a mirror where the image goes on, so they differ near tile edges even after
+    blending; with 4 px of context every kept pixel sees what it sees in the whole image."""
+    from scipy.ndimage import uniform_filter
+
+    from sr_augment.engines.tiling import upscale_tiled
+
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+
+    def run(batch, seeds):
+        return [np.repeat(np.repeat(uniform_filter(b.astype(np.float32), size=(9, 9, 1), mode="mirror"), 2, 0), 2, 1)
+                for b in batch]
+
+    whole = np.clip(np.rint(run([image], [0])[0]), 0, 255).astype(int)
+    settings = dict(scale=2, tile=16, overlap=4, multiple=1, batch_size=4)
+    without = upscale_tiled([image], [0], run, **settings)[0].astype(int)
+    with_context = upscale_tiled([image], [0], run, context=4, **settings)[0].astype(int)
+    assert with_context.shape == whole.shape == (100, 140, 3)
+    assert np.abs(with_context - whole).max() <= 1 < np.abs(without - whole).max()
+
+
 def test_diffusers_engine_tiles_large_inputs(tiny_ldm_dir, rng):
     engine = get_engine(tiny_ldm_dir, steps=1, tile=16, overlap=4, batch_size=2)
     calls = []

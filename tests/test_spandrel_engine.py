@@ -166,7 +166,8 @@ def test_fingerprint_follows_the_weights_not_the_path(checkpoints, tmp_path):
     changed = get_engine(str(copy), scale=scale, device="cpu")
     assert changed.fingerprint != base.fingerprint
     assert json.loads(changed.fingerprint).keys() == {"engine", "architecture", "weights", "scale", "native_scale",
-                                                       "dtype", "tile", "overlap"}
+                                                       "dtype", "tile", "overlap", "tile_context"}
+    assert json.loads(changed.fingerprint)["tile_context"] == 32  # RRDBNet (ESRGAN): a wide receptive field
     assert weights_stamp(str(copy)) and weights_stamp(str(copy)) != weights_stamp(str(path))
 
 

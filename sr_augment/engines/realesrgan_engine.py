@@ -197,7 +197,7 @@ class RealESRGANEngine(SpandrelEngine):
         self.fingerprint = make_fingerprint(
             engine="realesrgan", model=weights.stem, weights=hash_file(weights), graph=hash_file(self.param_path),
             converter=CONVERTER_VERSION, scale=self.scale, native_scale=self.native_scale, dtype=self.dtype,
-            tile=self.tile, overlap=self.overlap)
+            tile=self.tile, overlap=self.overlap, tile_context=self.tile_context)
 
     def _load_descriptor(self):
         return realesrgan_descriptor(self.param_path, self.path)

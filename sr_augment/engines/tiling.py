@@ -6,6 +6,12 @@ Each output pixel is a weighted mean of the tiles that cover it, with weights th
 (almost) zero towards a tile's edges, so no tile boundary shows as a hard seam.
 
 Small inputs are padded (reflect) up to a multiple the model needs and the padding is cropped off.
+
+A model whose receptive field is wider than the overlap (a GAN such as Real-ESRGAN) still changes near a
+tile's edge, where it sees less of the image than on the whole image. `context` extends every tile by that
+many real pixels on each side (where the image has them); the model runs on the extended tile and only
+the tile itself is kept and blended, so its edges are computed with the neighbourhood they have in the
+whole image.
 """
 
 from __future__ import annotations
@@ -102,22 +108,35 @@ def tile_seed(seed: int, tile_number: int) -> int:
     return int(np.random.SeedSequence([int(seed) % (2**63), tile_number]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def with_context(tile: Tile, height: int, width: int, context: int) -> Tile:
+    """`tile` grown by `context` pixels on every side, clipped to the image."""
+    top, left = max(0, tile.top - context), max(0, tile.left - context)
+    bottom = min(height, tile.top + tile.height + context)
+    right = min(width, tile.left + tile.width + context)
+    return Tile(top, left, bottom - top, right - left)
+
+
 def upscale_tiled(images, seeds, run_batch, *, scale: int, tile: int, overlap: int, multiple: int,
-                  batch_size: int, min_side: int = 0) -> list[np.ndarray]:
+                  batch_size: int, min_side: int = 0, context: int = 0) -> list[np.ndarray]:
     """Upscale images of any size with `run_batch(list of equal-shape arrays, seeds) -> list of arrays`.
 
     Every image is cut into tiles (one when it fits), each tile is padded to `multiple` (and to at
     least `min_side`, for models that fail on inputs much smaller than their training crops), tiles of all
-    images are grouped by shape and run `batch_size` at a time, and the outputs are stitched back.
+    images are grouped by shape and run `batch_size` at a time, and the outputs are stitched back. With
+    `context`, each tile runs with that many extra image pixels around it, cropped off before blending.
     """
-    jobs = []  # (image index, tile, padded pixels, tile seed)
+    jobs = []  # (image index, tile, padded pixels, tile seed, (rows, cols) of the tile in the output)
     stitchers = []
     for index, (image, seed) in enumerate(zip(images, seeds)):
         height, width = image.shape[:2]
         stitchers.append(Stitcher(height, width, scale, overlap))
-        for number, tile_box in enumerate(plan_tiles(height, width, tile, overlap)):
-            pixels = image[tile_box.top:tile_box.top + tile_box.height, tile_box.left:tile_box.left + tile_box.width]
-            jobs.append((index, tile_box, pad_to_multiple(pixels, multiple, min_side), tile_seed(seed, number)))
+        boxes = plan_tiles(height, width, tile, overlap)
+        for number, tile_box in enumerate(boxes):
+            run_box = with_context(tile_box, height, width, context) if len(boxes) > 1 else tile_box
+            pixels = image[run_box.top:run_box.top + run_box.height, run_box.left:run_box.left + run_box.width]
+            top, left = (tile_box.top - run_box.top) * scale, (tile_box.left - run_box.left) * scale
+            keep = (slice(top, top + tile_box.height * scale), slice(left, left + tile_box.width * scale))
+            jobs.append((index, tile_box, pad_to_multiple(pixels, multiple, min_side), tile_seed(seed, number), keep))
     by_shape: dict[tuple, list] = {}
     for job in jobs:
         by_shape.setdefault(job[2].shape, []).append(job)
@@ -125,19 +144,19 @@ def upscale_tiled(images, seeds, run_batch, *, scale: int, tile: int, overlap: i
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
             outputs = run_batch([job[2] for job in chunk], [job[3] for job in chunk])
-            for (index, tile_box, _, _), out in zip(chunk, outputs):
-                stitchers[index].add(tile_box, out)
+            for (index, tile_box, _, _, keep), out in zip(chunk, outputs):
+                stitchers[index].add(tile_box, out[keep])
     return [stitcher.result() for stitcher in stitchers]
 
 
 def upscale_to_scale(images, seeds, run, *, native_scale: int, scale: int, tile: int, overlap: int, multiple: int,
-                     batch_size: int, min_side: int = 0) -> list[np.ndarray]:
+                     batch_size: int, min_side: int = 0, context: int = 0) -> list[np.ndarray]:
     """`upscale_tiled` at the model's own factor, then the output resized (bicubic) to the requested
     `scale` where the two differ: what every model-backed engine does, so `scale=4` always means 4x."""
     from sr_augment.images import resize
 
     results = upscale_tiled(images, seeds, run, scale=native_scale, tile=tile, overlap=overlap, multiple=multiple,
-                            batch_size=batch_size, min_side=min_side)
+                            batch_size=batch_size, min_side=min_side, context=context)
     if scale != native_scale:
         results = [resize(out, (image.shape[0] * scale, image.shape[1] * scale)) for out, image in zip(results, images)]
     return results
