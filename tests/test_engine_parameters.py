@@ -108,6 +108,25 @@ def test_wrong_types_fail_at_construction():
     assert "engine_dtype" in _message(AugmentCore, engine="sr4", dtype="float16")  # the adapters' own argument
 
 
+def test_an_overlap_not_below_the_tile_fails_at_construction_saying_so(tmp_path, capsys):
+    """The review found `tile=32, overlap=40` refused only when the engine was built, as a bare
+    "got 4, 32, 40"; and `tile=8` alone refused for the default overlap (16) it never named."""
+    for spec in ("sr4", "dat-light", "realesr-animevideov3"):
+        message = _message(AugmentCore, engine=spec, tile=32, overlap=40)
+        assert "overlap must be less than tile" in message and "tile=32, overlap=40" in message, message
+        assert message == _message(get_engine, spec, tile=32, overlap=40)
+    assert "overlap=16 (the default)" in _message(AugmentCore, engine="dat-light", tile=8)
+    AugmentCore(engine="dat-light", tile=0, overlap=40)  # tile=0: never tiled, any overlap
+    AugmentCore(engine="dat-light", tile=8, overlap=2)
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    with pytest.raises(SystemExit) as info:
+        main(["warm", str(folder), "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--engine", "dat-light",
+              "--set", "tile=32", "--set", "overlap=32"])
+    assert "overlap must be less than tile" in str(info.value.code)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_a_valid_parameter_set_still_builds(tmp_path):
     import numpy as np
 

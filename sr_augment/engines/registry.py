@@ -125,6 +125,22 @@ INT, NUMBER, TEXT, NONE = (numbers.Integral,), (numbers.Real,), (str,), (type(No
 """Shorthands for `Parameter.types` (`INT + NONE`: an int or None)."""
 
 
+DEFAULT_OVERLAP = 16
+"""The tile overlap every tiling engine's constructor defaults to (diffusers, spandrel, one-step)."""
+
+
+def _tile_problem(params: dict) -> str | None:
+    """The one check across parameters: tiles must overlap by less than their side."""
+    tile, overlap = params.get("tile"), params.get("overlap", DEFAULT_OVERLAP)
+    if not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile == 0:
+        return None
+    if isinstance(overlap, numbers.Integral) and not isinstance(overlap, bool) and overlap >= tile:
+        given = "" if "overlap" in params else " (the default)"
+        return (f"overlap must be less than tile (it is the border two tiles share): got tile={tile}, "
+                f"overlap={overlap}{given}; e.g. overlap={max(0, tile // 4)}")
+    return None
+
+
 def check_parameters(spec: str, accepted: Iterable[Parameter], params: dict) -> None:
     """`EngineParameterError` for the first parameter of `params` that `accepted` does not take, or takes
     with another type or value, or for a required one missing; names the closest accepted name."""
@@ -143,6 +159,8 @@ def check_parameters(spec: str, accepted: Iterable[Parameter], params: dict) -> 
         problem = accepted[name].problem(value)
         if problem:
             raise EngineParameterError(f"engine {spec!r}: {problem}")
+    if "tile" in accepted and "overlap" in accepted and _tile_problem(params):
+        raise EngineParameterError(f"engine {spec!r}: {_tile_problem(params)}")
     for parameter in accepted.values():
         if parameter.required and parameter.name not in params:
             raise EngineParameterError(f"engine {spec!r} needs the parameter {parameter.name!r}"
