@@ -160,6 +160,14 @@ class AugmentCore:
         self.degrade = degrade_config(degrade)  # bad settings fail here (DegradeSettingsError)
         if self.degrade is None:  # degraded variants differ: nothing to warn about
             warn_deterministic_variants(self.engine_spec, int(variants), stacklevel=4)  # from the spec: nothing loaded
+        elif int(variants) == 1:
+            import warnings
+
+            from sr_augment.errors import SRAugmentWarning
+
+            warnings.warn(f"degrade={degrade!r} with variants=1 changes nothing: only variant 0, the clean output, is "
+                          f"ever used; degraded inputs make variants 1 and up (variants=2 or more)",
+                          SRAugmentWarning, stacklevel=4)
         # scale None: the model's own factor (a spandrel checkpoint), learnt from the engine's identity; else 4
         self.mode, self._scale, self.variants, self.p = mode, default_scale(self.engine_spec, scale), int(variants), float(p)
         self.output_size = normalise_output_size(output_size, int_is_shorter_side=int_is_shorter_side)

@@ -44,6 +44,7 @@ class EvalReport:
     summary: dict = field(default_factory=dict)    # method -> mean metrics
     skipped: list = field(default_factory=list)    # files that could not be read, with the reason
     optional: dict = field(default_factory=dict)   # metric -> value or the reason it was not computed
+    settings: dict = field(default_factory=dict)   # what made the numbers: engine, fingerprint, degrade, crops
 
 
 def hr_crops(paths, crop: int, crops_per_image: int, scale: int, seed: int = 0) -> tuple[list[Crop], list[str]]:
@@ -147,7 +148,12 @@ def eval_sr(paths, engine, cache, *, scale: int = 4, crop: int = 512, crops_per_
     crops, skipped = hr_crops(paths, crop, crops_per_image, scale, seed)
     if not crops:
         raise ValueError(f"no usable images under {', '.join(map(str, paths))}" + (f" ({skipped[0]})" if skipped else ""))
-    report = EvalReport(skipped=skipped)
+    from sr_augment.engines.degrade import DegradedEngine
+
+    report = EvalReport(skipped=skipped, settings={
+        "engine": getattr(engine, "name", "sr"), "fingerprint": getattr(engine, "fingerprint", None),
+        "degrade": engine.settings if isinstance(engine, DegradedEngine) else None, "variants": variants,
+        "scale": scale, "crop": crop, "crops_per_image": crops_per_image, "seed": seed})
     bicubic = BicubicEngine(scale)
     name = getattr(engine, "name", "sr")
     method = label or (name if name != "bicubic" else "bicubic (engine)")
@@ -209,8 +215,8 @@ def write_report(report: EvalReport, out: Path) -> dict[str, Path]:
         writer = csv.DictWriter(fh, fieldnames=list(report.rows[0]))
         writer.writeheader()
         writer.writerows(report.rows)
-    paths["json"].write_text(json.dumps({"summary": report.summary, "optional_metrics": report.optional,
-                                         "skipped": report.skipped}, indent=2))
+    paths["json"].write_text(json.dumps({"settings": report.settings, "summary": report.summary,
+                                         "optional_metrics": report.optional, "skipped": report.skipped}, indent=2))
     paths["markdown"].write_text(summary_markdown(report))
     return paths
 

@@ -68,6 +68,26 @@ def test_a_preset_and_its_dict_are_the_same_settings_and_survive_json():
     assert parse_degrade_option("realistic") == "realistic"
 
 
+def test_degrade_with_one_variant_warns_that_it_changes_nothing(tmp_path):
+    from sr_augment.errors import SRAugmentWarning
+
+    with pytest.warns(SRAugmentWarning, match="variants=1 changes nothing"):
+        AugmentCore(engine="bicubic", degrade="light", variants=1, cache_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AugmentCore(engine="bicubic", degrade="light", variants=2, cache_dir=tmp_path)
+
+
+def test_numpy_numbers_are_numbers_and_give_the_same_settings():
+    """The review found `np.float32(3)` refused as "expected a number" (settings computed with numpy)."""
+    given = {"noise": {"sigma": np.float32(3), "p": np.float64(0.5)}, "jpeg": {"quality": np.array([80, 90])}}
+    canonical = check_degrade(given)
+    assert canonical == check_degrade({"noise": {"sigma": 3, "p": 0.5}, "jpeg": {"quality": [80, 90]}})
+    assert json.loads(json.dumps(canonical)) == canonical  # plain floats and ints, not numpy's
+    with pytest.raises(DegradeSettingsError, match="noise.sigma"):
+        check_degrade({"noise": {"sigma": np.bool_(True)}})
+
+
 def test_light_keeps_full_colour_resolution_so_a_16px_input_moves_less_than_with_4_2_0():
     """The review measured `light` (JPEG 4:2:0) changing 16-24 px inputs by 6-10 grey levels; JPEG at
     full chroma moves them clearly less at the same quality."""

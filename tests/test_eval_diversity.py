@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import photo
 from sr_augment.cli import main
+from sr_augment.engines.degrade import check_degrade
 from sr_augment.metrics import variant_spread
 
 
@@ -106,8 +107,11 @@ def test_eval_sr_degrade_gives_a_deterministic_engine_spread(photos, tmp_path, c
     out = tmp_path / "json"
     assert _eval(photos, out, cache_dir, "--engine", "bicubic", "--variants", "2",
                  "--degrade", '{"noise": {"sigma": 5}}') == 0
-    summary = json.loads((out / "summary.json").read_text())["summary"]
-    assert summary["bicubic + degrade custom"]["pair_mad"] > 0
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["summary"]["bicubic + degrade custom"]["pair_mad"] > 0
+    # "custom" alone would not say which settings made the numbers: summary.json keeps them (review)
+    assert saved["settings"]["degrade"] == check_degrade({"noise": {"sigma": 5}})
+    assert saved["settings"]["variants"] == 2 and "degrade" in saved["settings"]["fingerprint"]
 
 
 def test_eval_sr_degrade_refuses_bad_settings_naming_the_option(photos, tmp_path, cache_dir, capsys):

@@ -44,6 +44,7 @@ import difflib
 import io
 import json
 import math
+import numbers
 
 import numpy as np
 from PIL import Image
@@ -96,7 +97,7 @@ def _refuse(where: str, problem: str) -> DegradeSettingsError:
 
 
 def _probability(where: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise _refuse(where, f"a probability must be a number from 0 to 1, got {value!r}")
     return float(value)
 
@@ -104,10 +105,12 @@ def _probability(where: str, value) -> float:
 def _range(op: str, field: str, value) -> list:
     low_bound, high_bound, inclusive = _RANGES[(op, field)]
     where = f"{op}.{field}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         value = [value, value]
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)):
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in value)):
         raise _refuse(where, f"expected a number or [low, high], got {value!r}")
     if not all(math.isfinite(float(v)) for v in value):
         raise _refuse(where, f"expected finite numbers, got {value!r}")

@@ -47,7 +47,8 @@ def warn_deterministic_variants(engine, variants: int, *, stacklevel: int = 3) -
         return False
     name = engine if isinstance(engine, str) else getattr(engine, "name", type(engine).__name__)
     warnings.warn(f"engine {name!r} is deterministic: all {int(variants)} variants of an image will be the same "
-                  f"pixels ({int(variants)}x the work and cache space for one result). Use variants=1, degrade='light' "
-                  f"(variants > 0 super-resolve seeded degradations of the input: `warm --degrade light`), or a "
+                  f"pixels ({int(variants)}x the work and cache space for one result). Use variants=1; or keep "
+                  f"them and add degrade='light' "
+                  f"(variants > 0 super-resolve seeded degradations of the input: `warm --degrade light`); or a "
                   f"diffusion engine (e.g. 'sr4') for varied samples.", DeterministicEngineWarning, stacklevel=stacklevel)
     return True

@@ -152,10 +152,10 @@ def check_parameters(spec: str, accepted: Iterable[Parameter], params: dict) -> 
         if not accepted:
             raise EngineParameterError(f"{spec} engine takes no parameters, got {', '.join(sorted(params))}")
         if name not in accepted:
-            close = difflib.get_close_matches(name, list(accepted), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(name, [n for n, p in accepted.items() if p.types != NONE], n=1, cutoff=0.6)
             raise EngineParameterError(f"engine {spec!r} takes no parameter {name!r}"
                                        + (f" (did you mean {close[0]!r}?)" if close else "")
-                                       + f"; it takes {', '.join(sorted(accepted))}")
+                                       + f"; it takes {', '.join(sorted(n for n, p in accepted.items() if p.types != NONE))}")
         problem = accepted[name].problem(value)
         if problem:
             raise EngineParameterError(f"engine {spec!r}: {problem}")

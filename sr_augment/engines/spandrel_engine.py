@@ -39,9 +39,9 @@ Compact nets (animevideov3, DAT-light's windows) see little past 16 px: with it 
 the whole image's. RRDBNet (Real-ESRGAN x4plus) sees much further: see `RRDB_TILE_CONTEXT`."""
 
 RRDB_TILE_CONTEXT = 32
-"""Tile context of RRDBNet models (spandrel architecture "ESRGAN"). Measured on a 96x96 crop of coffee at tile=32 against the whole image:
-context 16 -> up to 23 grey levels apart (mean 0.50), 24 -> 15 (0.28), 32 -> 7 (0.12); without context
-the review saw 20. Exact equality needs the whole image (tile=0 or a larger `tile`)."""
+"""Tile context of RRDBNet models (spandrel architecture "ESRGAN"). Measured on a 96x96 crop of coffee
+at tile=32 against the whole image: context 16 -> up to 23 grey levels apart (mean 0.50), 24 -> 15
+(0.28), 32 -> 7 (0.12); without context the review saw 20. Exact equality needs the whole image (tile=0 or a larger `tile`)."""
 
 
 

@@ -69,7 +69,7 @@ def _value(text: str):
 def parse_engines(text: str) -> list[EngineChoice]:
     """`--engines`: comma-separated engine specs, each optionally followed by `:key=value` parameters
     (values read as JSON where they are JSON, else text) or, after a named engine, `:preset` as short
-    for `:preset=preset`. E.g. `bicubic,dat-light,sr4:fast,sr4:preset=fidelity,realesrgan:degrade=blur`.
+    for `:preset=preset`. E.g. `bicubic,dat-light,sr4:fast,sr4:preset=fidelity,realesrgan:degrade=light`.
     A `module:Class` or a path keeps its colon. Duplicates are refused."""
     from sr_augment.engines.listing import builtin_engines
 
