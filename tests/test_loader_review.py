@@ -4,7 +4,6 @@ overshoot of Keras' bicubic / Lanczos interpolation, the usage errors of `warm`'
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -13,21 +12,12 @@ from PIL import Image
 
 from sr_augment.cli.main import main
 from sr_augment.images import iter_image_files
-
-SCALE = 2
+from test_loader_keys import SCALE, _warm  # warm through the CLI at the scale both files test
 
 
 def _noise_png(path, seed: int, size=(12, 14)) -> None:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
-
-
-def _warm(root, cache_dir, capsys, *options) -> dict:
-    code = main(["warm", str(root), "--engine", "bicubic", "--scale", str(SCALE), "--cache-dir", str(cache_dir),
-                 "--no-progress", "--json", *options])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return json.loads(out.out.strip().splitlines()[-1])
 
 
 # -- folder links ----------------------------------------------------------------------------------------
