@@ -39,9 +39,7 @@ def _esrgan(path: Path, seed: int) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread(one_torch_thread):
-    """Every test here on one torch thread (the shared fixture in conftest)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # every test on one torch thread (conftest)
 
 
 @pytest.fixture

@@ -22,9 +22,7 @@ from sr_augment.torch_transforms import SRAugment  # noqa: E402
 SIDE = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread(one_torch_thread):
-    """Every test here on one torch thread (the shared fixture in conftest)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # every test on one torch thread (conftest)
 
 
 @pytest.fixture

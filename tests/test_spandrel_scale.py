@@ -35,9 +35,7 @@ def x2_checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread(one_torch_thread):
-    """Every test here on one torch thread (the shared fixture in conftest)."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # every test on one torch thread (conftest)
 
 
 def _image(rng, height=12, width=16):
