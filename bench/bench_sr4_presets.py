@@ -1,4 +1,4 @@
-"""sr4 presets side by side: seconds per 128x128 -> 512x512 image, `fast` vs `fidelity` (the default).
+"""sr4 presets side by side: seconds per 128x128 -> 512x512 image, `fast` (the default) vs `fidelity` (the earlier default).
 
     python bench/bench_sr4_presets.py [--images 6] [--presets fast,fidelity] [--json out.json]
 

@@ -116,7 +116,11 @@ def test_clear_removes_only_the_caches_own_files_and_follows_no_link(capsys, tmp
     outside.mkdir()
     (outside / "ab").mkdir()
     (outside / "ab" / ("0" * 28 + ".val")).write_bytes(b"keep")
-    (cache_dir / "entries" / "cd").symlink_to(outside)  # a planted link in the value-file tree
+    # a planted link in the value-file tree, named like diskcache's random sub-folders but not one of them
+    # (a fixed "cd" collided with a real one in about 1 run in 128)
+    taken = {path.name for path in (cache_dir / "entries").iterdir()}
+    planted = next(f"{i:02x}" for i in range(256) if f"{i:02x}" not in taken)
+    (cache_dir / "entries" / planted).symlink_to(outside)
     (cache_dir / "notes.txt").write_text("mine")
     assert main(["clear", "--cache-dir", str(cache_dir), "--yes"]) == 0
     assert (outside / "ab" / ("0" * 28 + ".val")).read_bytes() == b"keep"

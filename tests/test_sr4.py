@@ -137,7 +137,7 @@ def test_train_rejects_too_few_photos(tmp_path, rng):
 def test_builtin_sr4_is_the_default_and_loads_offline():
     assert DEFAULT_ENGINE == "sr4"
     engine = get_engine("sr4")
-    assert engine.name == "sr4" and engine.scale == 4 and engine.steps == 10 and engine.strength == 0.5
+    assert engine.name == "sr4" and engine.scale == 4 and engine.steps == 1 and engine.strength == 1.0
     assert engine.fingerprint == get_engine().fingerprint
     # a flat image has nothing to invent; 8x8 is padded up to the 32 px the model was trained on
     # (unpadded, this came back with values from 3 to 170)

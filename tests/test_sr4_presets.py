@@ -1,4 +1,5 @@
-"""sr4 presets: fast (one UNet call), fidelity (the defaults, same cache keys as before presets), diverse."""
+"""sr4 presets: fast (one UNet call, the default), fidelity (the earlier default, same cache keys as before
+presets), diverse."""
 
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ FIDELITY_FINGERPRINT = (
 )
 
 
-def test_no_preset_and_fidelity_keep_the_fingerprint_of_existing_caches():
-    assert get_engine("sr4", device="cpu").fingerprint == FIDELITY_FINGERPRINT
+def test_fidelity_keeps_the_fingerprint_of_existing_caches_and_no_preset_is_fast():
     assert get_engine("sr4", device="cpu", preset="fidelity").fingerprint == FIDELITY_FINGERPRINT
+    default = get_engine("sr4", device="cpu")
+    assert default.fingerprint == get_engine("sr4", device="cpu", preset="fast").fingerprint != FIDELITY_FINGERPRINT
+    assert (default.steps, default.strength, default.eta) == (1, 1.0, 0.0)
 
 
 def test_the_other_presets_change_the_fingerprint():
@@ -100,10 +103,11 @@ def _unet_calls(engine, image) -> int:
     return len(calls)
 
 
-def test_fast_is_one_unet_call_and_fidelity_six():
+def test_fast_the_default_is_one_unet_call_and_fidelity_six():
     image = center_crop(photo("coffee"), 32)
     assert _unet_calls(get_engine("sr4", device="cpu", preset="fast"), image) == 1
-    assert _unet_calls(get_engine("sr4", device="cpu"), image) == 6  # 1 mean estimate + round(10 * 0.5) steps
+    assert _unet_calls(get_engine("sr4", device="cpu"), image) == 1
+    assert _unet_calls(get_engine("sr4", device="cpu", preset="fidelity"), image) == 6  # 1 estimate + round(10 * 0.5)
 
 
 def test_every_preset_beats_bicubic_on_a_real_photo_and_diverse_varies_most():

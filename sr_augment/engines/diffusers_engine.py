@@ -87,7 +87,7 @@ class DiffusersEngine:
             (guidance_scale <= 1 disables classifier-free guidance and halves the cost).
         strength: sr4 only: the fraction of the reverse process run from the model's one-shot mean
             estimate, in (0, 1] (1 = sample from pure noise: most invented detail, lowest PSNR).
-        preset: sr4 only: "fidelity" (the default), "fast" (one UNet call) or "diverse" (see
+        preset: sr4 only: "fast" (the default: one UNet call), "fidelity" or "diverse" (see
             `sr_augment.sr4.presets`): the defaults of `steps`, `strength` and `eta`; given ones win.
         revision: hub revision to pin.
     """
