@@ -2,8 +2,8 @@
 
 - `fast` (the default): the model's one-shot estimate of the conditional mean: one UNet call per tile
   (steps 1, strength 1, eta 0). In the classifier study (docs: Evidence) it was the best SR engine
-  measured on Imagewoof and never worse than another arm on hymenoptera, at about a quarter of
-  `fidelity`'s cost; `fidelity` was not measured better for a classifier, so the cheaper one is the default.
+  measured on Imagewoof, with no arm significantly different on hymenoptera, at a fifth to a sixth
+  of `fidelity`'s time; `fidelity` was not measured better for a classifier, so the cheaper one is the default.
 - `fidelity`: 10 DDIM steps refining the model's one-shot estimate from strength 0.5, eta 0: the
   highest PSNR (6 UNet calls per tile); the default before the study, with the same cache keys.
 - `diverse`: sampling from pure noise with fresh noise at every step (10 steps, strength 1, eta 1):
