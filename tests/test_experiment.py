@@ -112,6 +112,8 @@ def test_a_cut_off_study_resumes_from_its_checkpoints_and_retrains_a_damaged_or_
     printed = capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
     assert again["trainings_resumed"] == 5 and f"{saved[0]}: ignored, not a readable checkpoint" in printed
+    assert "5 of 6 trainings were saved by an earlier run" in printed and "estimate: 1 trainings" in printed
+    assert "Trainings reused from an earlier run of this study (`trainings/`): 5 of 6." in (out / "report.md").read_text()
     assert [p["prediction"] for p in again["predictions"]] == [p["prediction"] for p in first["predictions"]]
 
     assert _run(data, out, cache_dir, "--epochs", "1") == 0  # other settings: nothing reused
@@ -222,3 +224,58 @@ def test_the_sr_arm_of_a_degraded_engine_is_built_once_from_the_clean_engine(cac
                               "LR", "SR(dat-light)"]
     clean = build_engines(parse_engines("dat-light"), lr_factor=4)["dat-light"]
     assert cache.plan([resize(im, (8, 8)) for im in hr], clean, "upscale", 1) == []
+
+
+def test_training_warnings_name_unsettled_batchnorm_and_a_collapsed_arm():
+    """An independent run on a data set we had not used (scikit-learn's digits, 8 epochs of 200 images)
+    reported "significant" differences between arms whose models predicted one class for every test
+    image: their BatchNorm statistics had not settled. The report now says so."""
+    from sr_augment.experiment.study import training_warnings
+
+    def run(arm, train, fit, steps=24):
+        return {"arm": arm, "repeat": 0, "fold": 1, "curves": {"train_accuracy": [0.5, train]},
+                "diagnostics": {"steps": steps, "eval_train_accuracy": fit}}
+
+    def arm(share):
+        return {"per_class": {"a": {"predicted_share": share}, "b": {"predicted_share": (1 - share) / 2},
+                              "c": {"predicted_share": (1 - share) / 2}}}
+
+    healthy = [run("LR", 0.80, 0.85), run("HR", 0.90, 0.88)]
+    assert training_warnings(healthy, {"LR": arm(0.34), "HR": arm(0.40)}, 3) == []
+    assert training_warnings([{**healthy[0], "diagnostics": None}], {"LR": arm(0.34)}, 3) == []  # old checkpoint
+    unsettled = training_warnings([run("LR", 0.80, 0.85), run("HR", 0.88, 0.09)], {"LR": arm(0.34), "HR": arm(0.4)}, 3)
+    assert len(unsettled) == 1 and "1 of 2 trainings" in unsettled[0] and "HR, repeat 0 fold 1: 0.09" in unsettled[0]
+    assert "24 optimiser steps" in unsettled[0] and "--epochs" in unsettled[0]
+    collapsed = training_warnings(healthy, {"LR": arm(0.34), "HR": arm(0.98)}, 3)
+    assert len(collapsed) == 1 and "HR (98%)" in collapsed[0] and "LR" not in collapsed[0]
+
+
+@pytest.mark.slow  # trains one small CNN on 200 digits
+def test_too_few_steps_leave_a_model_that_cannot_predict_its_own_training_images():
+    """What the independent run found, with the study's own trainer: 8 epochs of 200 images (24 steps)
+    train to a high accuracy in train mode, but the model as it predicts gets its own training images
+    about as right as chance; the diagnostics catch it and `training_warnings` says so."""
+    from sklearn.datasets import load_digits
+
+    from sr_augment.experiment import stats, torch_cnn
+    from sr_augment.experiment.study import training_warnings
+    from sr_augment.images import resize
+
+    digits = load_digits()
+    keep = np.concatenate([np.flatnonzero(digits.target == k)[:20] for k in range(10)])
+    x = np.stack([resize(np.repeat((digits.images[i] * 255 / 16).astype(np.uint8)[..., None], 3, axis=2), (32, 32))
+                  for i in keep])
+    y = digits.target[keep]
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = torch_cnn.train_and_predict(x, y, x[:20], y[:20], 10, epochs=8, seed=0, width=8,
+                                             class_weight=stats.class_weights(y, 10))
+    finally:
+        torch.set_num_threads(threads)
+    diagnostics = result["diagnostics"]
+    assert diagnostics["steps"] == 8 * 3  # 200 images, batches of 64, the last partial one dropped
+    assert diagnostics["eval_train_accuracy"] < 0.5 * result["curves"]["train_accuracy"][-1]
+    run = {"arm": "HR", "repeat": 0, "fold": 0, "curves": result["curves"], "diagnostics": diagnostics}
+    assert "BatchNorm statistics have not settled" in training_warnings([run], {}, 10)[0]

@@ -97,7 +97,9 @@ def train_and_predict(train_x, train_y, test_x, test_y, num_classes: int, *, epo
                         batch_size=batch_size, verbose=0, class_weight={i: float(w) for i, w in enumerate(class_weight)},
                         validation_data=(test_x.astype("float32"), keras.utils.to_categorical(test_y, num_classes)))
     predictions = np.argmax(model.predict(test_x.astype("float32"), batch_size=256, verbose=0), axis=1)
+    fit = np.argmax(model.predict(train_x.astype("float32"), batch_size=256, verbose=0), axis=1)
     return {"predictions": predictions,
+            "diagnostics": {"steps": epochs * steps_per_epoch, "eval_train_accuracy": float(np.mean(fit == train_y))},
             "curves": {"train_loss": [float(v) for v in history.history["loss"]],
                        "train_accuracy": [float(v) for v in history.history["accuracy"]],
                        "test_accuracy": [float(v) for v in history.history["val_accuracy"]],

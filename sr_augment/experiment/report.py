@@ -32,6 +32,7 @@ def report_markdown(results: dict) -> str:
         f"bicubic), shown to the CNN upscaled back to {config['image_size']} px. Engines: {engines}; SRAugment: "
         f"resynthesize, variants {config['variants']} (a deterministic engine: 1), p = {config['p']}.",
         "",
+        *[line for warning in results.get("warnings", []) for line in (f"**Warning: {warning}**", "")],
         "![accuracy per arm and differences from the baseline](study.png)",
         "",
         "## Accuracy and macro-F1 per arm",
@@ -91,6 +92,8 @@ def report_markdown(results: dict) -> str:
               f"with seed {config['seed']} (results.json keeps every fold's test images and every prediction).", "",
               "SR generated in this run: " + ", ".join(f"{k} {v}" for k, v in results["sr_generated"].items())
               + " (0 = everything came from the cache).", "",
+              f"Trainings reused from an earlier run of this study (`trainings/`): "
+              f"{results.get('trainings_resumed', 0)} of {len(results['runs'])}.", "",
               f"Wall time: {results['wall_seconds']:.0f} s (estimate at start, training only: "
               f"{results['estimate_seconds']:.0f} s).", "", "![one image in each representation](samples.png)"]
     if data["skipped"]:

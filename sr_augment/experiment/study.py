@@ -232,8 +232,38 @@ def save_checkpoint(path: Path, key: str, result: dict, seconds: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"key": key, "predictions": [int(v) for v in result["predictions"]],
-                               "curves": result["curves"], "seconds": round(seconds, 1)}))
+                               "curves": result["curves"], "diagnostics": result.get("diagnostics"),
+                               "seconds": round(seconds, 1)}))
     os.replace(tmp, path)
+
+
+def training_warnings(runs: list[dict], summary: dict, num_classes: int) -> list[str]:
+    """What makes the numbers untrustworthy, in words: a model that, as it predicts, fits its own training
+    images far worse than it did in training (BatchNorm statistics that never settled: too few optimiser
+    steps), or an arm whose predictions one class swallows. Empty when nothing looks wrong."""
+    warnings = []
+    unsettled = [r for r in runs if isinstance(r.get("diagnostics"), dict)
+                 and isinstance(r["diagnostics"].get("eval_train_accuracy"), (int, float))
+                 and r["diagnostics"]["eval_train_accuracy"] < 0.5 * r["curves"]["train_accuracy"][-1]]
+    if unsettled:
+        worst = min(unsettled, key=lambda r: r["diagnostics"]["eval_train_accuracy"])
+        warnings.append(
+            f"{len(unsettled)} of {len(runs)} trainings predict their own training images far worse than they "
+            f"trained (e.g. {worst['arm']}, repeat {worst['repeat']} fold {worst['fold']}: "
+            f"{worst['diagnostics']['eval_train_accuracy']:.2f} against a train accuracy of "
+            f"{worst['curves']['train_accuracy'][-1]:.2f}, after {worst['diagnostics']['steps']} optimiser steps): "
+            f"the model's BatchNorm statistics have not settled, so its test predictions are not meaningful. "
+            f"Train longer (--epochs) or on more images.")
+    limit = min(0.9, 3.0 / num_classes)
+    swallowed = {arm: max(c["predicted_share"] for c in s["per_class"].values()) for arm, s in summary.items()}
+    swallowed = {arm: share for arm, share in swallowed.items() if share > limit}
+    if swallowed:
+        warnings.append(
+            "one class receives most predictions in " + ", ".join(f"{arm} ({share:.0%})" for arm, share in
+                                                                  swallowed.items())
+            + f" (balanced: {1 / num_classes:.0%}): a collapsed classifier; its accuracy and differences are "
+              f"not evidence about SR.")
+    return warnings
 
 
 def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: int = DEFAULTS["folds"],
@@ -285,34 +315,44 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
     else:
         from sr_augment.experiment import keras_cnn as trainer
     trainings = len(arms) * len(plan)
-    per_image = trainer.time_step(image_size, len(data.classes), width=width, device=device)
-    train_size = int(np.mean([len(f["train"]) for f in plan]))
-    estimate = estimate_seconds(trainings, epochs, train_size, per_image)
-    log(f"estimate: {trainings} trainings x {epochs} epochs x {train_size} images at {per_image * 1e3:.2f} ms per "
-        f"image-step: about {estimate / 60:.0f} min of training")
-
-    predictions = {arm: np.full((repeats, len(images)), -1, np.int64) for arm in arms}
-    runs = []
-    cache_dir = str(cache.directory)
     settings = {"engines": {c.label: getattr(built[c.label], "fingerprint", "") for c in engines},
                 "epochs": epochs, "image_size": image_size, "lr_factor": lr_factor, "variants": engine_variants,
                 "p": p, "width": width, "framework": framework, "protocol": trainer.PROTOCOL, "data": str(data_dir)}
-    resumed = 0
-    for index, (split, arm) in enumerate(itertools.product(plan, arms)):
+    jobs = []  # (split, arm, seed, key, checkpoint path, the checkpoint's saved training or None)
+    for split, arm in itertools.product(plan, arms):
         run_seed = seed * 1000 + split["repeat"] * 100 + split["fold"]
         key = training_key(settings, arm, split, run_seed, ids)
         slug = "".join(c if c.isalnum() else "-" for c in arm).strip("-")
         checkpoint = Path(out) / CHECKPOINTS / f"r{split['repeat']}-f{split['fold']}-{slug}.json"
+        jobs.append((split, arm, run_seed, key, checkpoint,
+                     load_checkpoint(checkpoint, key, len(split["test"]), len(data.classes), log)))
+    resumed = sum(job[-1] is not None for job in jobs)
+    if resumed:
+        log(f"{resumed} of {trainings} trainings were saved by an earlier run of this study ({Path(out) / CHECKPOINTS}):"
+            f" reused")
+    train_size = int(np.mean([len(f["train"]) for f in plan]))
+    if resumed < trainings:
+        per_image = trainer.time_step(image_size, len(data.classes), width=width, device=device)
+        estimate = estimate_seconds(trainings - resumed, epochs, train_size, per_image)
+        log(f"estimate: {trainings - resumed} trainings x {epochs} epochs x {train_size} images at "
+            f"{per_image * 1e3:.2f} ms per image-step: about {estimate / 60:.0f} min of training")
+    else:
+        estimate = 0.0
+
+    predictions = {arm: np.full((repeats, len(images)), -1, np.int64) for arm in arms}
+    runs = []
+    cache_dir = str(cache.directory)
+    for index, (split, arm, run_seed, key, checkpoint, saved) in enumerate(jobs):
         engine_label = arm[len("HR+SRAugment("):-1] if arm.startswith("HR+SRAugment(") else None
         augment = None if engine_label is None else {"engine": built[engine_label], "p": p, "scale": lr_factor,
                                                      "variants": engine_variants[engine_label], "cache_dir": cache_dir}
         x = arm_images[arm]
         train, test = split["train"], split["test"]
         weights = stats.class_weights(labels[train], len(data.classes))
-        saved = load_checkpoint(checkpoint, key, len(test), len(data.classes), log)
         if saved is not None:
-            result, seconds = {"predictions": saved["predictions"], "curves": saved["curves"]}, saved["seconds"]
-            resumed += 1
+            result = {"predictions": saved["predictions"], "curves": saved["curves"],
+                      "diagnostics": saved.get("diagnostics")}
+            seconds = saved["seconds"]
         else:
             t0 = time.perf_counter()
             result = trainer.train_and_predict(x[train], labels[train], x[test], labels[test], len(data.classes),
@@ -323,7 +363,8 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
         predictions[arm][split["repeat"], test] = result["predictions"]
         runs.append({"arm": arm, "repeat": split["repeat"], "fold": split["fold"], "seed": run_seed,
                      "train_images": len(train), "test_images": len(test), "seconds": round(seconds, 1),
-                     "test_accuracy": result["curves"]["test_accuracy"][-1], "curves": result["curves"]})
+                     "test_accuracy": result["curves"]["test_accuracy"][-1], "curves": result["curves"],
+                     "diagnostics": result.get("diagnostics")})
         left = (trainings - index - 1) * sum(r["seconds"] for r in runs) / len(runs)
         log(f"[{index + 1}/{trainings}] repeat {split['repeat']} fold {split['fold']} {arm}: test accuracy "
             f"{runs[-1]['test_accuracy']:.3f}, train accuracy {result['curves']['train_accuracy'][-1]:.3f} "
@@ -351,6 +392,9 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
         **compare(labels, predictions, data.classes, seed),
         "estimate_seconds": round(estimate, 1),
     }
+    results["warnings"] = training_warnings(runs, results["summary"], len(data.classes))
+    for warning in results["warnings"]:
+        log(f"WARNING: {warning}")
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_outputs(results, arm_images, Path(out))
     return results
