@@ -173,15 +173,17 @@ def test_degrade_in_the_engine_list_gives_varied_variants_and_its_own_keys():
         build_engines(parse_engines("bicubic:degrade=lihgt"), lr_factor=4)
 
 
-def test_a_bad_engine_or_folder_is_named_before_any_training(tmp_path, cache_dir):
+def test_a_bad_engine_or_folder_is_named_before_any_training(tmp_path, cache_dir, capsys):
     data = _photo_classes(tmp_path / "data", per_class=2, placeholder=False)
     with pytest.raises(SystemExit, match="bicubic:colour=1"):
         _run(data, tmp_path / "o", cache_dir, "--engines", "bicubic:colour=1")
     with pytest.raises(SystemExit, match="at least 3 images per class"):
         _run(data, tmp_path / "o", cache_dir, "--folds", "3")
     (tmp_path / "only").mkdir()
+    capsys.readouterr()
     with pytest.raises(SystemExit, match="class folders"):
         _run(tmp_path / "only", tmp_path / "o", cache_dir)
+    assert "deterministic" not in capsys.readouterr().out  # the refusal comes first, alone (independent run)
     assert not (tmp_path / "o").exists()
 
 

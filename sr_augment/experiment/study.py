@@ -293,12 +293,12 @@ def run_experiment(data_dir, out, *, engines: list[EngineChoice], cache, folds: 
     built = build_engines(engines, lr_factor, engine_device, engine_dtype)  # before any image is read
     from sr_augment.engines.determinism import is_deterministic
 
+    data = collect(data_dir, per_class=per_class, seed=seed)  # a bad folder is refused before anything is said
     engine_variants = {}  # a deterministic engine's variants would all be the same pixels: one is enough
     for label, engine in built.items():
         engine_variants[label] = 1 if is_deterministic(engine) else variants
         if engine_variants[label] < variants:
             log(f"{label} is deterministic: 1 SRAugment variant (its variants would be identical)")
-    data = collect(data_dir, per_class=per_class, seed=seed)
     images, labels, ids = load_items(data.items, image_size, data.skipped, root=data.root)
     for reason in data.skipped:
         log(f"skipped: {reason}")
