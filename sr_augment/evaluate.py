@@ -150,12 +150,12 @@ def eval_sr(paths, engine, cache, *, scale: int = 4, crop: int = 512, crops_per_
         raise ValueError(f"no usable images under {', '.join(map(str, paths))}" + (f" ({skipped[0]})" if skipped else ""))
     from sr_augment.engines.degrade import DegradedEngine
 
+    name = getattr(engine, "name", "sr")
     report = EvalReport(skipped=skipped, settings={
-        "engine": getattr(engine, "name", "sr"), "fingerprint": getattr(engine, "fingerprint", None),
+        "engine": name, "fingerprint": getattr(engine, "fingerprint", None),
         "degrade": engine.settings if isinstance(engine, DegradedEngine) else None, "variants": variants,
         "scale": scale, "crop": crop, "crops_per_image": crops_per_image, "seed": seed})
     bicubic = BicubicEngine(scale)
-    name = getattr(engine, "name", "sr")
     method = label or (name if name != "bicubic" else "bicubic (engine)")
     if method == "bicubic":
         method = "bicubic (engine)"

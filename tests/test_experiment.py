@@ -116,6 +116,11 @@ def test_a_cut_off_study_resumes_from_its_checkpoints_and_retrains_a_damaged_or_
     assert "Trainings reused from an earlier run of this study (`trainings/`): 5 of 6." in (out / "report.md").read_text()
     assert [p["prediction"] for p in again["predictions"]] == [p["prediction"] for p in first["predictions"]]
 
+    planted = json.loads(saved[1].read_text())
+    saved[1].write_text(json.dumps({**planted, "curves": {}}))  # the right key, nothing the report can read
+    assert _run(data, out, cache_dir) == 0
+    assert f"{saved[1]}: ignored, it belongs to other settings or is damaged" in capsys.readouterr().out
+
     assert _run(data, out, cache_dir, "--epochs", "1") == 0  # other settings: nothing reused
     stale = json.loads((out / "results.json").read_text())
     assert stale["trainings_resumed"] == 0 and "belongs to other settings" in capsys.readouterr().out

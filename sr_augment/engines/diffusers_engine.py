@@ -22,7 +22,7 @@ from sr_augment.engines.backoff import BatchBackoff, tile_description
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.pipeline_weights import BUILTIN, resolve_weights
 from sr_augment.engines.specs import HUB_ALIASES
-from sr_augment.engines.tiling import upscale_to_scale
+from sr_augment.engines.tiling import DEFAULT_OVERLAP, upscale_to_scale
 from sr_augment.torch_device import resolve_device, resolve_dtype
 
 SCHEDULERS = {
@@ -93,7 +93,7 @@ class DiffusersEngine:
     """
 
     def __init__(self, spec: str, *, scale: int | None = None, steps: int | None = None, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 4, tile: int | None = None, overlap: int = 16,
+                 dtype: str = "auto", batch_size: int = 4, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
                  scheduler: str | None = "default", eta: float | None = None, prompt: str = "",
                  negative_prompt: str | None = None, guidance_scale: float = 1.0, noise_level: int = 20,
                  strength: float | None = None, preset: str | None = None, revision: str | None = None):

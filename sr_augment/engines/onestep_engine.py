@@ -34,7 +34,7 @@ import numpy as np
 from sr_augment.engines.backoff import BatchBackoff, tile_description
 from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerprint
 from sr_augment.engines.specs import is_hub_id
-from sr_augment.engines.tiling import upscale_tiled
+from sr_augment.engines.tiling import DEFAULT_OVERLAP, upscale_tiled
 from sr_augment.images import resize
 
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
@@ -153,7 +153,7 @@ class OneStepEngine:
     """No noise is drawn: every variant (seed) of an image is the same pixels."""
 
     def __init__(self, kind: str, *, base: str | None = None, lora=None, scale: int = 4, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 4, tile: int | None = None, overlap: int = 16,
+                 dtype: str = "auto", batch_size: int = 4, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
                  prompt: str = "", color_fix: str = "adain", process_size: int = 512, lambda_pix: float | None = None,
                  lambda_sem: float | None = None, revision: str | None = None):
         if kind not in KINDS:

@@ -23,6 +23,7 @@ from sr_augment.engines.kinds.realesrgan import model_files, native_scale
 from sr_augment.engines.kinds.spandrel import hash_file
 from sr_augment.engines.ncnn_weights import Layer, read_ncnn
 from sr_augment.engines.spandrel_engine import SpandrelEngine, _require_spandrel
+from sr_augment.engines.tiling import DEFAULT_OVERLAP
 
 CONVERTER_VERSION = 1
 """Part of the fingerprint: bumped whenever the ncnn-to-torch mapping changes what the model computes."""
@@ -188,7 +189,7 @@ class RealESRGANEngine(SpandrelEngine):
     """
 
     def __init__(self, spec: str = "realesrgan", *, scale: int = 4, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 4, tile: int | None = None, overlap: int = 16, name: str | None = None):
+                 batch_size: int = 4, tile: int | None = None, overlap: int = DEFAULT_OVERLAP, name: str | None = None):
         _require_spandrel(spec)
         self.spec = spec
         self.param_path, weights = model_files(spec, native_scale(spec, scale))

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sr_augment.engines.base import Engine, EngineSpecError
+from sr_augment.engines.tiling import DEFAULT_OVERLAP
 from sr_augment.errors import EngineParameterError
 
 _TYPE_NAMES = {numbers.Integral: "an int", numbers.Real: "a number", str: "a str", os.PathLike: "a path",
@@ -125,10 +126,6 @@ INT, NUMBER, TEXT, NONE = (numbers.Integral,), (numbers.Real,), (str,), (type(No
 """Shorthands for `Parameter.types` (`INT + NONE`: an int or None)."""
 
 
-DEFAULT_OVERLAP = 16
-"""The tile overlap every tiling engine's constructor defaults to (diffusers, spandrel, one-step)."""
-
-
 def _tile_problem(params: dict) -> str | None:
     """The one check across parameters: tiles must overlap by less than their side."""
     tile, overlap = params.get("tile"), params.get("overlap", DEFAULT_OVERLAP)
@@ -152,15 +149,17 @@ def check_parameters(spec: str, accepted: Iterable[Parameter], params: dict) -> 
         if not accepted:
             raise EngineParameterError(f"{spec} engine takes no parameters, got {', '.join(sorted(params))}")
         if name not in accepted:
-            close = difflib.get_close_matches(name, [n for n, p in accepted.items() if p.types != NONE], n=1, cutoff=0.6)
+            offered = sorted(n for n, p in accepted.items() if p.types != NONE)  # not those only ever refused
+            close = difflib.get_close_matches(name, offered, n=1, cutoff=0.6)
             raise EngineParameterError(f"engine {spec!r} takes no parameter {name!r}"
                                        + (f" (did you mean {close[0]!r}?)" if close else "")
-                                       + f"; it takes {', '.join(sorted(n for n, p in accepted.items() if p.types != NONE))}")
+                                       + f"; it takes {', '.join(offered)}")
         problem = accepted[name].problem(value)
         if problem:
             raise EngineParameterError(f"engine {spec!r}: {problem}")
-    if "tile" in accepted and "overlap" in accepted and _tile_problem(params):
-        raise EngineParameterError(f"engine {spec!r}: {_tile_problem(params)}")
+    tile_problem = _tile_problem(params) if "tile" in accepted and "overlap" in accepted else None
+    if tile_problem:
+        raise EngineParameterError(f"engine {spec!r}: {tile_problem}")
     for parameter in accepted.values():
         if parameter.required and parameter.name not in params:
             raise EngineParameterError(f"engine {spec!r} needs the parameter {parameter.name!r}"

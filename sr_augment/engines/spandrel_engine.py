@@ -25,7 +25,7 @@ from sr_augment.engines.base import EngineUnavailable, check_batch, make_fingerp
 from sr_augment.engines.catalog import dat_light_weights
 from sr_augment.engines.kinds.spandrel import hash_file, model_scale_message, warn_model_scale
 from sr_augment.engines.specs import DAT_LIGHT, DAT_LIGHT_SCALES, SPANDREL_INSTALL, SPANDREL_SUFFIXES
-from sr_augment.engines.tiling import pad_to_multiple, upscale_to_scale
+from sr_augment.engines.tiling import DEFAULT_OVERLAP, pad_to_multiple, upscale_to_scale
 from sr_augment.errors import ModelScaleWarning  # noqa: F401  (named here too)
 from sr_augment.torch_device import resolve_device, resolve_dtype
 from sr_augment.weights_bounds import check_weights_file
@@ -133,8 +133,8 @@ class SpandrelEngine:
             else fp16 if it does, else fp32; fp32 on CPU.
         batch_size: tiles per model call (halved on out-of-memory, down to 1; see `engines.backoff`).
         tile, overlap: tile side and overlap in input pixels (default tile 256; 0 = never tile); larger
-            inputs are cut into tiles, each run with `TILE_CONTEXT` pixels of the image around it, and
-            blended back (feathered).
+            inputs are cut into tiles, each run with `tile_context` pixels of the image around it
+            (`TILE_CONTEXT`, or `RRDB_TILE_CONTEXT` for RRDBNet), and blended back (feathered).
         name: label in progress bars and `sr-augment info` (default: the file name).
     """
 
@@ -142,7 +142,7 @@ class SpandrelEngine:
     """Output depends on the image only: every variant (seed) of an image is the same pixels."""
 
     def __init__(self, path, *, scale: int | None = None, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 4, tile: int | None = None, overlap: int = 16, name: str | None = None):
+                 batch_size: int = 4, tile: int | None = None, overlap: int = DEFAULT_OVERLAP, name: str | None = None):
         _require_spandrel(str(path))
         self.path = Path(path).expanduser()
         if not self.path.is_file():

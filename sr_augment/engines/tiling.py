@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DEFAULT_OVERLAP = 16
+"""The tile overlap, in input pixels, every tiling engine's constructor defaults to."""
+
 
 @dataclass(frozen=True)
 class Tile:

@@ -217,7 +217,10 @@ def load_checkpoint(path: Path, key: str, test_size: int, num_classes: int, log=
         predictions = saved["predictions"]
         ok = (saved["key"] == key and isinstance(predictions, list) and len(predictions) == test_size
               and all(isinstance(v, int) and 0 <= v < num_classes for v in predictions)
-              and isinstance(saved["curves"], dict) and isinstance(saved["seconds"], (int, float)))
+              and isinstance(saved["curves"], dict) and isinstance(saved["seconds"], (int, float))
+              and all(isinstance(saved["curves"].get(k), list) and saved["curves"][k]
+                      and all(isinstance(v, (int, float)) for v in saved["curves"][k])
+                      for k in ("train_accuracy", "test_accuracy")))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log(f"{path}: ignored, not a readable checkpoint ({exc}); training again")
         return None
